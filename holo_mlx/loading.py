@@ -1,0 +1,73 @@
+"""Load a model folder: ours, mlx-vlm's / mlx-community's, or a Hugging Face checkpoint as is."""
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .config import ModelConfig
+from .model import Model
+from .runtime import on_gpu
+from .weights import sanitize
+
+
+class LoadError(RuntimeError):
+    pass
+
+
+def resolve_path(path_or_repo: str | Path) -> Path:
+    """A local folder, or a hub id fetched with huggingface_hub (config, weights, tokenizer files)."""
+    path = Path(path_or_repo)
+    if path.is_dir():
+        return path
+    if path.exists() or str(path_or_repo).startswith((".", "/")) or str(path_or_repo).count("/") != 1:
+        raise LoadError(f"{path_or_repo}: not a model folder")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(
+            str(path_or_repo),
+            allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "tokenizer.model"],
+        ))
+    except Exception as error:  # offline, unknown repo, gated: the hub's own message says which
+        raise LoadError(f"could not fetch {path_or_repo} from the Hugging Face hub: {error}") from None
+
+
+def read_config(path: Path) -> dict:
+    file = path / "config.json"
+    if not file.exists():
+        raise LoadError(f"{path}: no config.json (convert a checkpoint with `python -m convert`)")
+    return json.loads(file.read_text())
+
+
+def load_model(path_or_repo: str | Path) -> Model:
+    """Build the model and load its weights, in float32 on the CPU backend (see runtime.py)."""
+    path = resolve_path(path_or_repo)
+    raw_config = read_config(path)
+    config = ModelConfig.from_dict(raw_config)
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise LoadError(f"{path}: no *.safetensors weights")
+    weights = {}
+    for file in files:
+        weights.update(mx.load(str(file)))
+    weights = sanitize(weights)
+
+    model = Model(config)
+    if quantization := raw_config.get("quantization"):
+        nn.quantize(
+            model,
+            group_size=quantization["group_size"],
+            bits=quantization["bits"],
+            # Quantize exactly the modules the folder stores quantized (vision may be kept dense).
+            class_predicate=lambda name, module: f"{name}.scales" in weights,
+        )
+    try:
+        model.load_weights(list(weights.items()), strict=True)
+    except ValueError as error:
+        raise LoadError(f"{path}: weights do not match the config: {error}") from None
+    if not on_gpu():
+        model.set_dtype(mx.float32)
+    mx.eval(model.parameters())
+    return model

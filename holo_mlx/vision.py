@@ -1,0 +1,216 @@
+"""Qwen2.5-VL vision tower: patch embed, 2D rotary, window/full attention blocks, patch merger.
+
+Attribute names equal the checkpoint keys under `vision_tower.`. Window attention runs as one
+batched attention call: windows are gathered into a padded (windows, max_len) layout with a key
+mask, so there is no Python loop per window.
+"""
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from .config import VisionConfig
+
+
+@dataclass
+class Segments:
+    """Padded layout of variable-length attention segments (windows or whole images)."""
+
+    gather: mx.array | None  # (segments, max_len) sequence index per slot; None: one segment, no padding
+    key_mask: mx.array | None  # (segments, 1, 1, max_len) True where the slot holds a real token
+    unpad: mx.array | None  # (seq,) flat slot index of each sequence position
+
+    @classmethod
+    def from_boundaries(cls, boundaries: np.ndarray) -> "Segments":
+        lengths = np.diff(boundaries)
+        if len(lengths) == 1:
+            return cls(None, None, None)
+        max_len = int(lengths.max())
+        slots = np.arange(max_len)
+        valid = slots[None, :] < lengths[:, None]
+        # Padding slots point at the segment's first token; the key mask hides them.
+        gather = np.where(valid, boundaries[:-1, None] + slots[None, :], boundaries[:-1, None])
+        unpad = np.flatnonzero(valid.reshape(-1))
+        return cls(
+            mx.array(gather.astype(np.int32)),
+            mx.array(valid[:, None, None, :]),
+            mx.array(unpad.astype(np.int32)),
+        )
+
+
+@dataclass
+class VisionLayout:
+    """Per-request index plan for a set of images: window order, rotary angles, segments."""
+
+    window_index: mx.array  # merge-unit order used inside the tower (windows contiguous)
+    reverse_index: mx.array  # back to raster order after the merger
+    rotary_positions: np.ndarray  # (seq, 2) row/column of each patch, in window order
+    windows: Segments
+    images: Segments
+
+
+def window_index(grid_thw: list[tuple[int, int, int]], config: VisionConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Merge-unit order that makes each attention window contiguous, and window boundaries (patches)."""
+    merge = config.spatial_merge_size
+    window = config.window_size // merge // config.patch_size
+    order, boundaries, offset = [], [0], 0
+    for t, h, w in grid_thw:
+        gh, gw = h // merge, w // merge
+        index = np.arange(t * gh * gw).reshape(t, gh, gw)
+        pad_h, pad_w = -gh % window, -gw % window
+        padded = np.pad(index, ((0, 0), (0, pad_h), (0, pad_w)), constant_values=-1)
+        nh, nw = (gh + pad_h) // window, (gw + pad_w) // window
+        padded = padded.reshape(t, nh, window, nw, window).transpose(0, 1, 3, 2, 4).reshape(t, nh * nw, -1)
+        lengths = (padded >= 0).sum(-1).reshape(-1)
+        order.append(padded[padded >= 0] + offset)
+        boundaries.extend((np.cumsum(lengths[lengths > 0]) * merge * merge + boundaries[-1]).tolist())
+        offset += t * gh * gw
+    return np.concatenate(order), np.array(boundaries)
+
+
+def patch_positions(grid_thw: list[tuple[int, int, int]], merge: int) -> np.ndarray:
+    """(row, column) of each patch in the processor's order: merge blocks are contiguous."""
+    rows = []
+    for t, h, w in grid_thw:
+        hpos, wpos = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        block = (h // merge, merge, w // merge, merge)
+        hpos = hpos.reshape(block).transpose(0, 2, 1, 3).reshape(-1)
+        wpos = wpos.reshape(block).transpose(0, 2, 1, 3).reshape(-1)
+        rows.append(np.tile(np.stack([hpos, wpos], axis=-1), (t, 1)))
+    return np.concatenate(rows)
+
+
+def vision_layout(grid_thw: list[tuple[int, int, int]], config: VisionConfig) -> VisionLayout:
+    unit = config.spatial_merge_size**2
+    order, window_bounds = window_index(grid_thw, config)
+    positions = patch_positions(grid_thw, config.spatial_merge_size)
+    positions = positions.reshape(-1, unit, 2)[order].reshape(-1, 2)
+    image_bounds = np.concatenate([[0], np.cumsum([h * w for t, h, w in grid_thw for _ in range(t)])])
+    return VisionLayout(
+        window_index=mx.array(order.astype(np.int32)),
+        reverse_index=mx.array(np.argsort(order).astype(np.int32)),
+        rotary_positions=positions,
+        windows=Segments.from_boundaries(window_bounds),
+        images=Segments.from_boundaries(image_bounds),
+    )
+
+
+def rotate_half(x: mx.array) -> mx.array:
+    half = x.shape[-1] // 2
+    return mx.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def segmented_attention(q, k, v, segments: Segments, scale: float) -> mx.array:
+    """Attention within each segment; q, k, v are (seq, heads, head_dim)."""
+    if segments.gather is None:
+        q, k, v = (t.transpose(1, 0, 2)[None] for t in (q, k, v))
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
+        return out[0].transpose(1, 0, 2)
+    q, k, v = (t[segments.gather].transpose(0, 2, 1, 3) for t in (q, k, v))
+    out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=segments.key_mask)
+    out = out.transpose(0, 2, 1, 3)
+    return out.reshape(-1, *out.shape[2:])[segments.unpad]
+
+
+class VisionAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim, bias=True)
+
+    def __call__(self, x, cos, sin, segments: Segments) -> mx.array:
+        seq = x.shape[0]
+        qkv = self.qkv(x).reshape(seq, 3, self.num_heads, -1)
+        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        out = segmented_attention(q, k, v, segments, self.scale)
+        return self.proj(out.reshape(seq, -1))
+
+
+class VisionMLP(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden_dim, bias=True)
+        self.up_proj = nn.Linear(dim, hidden_dim, bias=True)
+        self.down_proj = nn.Linear(hidden_dim, dim, bias=True)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class VisionBlock(nn.Module):
+    def __init__(self, config: VisionConfig):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(config.hidden_size, eps=1e-6)
+        self.norm2 = nn.RMSNorm(config.hidden_size, eps=1e-6)
+        self.attn = VisionAttention(config.hidden_size, config.num_heads)
+        self.mlp = VisionMLP(config.hidden_size, config.intermediate_size)
+
+    def __call__(self, x, cos, sin, segments: Segments) -> mx.array:
+        x = x + self.attn(self.norm1(x), cos, sin, segments)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, config: VisionConfig):
+        super().__init__()
+        kernel = (config.temporal_patch_size, config.patch_size, config.patch_size)
+        self.proj = nn.Conv3d(config.in_channels, config.hidden_size, kernel, stride=kernel, bias=False)
+
+    def __call__(self, pixel_values: mx.array) -> mx.array:
+        # Kernel == stride == one patch, so the Conv3d is a single GEMM over flattened patches.
+        weight = self.proj.weight  # (out, t, h, w, in)
+        out_dim, t, h, w, channels = weight.shape
+        patches = pixel_values.reshape(-1, channels, t, h, w).transpose(0, 2, 3, 4, 1)
+        return patches.reshape(patches.shape[0], -1).astype(weight.dtype) @ weight.reshape(out_dim, -1).T
+
+
+class PatchMerger(nn.Module):
+    def __init__(self, config: VisionConfig):
+        super().__init__()
+        self.hidden = config.hidden_size * config.spatial_merge_size**2
+        self.ln_q = nn.RMSNorm(config.hidden_size, eps=1e-6)
+        self.mlp = [nn.Linear(self.hidden, self.hidden), nn.GELU(), nn.Linear(self.hidden, config.out_hidden_size)]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = self.ln_q(x).reshape(-1, self.hidden)
+        for layer in self.mlp:
+            x = layer(x)
+        return x
+
+
+class VisionModel(nn.Module):
+    def __init__(self, config: VisionConfig):
+        super().__init__()
+        self.config = config
+        self.patch_embed = PatchEmbed(config)
+        self.blocks = [VisionBlock(config) for _ in range(config.depth)]
+        self.merger = PatchMerger(config)
+        head_dim = config.hidden_size // config.num_heads
+        quarter = head_dim // 2
+        self._inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, quarter, 2, dtype=np.float32) / quarter))
+
+    def rotary(self, positions: np.ndarray) -> tuple[mx.array, mx.array]:
+        """cos/sin of shape (seq, 1, head_dim): row angles then column angles, repeated twice."""
+        freqs = positions[:, :, None].astype(np.float32) * self._inv_freq  # (seq, 2, head_dim/4)
+        angles = freqs.reshape(len(positions), -1)
+        angles = mx.array(np.concatenate([angles, angles], axis=-1))[:, None, :]
+        return mx.cos(angles), mx.sin(angles)
+
+    def __call__(self, pixel_values: mx.array, grid_thw: list[tuple[int, int, int]]) -> mx.array:
+        """Image features in prompt order: (sum of t*h*w/merge^2, out_hidden_size)."""
+        layout = vision_layout(grid_thw, self.config)
+        unit = self.config.spatial_merge_size**2
+        x = self.patch_embed(pixel_values)
+        x = x.reshape(-1, unit, x.shape[-1])[layout.window_index].reshape(-1, x.shape[-1])
+        cos, sin = self.rotary(layout.rotary_positions)
+        cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
+        full = set(self.config.fullatt_block_indexes)
+        for index, block in enumerate(self.blocks):
+            x = block(x, cos, sin, layout.images if index in full else layout.windows)
+        return self.merger(x)[layout.reverse_index]
