@@ -54,6 +54,10 @@ def load_model(path_or_repo: str | Path) -> Model:
         weights.update(mx.load(str(file)))
     weights = sanitize(weights)
 
+    generation = path / "generation_config.json"
+    if generation.exists():
+        extra = json.loads(generation.read_text()).get("eos_token_id") or []
+        config.eos_token_id = sorted(set(config.eos_token_id) | set(extra if isinstance(extra, list) else [extra]))
     model = Model(config)
     if quantization := raw_config.get("quantization"):
         nn.quantize(

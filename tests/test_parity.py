@@ -1,0 +1,138 @@
+"""The MLX model against transformers' Qwen2_5_VLForConditionalGeneration on the same weights (float32)."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from holo_mlx import load
+from holo_mlx.generate import SamplingParams, stream_generate
+from holo_mlx.rope import rope_index
+
+IMAGE_TOKEN = 151655
+MAX_PIXELS = 1_003_520
+LOGIT_TOLERANCE = 1e-4
+
+
+def screenshot(width: int, height: int, seed: int) -> Image.Image:
+    """A UI-like picture: flat panels, buttons and noise, so every patch differs."""
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x, y = int(rng.integers(0, width - 20)), int(rng.integers(0, height - 10))
+        draw.rectangle([x, y, x + 40, y + 16], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        draw.text((x + 2, y + 2), "OK", fill=(0, 0, 0))
+    return image
+
+
+def conversations():
+    first, second = screenshot(333, 217, 1), screenshot(120, 250, 2)
+    return {
+        "text": [{"role": "user", "content": "Which button submits the form?"}],
+        "one_image": [{"role": "user", "content": [
+            {"type": "image", "image": first}, {"type": "text", "text": "Click the OK button."}]}],
+        "two_images": [{"role": "user", "content": [
+            {"type": "image", "image": first}, {"type": "text", "text": "and"},
+            {"type": "image", "image": second}, {"type": "text", "text": "What changed?"}]}],
+        "multi_turn": [
+            {"role": "system", "content": "You are a GUI agent."},
+            {"role": "user", "content": [{"type": "image", "image": second}, {"type": "text", "text": "Describe it."}]},
+            {"role": "assistant", "content": "A form with a button."},
+            {"role": "user", "content": "Where is the button?"},
+        ],
+    }
+
+
+def reference_inputs(path, messages):
+    """What transformers' Qwen2_5_VLProcessor produces: template, PIL image processor, pad expansion."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    images = [part["image"] for m in messages if isinstance(m["content"], list)
+              for part in m["content"] if part["type"] == "image"]
+    inputs = {}
+    if images:
+        processed = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=MAX_PIXELS)(images=images, return_tensors="np")
+        inputs = {"pixel_values": processed["pixel_values"], "image_grid_thw": processed["image_grid_thw"]}
+        for grid in processed["image_grid_thw"]:
+            text = text.replace("<|image_pad|>", "<|placeholder|>" * int(np.prod(grid) // 4), 1)
+        text = text.replace("<|placeholder|>", "<|image_pad|>")
+    inputs["input_ids"] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return inputs
+
+
+@pytest.fixture(scope="module", params=["hf_root_checkpoint", "hf_nested_checkpoint"])
+def models(request):
+    path = request.getfixturevalue(request.param)
+    reference = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    model, prompts = load(path, max_side=None, max_pixels=MAX_PIXELS)
+    return path, reference, model, prompts
+
+
+@pytest.mark.parametrize("name", list(conversations()))
+def test_inputs_features_positions_and_logits_match(models, name):
+    path, reference, model, prompts = models
+    messages = conversations()[name]
+    expected = reference_inputs(path, messages)
+    prompt = prompts.build(messages)
+    assert prompt.input_ids == expected["input_ids"]
+
+    ids = torch.tensor([expected["input_ids"]])
+    hf_args = {"input_ids": ids, "mm_token_type_ids": (ids == IMAGE_TOKEN).int()}
+    features = None
+    if prompt.images:
+        pixel_values = np.concatenate([image.pixel_values for image in prompt.images])
+        np.testing.assert_allclose(pixel_values, expected["pixel_values"], atol=1e-6, rtol=0)
+        assert [list(image.grid_thw) for image in prompt.images] == expected["image_grid_thw"].tolist()
+        hf_args["pixel_values"] = torch.tensor(expected["pixel_values"])
+        hf_args["image_grid_thw"] = torch.tensor(expected["image_grid_thw"])
+        features = model.encode_images([image.pixel_values for image in prompt.images],
+                                       [image.grid_thw for image in prompt.images])
+        with torch.no_grad():
+            reference_features = reference.model.get_image_features(
+                hf_args["pixel_values"], hf_args["image_grid_thw"]).pooler_output
+        np.testing.assert_allclose(np.array(features), torch.cat(reference_features).numpy(), atol=1e-4, rtol=0)
+
+    grids = [image.grid_thw for image in prompt.images]
+    positions, delta = rope_index(prompt.input_ids, grids, image_token_id=IMAGE_TOKEN, spatial_merge_size=2)
+    if prompt.images:
+        with torch.no_grad():
+            reference_positions, reference_delta = reference.model.get_rope_index(
+                ids, hf_args["mm_token_type_ids"], hf_args["image_grid_thw"])
+        np.testing.assert_array_equal(positions, reference_positions[:, 0].numpy())
+        assert delta == int(reference_delta)
+    else:
+        np.testing.assert_array_equal(positions, np.tile(np.arange(len(prompt.input_ids)), (3, 1)))
+        assert delta == 0
+
+    logits = model(model.embed(prompt.input_ids, features), mx.array(positions)[:, None, :])
+    with torch.no_grad():
+        reference_logits = reference(**hf_args).logits[0].numpy()
+    difference = np.abs(np.array(logits[0]) - reference_logits)
+    print(f"{name}: max |logit diff| {difference.max():.2e} over {difference.shape[0]} positions")
+    assert difference.max(axis=-1).max() <= LOGIT_TOLERANCE
+
+
+@pytest.mark.parametrize("name", ["text", "one_image"])
+def test_greedy_decoding_matches_transformers(models, name):
+    path, reference, model, prompts = models
+    messages = conversations()[name]
+    expected = reference_inputs(path, messages)
+    ids = torch.tensor([expected["input_ids"]])
+    hf_args = {"input_ids": ids, "mm_token_type_ids": (ids == IMAGE_TOKEN).int()}
+    if "pixel_values" in expected:
+        hf_args["pixel_values"] = torch.tensor(expected["pixel_values"])
+        hf_args["image_grid_thw"] = torch.tensor(expected["image_grid_thw"])
+    with torch.no_grad():
+        output = reference.generate(**hf_args, max_new_tokens=32, min_new_tokens=32, do_sample=False)
+    reference_tokens = output[0, ids.shape[1]:].tolist()
+
+    params = SamplingParams(max_tokens=32, min_tokens=32)
+    chunks = list(stream_generate(model, prompts.tokenizer, prompts.build(messages), params,
+                                  set(model.config.eos_token_id)))
+    assert [chunk.token for chunk in chunks] == reference_tokens
+    assert chunks[-1].finish_reason == "length"
+    assert "".join(chunk.text for chunk in chunks) == prompts.tokenizer.decode(reference_tokens)
