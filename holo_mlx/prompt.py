@@ -1,0 +1,106 @@
+"""Chat messages -> token ids + preprocessed images, through the checkpoint's own chat template.
+
+Messages use the internal format the server converts OpenAI payloads into:
+    {"role": "system" | "user" | "assistant",
+     "content": str | [{"type": "text", "text": str}
+                       | {"type": "image", "image": bytes | PIL.Image | ProcessedImage}]}
+As in transformers' Qwen2_5_VLProcessor, each image part renders as
+<|vision_start|><|image_pad|><|vision_end|> and its <|image_pad|> is repeated once per visual token.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from holo_mlx.image import MAX_PIXELS, MAX_SIDE, ImageProcessorConfig, ProcessedImage, preprocess_image
+
+IMAGE_TOKEN_ID = 151655  # <|image_pad|>
+
+
+@dataclass
+class Prompt:
+    input_ids: list[int]
+    images: list[ProcessedImage]  # in prompt order
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer; its chat template may live only in chat_template.jinja/.json."""
+    path = Path(path)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.chat_template is None:
+        if (path / "chat_template.jinja").exists():
+            tokenizer.chat_template = (path / "chat_template.jinja").read_text()
+        elif (path / "chat_template.json").exists():
+            tokenizer.chat_template = json.loads((path / "chat_template.json").read_text())["chat_template"]
+    return tokenizer
+
+
+class PromptBuilder:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        image_config: ImageProcessorConfig,
+        *,
+        image_token_id: int = IMAGE_TOKEN_ID,
+        max_side: int | None = MAX_SIDE,
+        max_pixels: int | None = MAX_PIXELS,
+    ):
+        self.tokenizer = tokenizer
+        self.image_config = image_config
+        self.image_token_id = image_token_id
+        self.max_side = max_side
+        self.max_pixels = max_pixels
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> "PromptBuilder":
+        return cls(load_tokenizer(path), ImageProcessorConfig.from_pretrained(path), **kwargs)
+
+    def build(self, messages: list[dict], *, add_generation_prompt: bool = True) -> Prompt:
+        template_messages, images = [], []
+        for message in messages:
+            content = message["content"]
+            if not isinstance(content, str):
+                content = [self._template_part(part, images) for part in content]
+            template_messages.append({"role": message["role"], "content": content})
+        text = self.tokenizer.apply_chat_template(
+            template_messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        return self._expand(self.tokenizer.encode(text, add_special_tokens=False), images)
+
+    def build_text(self, text: str) -> Prompt:
+        """Raw text, no chat template and no added special tokens (completions, embeddings)."""
+        return self._expand(self.tokenizer.encode(text, add_special_tokens=False), [])
+
+    def _template_part(self, part: dict, images: list[ProcessedImage]) -> dict:
+        """The part as the chat template expects it; images are preprocessed and collected in order."""
+        if part.get("type") == "text":
+            return {"type": "text", "text": part["text"]}
+        if part.get("type") == "image":
+            image = part["image"]
+            if not isinstance(image, ProcessedImage):
+                image = preprocess_image(
+                    image, self.image_config, max_side=self.max_side, max_pixels=self.max_pixels
+                )
+            images.append(image)
+            return {"type": "image"}
+        raise ValueError(f"unsupported content part type {part.get('type')!r}; expected 'text' or 'image'")
+
+    def _expand(self, ids: list[int], images: list[ProcessedImage]) -> Prompt:
+        """Repeat the i-th <|image_pad|> once per visual token of the i-th image."""
+        placeholders = ids.count(self.image_token_id)
+        if placeholders != len(images):
+            raise ValueError(
+                f"prompt has {placeholders} <|image_pad|> placeholders for {len(images)} images "
+                "(the text itself may contain the literal token)"
+            )
+        remaining = iter(images)
+        expanded: list[int] = []
+        for token in ids:
+            if token == self.image_token_id:
+                expanded.extend([token] * next(remaining).num_tokens)
+            else:
+                expanded.append(token)
+        return Prompt(input_ids=expanded, images=images)
