@@ -220,3 +220,19 @@ def _rename_key(key: str, key_layout: str) -> str:
             return "model.language_model." + flat[len("model."):]
         return flat
     raise ValueError(f"unknown key_layout {key_layout!r}")
+
+
+def synthetic_screenshot(width: int = 1920, height: int = 1080, seed: int = 0):
+    """A UI-like PIL image: a noisy background with labelled buttons, so every patch differs."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([0, 0, width, max(12, height // 20)], fill=(40, 44, 52))
+    for label in ("OK", "Submit", "Cancel", "Search", "Settings", "Next"):
+        x, y = int(rng.integers(0, max(1, width - 60))), int(rng.integers(0, max(1, height - 20)))
+        draw.rectangle([x, y, x + 56, y + 18], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        draw.text((x + 4, y + 4), label, fill=(0, 0, 0))
+    return image

@@ -4,33 +4,21 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from holo_mlx import load
 from holo_mlx.generate import SamplingParams, stream_generate
 from holo_mlx.rope import rope_index
+from holo_mlx.testing import synthetic_screenshot
 
 IMAGE_TOKEN = 151655
 MAX_PIXELS = 1_003_520
 LOGIT_TOLERANCE = 1e-4
 
 
-def screenshot(width: int, height: int, seed: int) -> Image.Image:
-    """A UI-like picture: flat panels, buttons and noise, so every patch differs."""
-    rng = np.random.default_rng(seed)
-    image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
-    draw = ImageDraw.Draw(image)
-    for _ in range(6):
-        x, y = int(rng.integers(0, width - 20)), int(rng.integers(0, height - 10))
-        draw.rectangle([x, y, x + 40, y + 16], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-        draw.text((x + 2, y + 2), "OK", fill=(0, 0, 0))
-    return image
-
-
 def conversations():
-    first, second = screenshot(333, 217, 1), screenshot(120, 250, 2)
+    first, second = synthetic_screenshot(333, 217, 1), synthetic_screenshot(120, 250, 2)
     return {
         "text": [{"role": "user", "content": "Which button submits the form?"}],
         "one_image": [{"role": "user", "content": [
