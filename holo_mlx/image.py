@@ -35,6 +35,10 @@ class ImageError(ValueError):
     """The input is not a usable image (undecodable, too large, degenerate shape)."""
 
 
+class ImageTooLarge(ImageError):
+    """Refused from its header alone: more pixels than allowed (a decompression bomb, say)."""
+
+
 @dataclass(frozen=True)
 class ImageProcessorConfig:
     image_mean: tuple[float, ...]
@@ -98,12 +102,12 @@ def load_image(source: bytes | Image.Image, *, max_decoded_pixels: int = MAX_DEC
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(source))  # lazy: reads the header only
     except Image.DecompressionBombError as error:
-        raise ImageError(f"image too large to decode: {error}") from error
+        raise ImageTooLarge(f"image too large to decode: {error}") from error
     except Exception as error:  # PIL raises many types for garbage input
         raise ImageError(f"could not decode image ({len(source)} bytes): {error}") from error
     width, height = image.size
     if width * height > max_decoded_pixels:
-        raise ImageError(f"image is {width}x{height} pixels, more than the {max_decoded_pixels:,} allowed")
+        raise ImageTooLarge(f"image is {width}x{height} pixels, more than the {max_decoded_pixels:,} allowed")
     try:
         image.load()
         # Browsers show photos rotated by their EXIF tag, and so does transformers' load_image.
