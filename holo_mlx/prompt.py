@@ -18,6 +18,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from holo_mlx.image import MAX_PIXELS, MAX_SIDE, ImageProcessorConfig, ProcessedImage, preprocess_image
 
 IMAGE_TOKEN_ID = 151655  # <|image_pad|>
+VISION_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"  # what the chat template writes per image
 
 
 @dataclass
@@ -73,6 +74,16 @@ class PromptBuilder:
     def build_text(self, text: str) -> Prompt:
         """Raw text, no chat template and no added special tokens (completions, embeddings)."""
         return self._expand(self.tokenizer.encode(text, add_special_tokens=False), [])
+
+    def build_parts(self, parts: list[dict]) -> Prompt:
+        """Text and image parts in order, no chat template: each image becomes
+        <|vision_start|><|image_pad|>…<|vision_end|> (screenshot embeddings)."""
+        images: list[ProcessedImage] = []
+        text = ""
+        for part in parts:
+            rendered = self._template_part(part, images)
+            text += rendered["text"] if rendered["type"] == "text" else VISION_PLACEHOLDER
+        return self._expand(self.tokenizer.encode(text, add_special_tokens=False), images)
 
     def _template_part(self, part: dict, images: list[ProcessedImage]) -> dict:
         """The part as the chat template expects it; images are preprocessed and collected in order."""

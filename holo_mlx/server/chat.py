@@ -1,0 +1,69 @@
+"""POST /v1/chat/completions: validate, hand to the engine, shape the response."""
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from .common import (SSE_DONE, build_prompt, check_model, check_top_logprobs, collect, holo_info,
+                     sampling_params, sse)
+from .content import to_messages
+from .errors import APIError
+from .protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
+                       ChatCompletionRequest, ChatDelta, ChoiceLogprobs, TokenLogprobEntry, Usage, dump, new_id)
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    state = request.app.state
+    engine = state.engine
+    engine.require_ready()
+    check_model(body.model, state.served_model_name)
+    check_top_logprobs(body.top_logprobs, "top_logprobs")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    messages = to_messages(body.messages, state.image_policy)
+    prompt = await build_prompt(lambda: engine.prompts.build(messages))
+    params = sampling_params(
+        body, max_tokens=body.max_completion_tokens or body.max_tokens, prompt_tokens=len(prompt.input_ids),
+        context=engine.max_model_len, logprobs=(body.top_logprobs or 0) if body.logprobs else None)
+    completion_id, model_name, holo = new_id("chatcmpl"), state.served_model_name, holo_info(prompt)
+    strings = engine.token_strings
+
+    def logprobs_of(chunks) -> ChoiceLogprobs | None:
+        if not body.logprobs:
+            return None
+        return ChoiceLogprobs(content=[
+            TokenLogprobEntry(**strings.top(c.logprob.token, c.logprob.logprob).model_dump(),
+                              top_logprobs=[strings.top(t, lp) for t, lp in c.logprob.top])
+            for c in chunks])
+
+    def usage(completion_tokens: int) -> Usage:
+        return Usage(prompt_tokens=len(prompt.input_ids), completion_tokens=completion_tokens,
+                     total_tokens=len(prompt.input_ids) + completion_tokens)
+
+    if not body.stream:
+        chunks = await collect(request, engine.generate(prompt, params))
+        message = AssistantMessage(content="".join(chunk.text for chunk in chunks))
+        choice = ChatChoice(message=message, logprobs=logprobs_of(chunks), finish_reason=chunks[-1].finish_reason)
+        return dump(ChatCompletion(id=completion_id, model=model_name, choices=[choice],
+                                   usage=usage(len(chunks)), holo=holo))
+
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    async def events():
+        def chunk_event(delta: ChatDelta, **choice) -> str:
+            return sse(dump(ChatCompletionChunk(id=completion_id, model=model_name, holo=holo,
+                                                choices=[ChatChunkChoice(delta=delta, **choice)])))
+
+        yield chunk_event(ChatDelta(role="assistant", content=""))
+        count = 0
+        async for chunk in engine.generate(prompt, params):
+            count += 1
+            yield chunk_event(ChatDelta(content=chunk.text), logprobs=logprobs_of([chunk]),
+                              finish_reason=chunk.finish_reason)
+        if include_usage:
+            yield sse(dump(ChatCompletionChunk(id=completion_id, model=model_name, choices=[], usage=usage(count))))
+        yield SSE_DONE
+
+    return StreamingResponse(events(), media_type="text/event-stream")

@@ -1,0 +1,127 @@
+"""What the routes share: validation into SamplingParams, prompt building, SSE, token strings."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from functools import lru_cache
+
+from fastapi import Request
+from mlx_lm.tokenizer_utils import _byte_decoder
+
+from ..generate import GenerationChunk, SamplingParams
+from ..image import ImageError, ImageTooLarge
+from ..prompt import Prompt
+from .errors import APIError
+from .protocol import HoloInfo, ImageResize, ImageSize, SamplingFields, TopLogprob
+
+DISCONNECT_POLL_TOKENS = 8  # non-streaming requests check for a gone client every few tokens
+
+
+def check_model(requested: str | None, served: str) -> None:
+    if requested is not None and requested != served:
+        raise APIError(404, f"model {requested!r} is not served here; this server serves {served!r}",
+                       param="model", code="model_not_found")
+
+
+async def build_prompt(build: Callable[[], Prompt]) -> Prompt:
+    """Run prompt building (image decoding and resizing) off the event loop; bad input -> 400/413."""
+    try:
+        return await asyncio.to_thread(build)
+    except ImageTooLarge as error:
+        raise APIError(413, str(error), param="messages", code="image_too_large") from None
+    except ImageError as error:
+        raise APIError(400, f"invalid image: {error}", param="messages", code="invalid_image") from None
+    except ValueError as error:
+        raise APIError(400, str(error), param="messages") from None
+
+
+def sampling_params(body: SamplingFields, *, max_tokens: int | None, prompt_tokens: int, context: int,
+                    logprobs: int | None) -> SamplingParams:
+    if body.n != 1:
+        raise APIError(400, "only n=1 is supported", param="n")
+    if prompt_tokens == 0:
+        raise APIError(400, "the prompt is empty", param="prompt")
+    if prompt_tokens >= context:
+        raise APIError(400, f"the prompt has {prompt_tokens} tokens; this model's context is {context} tokens",
+                       param="messages", code="context_length_exceeded")
+    if max_tokens is None:
+        max_tokens = context - prompt_tokens
+    elif max_tokens <= 0:
+        raise APIError(400, f"max_tokens must be at least 1, got {max_tokens}", param="max_tokens")
+    elif prompt_tokens + max_tokens > context:
+        raise APIError(400, f"this model's context is {context} tokens; you asked for {prompt_tokens + max_tokens} "
+                       f"({prompt_tokens} in the prompt, {max_tokens} to generate)", param="max_tokens",
+                       code="context_length_exceeded")
+    temperature = 1.0 if body.temperature is None else body.temperature
+    if not 0 <= temperature <= 2:
+        raise APIError(400, f"temperature must be in [0, 2], got {temperature}", param="temperature")
+    top_p = 1.0 if body.top_p is None else body.top_p
+    if not 0 < top_p <= 1:
+        raise APIError(400, f"top_p must be in (0, 1], got {top_p}", param="top_p")
+    top_k = body.top_k or 0
+    if top_k < -1:
+        raise APIError(400, f"top_k must be -1 (off), 0 (off) or positive, got {top_k}", param="top_k")
+    if body.min_tokens < 0 or body.min_tokens > max_tokens:
+        raise APIError(400, f"min_tokens must be in [0, max_tokens={max_tokens}], got {body.min_tokens}",
+                       param="min_tokens")
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if any(not s for s in stop):
+        raise APIError(400, "stop strings must not be empty", param="stop")
+    return SamplingParams(
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=max(top_k, 0), seed=body.seed,
+        stop=stop, logprobs=logprobs, min_tokens=body.min_tokens, ignore_eos=body.ignore_eos,
+    )
+
+
+def check_top_logprobs(value: int | None, param: str) -> None:
+    if value is not None and not 0 <= value <= 20:
+        raise APIError(400, f"{param} must be between 0 and 20, got {value}", param=param)
+
+
+def holo_info(prompt: Prompt) -> HoloInfo | None:
+    if not prompt.images:
+        return None
+    return HoloInfo(images=[
+        ImageResize(original=ImageSize(width=image.original_size[0], height=image.original_size[1]),
+                    resized=ImageSize(width=image.resized_size[0], height=image.resized_size[1]))
+        for image in prompt.images
+    ])
+
+
+async def collect(request: Request, chunks: AsyncIterator[GenerationChunk]) -> list[GenerationChunk]:
+    """All chunks of a non-streaming generation; stops early (freeing the slot) if the client left."""
+    collected = []
+    async for chunk in chunks:
+        collected.append(chunk)
+        if len(collected) % DISCONNECT_POLL_TOKENS == 0 and await request.is_disconnected():
+            await chunks.aclose()
+            break
+    return collected
+
+
+def sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+class TokenStrings:
+    """Per-token text and raw bytes for logprobs, from the byte-level BPE vocabulary."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.byte_decoder = _byte_decoder()
+
+    @lru_cache(maxsize=65536)
+    def bytes_of(self, token: int) -> bytes:
+        piece = self.tokenizer.convert_ids_to_tokens(token)
+        if token in self.tokenizer.all_special_ids or any(c not in self.byte_decoder for c in piece):
+            return piece.encode()
+        return bytes(self.byte_decoder[c] for c in piece)
+
+    def text(self, token: int) -> str:
+        return self.bytes_of(token).decode("utf-8", errors="replace")
+
+    def top(self, token: int, logprob: float) -> TopLogprob:
+        return TopLogprob(token=self.text(token), logprob=logprob, bytes=list(self.bytes_of(token)))

@@ -1,0 +1,98 @@
+"""POST /v1/completions: raw prompts (text or token ids), no chat template."""
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from ..prompt import Prompt
+from .common import SSE_DONE, build_prompt, check_model, check_top_logprobs, collect, sampling_params, sse
+from .errors import APIError
+from .protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage, dump, new_id
+
+router = APIRouter()
+
+
+def prompt_inputs(prompt) -> list[str | list[int]]:
+    """The request's prompts: one string, several strings, one token list, or several token lists."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and all(isinstance(item, int) for item in prompt):
+        return [prompt]
+    return list(prompt)
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request):
+    state = request.app.state
+    engine = state.engine
+    engine.require_ready()
+    check_model(body.model, state.served_model_name)
+    check_top_logprobs(body.logprobs, "logprobs")
+    if body.suffix:
+        raise APIError(400, "suffix is not supported", param="suffix")
+    if body.echo and body.logprobs is not None:
+        raise APIError(400, "echo together with logprobs is not supported", param="echo")
+    tokenizer, vocab = engine.prompts.tokenizer, engine.model.config.text_config.vocab_size
+    inputs = prompt_inputs(body.prompt)
+    if not inputs:
+        raise APIError(400, "prompt must not be empty", param="prompt")
+    prompts = []
+    for item in inputs:
+        if isinstance(item, str):
+            prompts.append(await build_prompt(lambda text=item: engine.prompts.build_text(text)))
+        else:
+            if any(not 0 <= token < vocab for token in item):
+                raise APIError(400, f"token ids must be in [0, {vocab})", param="prompt")
+            prompts.append(Prompt(input_ids=list(item), images=[]))
+    params = [sampling_params(body, max_tokens=body.max_tokens, prompt_tokens=len(p.input_ids),
+                              context=engine.max_model_len, logprobs=body.logprobs) for p in prompts]
+    completion_id, model_name, strings = new_id("cmpl"), state.served_model_name, engine.token_strings
+    echoes = [(item if isinstance(item, str) else tokenizer.decode(item)) if body.echo else "" for item in inputs]
+    prompt_tokens = sum(len(p.input_ids) for p in prompts)
+
+    def logprobs_of(chunks, offset: int) -> CompletionLogprobs | None:
+        if body.logprobs is None:
+            return None
+        result = CompletionLogprobs()
+        for chunk in chunks:
+            result.tokens.append(strings.text(chunk.token))
+            result.token_logprobs.append(chunk.logprob.logprob)
+            result.top_logprobs.append({strings.text(t): lp for t, lp in chunk.logprob.top})
+            result.text_offset.append(offset)
+            offset += len(chunk.text)
+        return result
+
+    if not body.stream:
+        choices, completion_tokens = [], 0
+        for index, (prompt, param) in enumerate(zip(prompts, params)):
+            chunks = await collect(request, engine.generate(prompt, param))
+            completion_tokens += len(chunks)
+            text = "".join(chunk.text for chunk in chunks)
+            choices.append(CompletionChoice(index=index, text=echoes[index] + text,
+                                            logprobs=logprobs_of(chunks, len(echoes[index])),
+                                            finish_reason=chunks[-1].finish_reason))
+        usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                      total_tokens=prompt_tokens + completion_tokens)
+        return dump(Completion(id=completion_id, model=model_name, choices=choices, usage=usage))
+
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    async def events():
+        completion_tokens = 0
+        for index, (prompt, param) in enumerate(zip(prompts, params)):
+            offset = len(echoes[index])
+            if echoes[index]:
+                yield sse(dump(Completion(id=completion_id, model=model_name,
+                                          choices=[CompletionChoice(index=index, text=echoes[index])])))
+            async for chunk in engine.generate(prompt, param):
+                completion_tokens += 1
+                choice = CompletionChoice(index=index, text=chunk.text, logprobs=logprobs_of([chunk], offset),
+                                          finish_reason=chunk.finish_reason)
+                offset += len(chunk.text)
+                yield sse(dump(Completion(id=completion_id, model=model_name, choices=[choice])))
+        if include_usage:
+            usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                          total_tokens=prompt_tokens + completion_tokens)
+            yield sse(dump(Completion(id=completion_id, model=model_name, choices=[], usage=usage)))
+        yield SSE_DONE
+
+    return StreamingResponse(events(), media_type="text/event-stream")

@@ -1,0 +1,93 @@
+"""OpenAI message content -> the runtime's message format, with image bytes fetched safely.
+
+Images arrive as data URLs, the original Holo API's `{"type": "image", "image": {"b64": ...}}`,
+or (only when the operator allows it) http(s) URLs and local paths: fetching arbitrary URLs by
+default would let any client make the server issue requests (server-side request forgery).
+"""
+
+import base64
+import binascii
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import APIError
+from .protocol import ChatMessage, ContentPart, HoloImagePart, ImageURLPart, TextPart
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    allow_remote: bool = False
+    allow_local: bool = False
+    max_bytes: int = 20 * 1024 * 1024
+    fetch_timeout_s: float = 10.0
+
+
+def decode_base64(data: str, param: str) -> bytes:
+    try:
+        return base64.b64decode("".join(data.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise APIError(400, "image data is not valid base64", param=param, code="invalid_image") from None
+
+
+def image_bytes(url: str, policy: ImagePolicy, param: str) -> bytes:
+    if url.startswith("data:"):
+        header, comma, data = url.partition(",")
+        if not comma or ";base64" not in header:
+            raise APIError(400, "image data URLs must be base64 (data:image/png;base64,...)", param=param,
+                           code="invalid_image")
+        raw = decode_base64(data, param)
+    elif url.startswith(("http://", "https://")):
+        if not policy.allow_remote:
+            raise APIError(400, "remote image URLs are disabled on this server (start it with "
+                           "--allow-remote-images); send the image as a base64 data URL", param=param,
+                           code="remote_images_disabled")
+        try:
+            with urllib.request.urlopen(url, timeout=policy.fetch_timeout_s) as response:
+                raw = response.read(policy.max_bytes + 1)
+        except OSError as error:
+            raise APIError(400, f"could not fetch image {url}: {error}", param=param, code="invalid_image") from None
+    else:
+        if not policy.allow_local:
+            raise APIError(400, "local image paths are disabled on this server (start it with "
+                           "--allow-local-images); send the image as a base64 data URL", param=param,
+                           code="local_images_disabled")
+        path = Path(url.removeprefix("file://"))
+        if not path.is_file():
+            raise APIError(400, f"no image file at {path}", param=param, code="invalid_image")
+        raw = path.read_bytes()[: policy.max_bytes + 1]
+    if len(raw) > policy.max_bytes:
+        raise APIError(413, f"image larger than {policy.max_bytes:,} bytes", param=param, code="image_too_large")
+    return raw
+
+
+def to_part(part: ContentPart, policy: ImagePolicy, param: str) -> dict:
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    if isinstance(part, ImageURLPart):
+        return {"type": "image", "image": image_bytes(part.image_url.url, policy, param)}
+    if isinstance(part, HoloImagePart):
+        raw = decode_base64(part.image.b64, param)
+        if len(raw) > policy.max_bytes:
+            raise APIError(413, f"image larger than {policy.max_bytes:,} bytes", param=param, code="image_too_large")
+        return {"type": "image", "image": raw}
+    raise APIError(400, f"unsupported content part {part!r}", param=param)
+
+
+def to_parts(parts: list[ContentPart], policy: ImagePolicy, param: str) -> list[dict]:
+    return [to_part(part, policy, f"{param}[{index}]") for index, part in enumerate(parts)]
+
+
+def to_messages(messages: list[ChatMessage], policy: ImagePolicy) -> list[dict]:
+    if not messages:
+        raise APIError(400, "messages must not be empty", param="messages")
+    converted = []
+    for index, message in enumerate(messages):
+        role = "system" if message.role == "developer" else message.role
+        content = message.content
+        if content is None:
+            content = ""
+        elif not isinstance(content, str):
+            content = to_parts(content, policy, f"messages[{index}].content")
+        converted.append({"role": role, "content": content})
+    return converted

@@ -1,0 +1,62 @@
+"""Every error leaves the server in OpenAI's envelope: {"error": {"message", "type", "param", "code"}}."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("holo_mlx.server")
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers
+
+
+def envelope(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"),
+                      "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, *, param=None, code=None, headers=None) -> JSONResponse:
+    return JSONResponse(envelope(status, message, param, code), status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, error: APIError):
+        return error_response(error.status, error.message, param=error.param, code=error.code,
+                              headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError):
+        first = error.errors()[0]
+        location = [str(part) for part in first["loc"] if part != "body"]
+        message = f"{'.'.join(location) or 'body'}: {first['msg']}"
+        return error_response(422, message, param=".".join(location) or None, code="invalid_schema")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        message = "no such route" if error.status_code == 404 else str(error.detail)
+        return error_response(error.status_code, f"{message}: {request.method} {request.url.path}"
+                              if error.status_code in (404, 405) else message, headers=error.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(500, f"internal error: {type(error).__name__}: {error}")

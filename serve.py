@@ -1,0 +1,136 @@
+"""Serve a converted Holo1.5 model with an OpenAI-compatible API.
+
+    python serve.py --model models/Holo1.5-7B-mlx-8bit
+    # then: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="none")
+
+Every flag has an environment-variable fallback (see docs/API.md).
+"""
+
+import argparse
+import errno
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+def env_int(name: str, default: int | None) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="OpenAI-compatible server for Holo1.5 on MLX")
+    parser.add_argument("--model", default=os.environ.get("HOLO_MODEL"),
+                        help="converted model folder (env HOLO_MODEL); make one with `python -m convert`")
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"), help="bind address (env HOST)")
+    parser.add_argument("--port", type=int, default=env_int("PORT", 8000),
+                        help="port (env PORT); 0 picks a free one")
+    parser.add_argument("--next-free-port", action="store_true",
+                        help="if the port is taken, use the next free one instead of exiting")
+    parser.add_argument("--max-side", type=int, default=env_int("HOLO_MAX_SIDE", 1440),
+                        help="longest image side before smart_resize (env HOLO_MAX_SIDE); 0 disables")
+    parser.add_argument("--max-pixels", type=int, default=env_int("HOLO_MAX_PIXELS", 1_003_520),
+                        help="pixel budget per image after resize (env HOLO_MAX_PIXELS)")
+    parser.add_argument("--max-model-len", type=int, default=env_int("HOLO_MAX_MODEL_LEN", None),
+                        help="context length limit (env HOLO_MAX_MODEL_LEN; default: the model's)")
+    parser.add_argument("--api-key", default=os.environ.get("HOLO_API_KEY"),
+                        help="require `Authorization: Bearer KEY` on /v1 (env HOLO_API_KEY)")
+    parser.add_argument("--served-model-name", default=os.environ.get("HOLO_SERVED_MODEL_NAME"),
+                        help="model id reported and accepted (default: the folder name)")
+    parser.add_argument("--allow-remote-images", action="store_true",
+                        help="let clients pass http(s) image URLs for the server to fetch")
+    parser.add_argument("--allow-local-images", action="store_true",
+                        help="let clients pass paths of image files on this machine")
+    parser.add_argument("--log-level", default=os.environ.get("HOLO_LOG_LEVEL", "info"))
+    return parser.parse_args(argv)
+
+
+def port_owner(port: int) -> str:
+    """Which process listens on a TCP port, as far as this OS lets us see."""
+    try:
+        out = subprocess.run(["lsof", "-nP", f"-iTCP:{port}", "-sTCP:LISTEN", "-Fpc"],
+                             capture_output=True, text=True, timeout=5).stdout
+        fields = {line[0]: line[1:] for line in out.splitlines() if line}
+        if "p" in fields:
+            return f"pid {fields['p']} ({fields.get('c', '?')})"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return _proc_port_owner(port) or "another process"
+
+
+def _proc_port_owner(port: int) -> str | None:
+    """Linux without lsof: match the listening socket's inode in /proc/net/tcp* to a process's fds."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                    inodes.add(fields[9])
+        except OSError:
+            continue
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in {f"socket:[{inode}]" for inode in inodes}:
+                    command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+                    return f"pid {proc.name} ({command})"
+        except OSError:
+            continue
+    return None
+
+
+def bind(host: str, port: int, next_free: bool) -> socket.socket:
+    """A listening socket, bound here so the URL we print is the one actually served."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for candidate in range(port, port + (100 if next_free and port else 1)):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, candidate))
+            return sock
+        except OSError as error:
+            sock.close()
+            if error.errno != errno.EADDRINUSE:
+                raise
+            if not next_free:
+                sys.exit(f"error: port {candidate} on {host} is in use by {port_owner(candidate)}; "
+                         "stop it, pick another --port, or pass --next-free-port (or --port 0)")
+    sys.exit(f"error: no free port in {port}-{port + 99} on {host}")
+
+
+def main(argv=None) -> None:
+    from holo_mlx.runtime import use_fast_blas
+
+    use_fast_blas()
+    args = parse_args(argv)
+    if not args.model:
+        sys.exit("error: no model given: pass --model PATH (or set HOLO_MODEL) to a folder made by "
+                 "`python -m convert --hf-path Hcompany/Holo1.5-7B`")
+    if not Path(args.model).is_dir():
+        sys.exit(f"error: model folder {args.model} does not exist; create it with "
+                 f"`python -m convert --hf-path Hcompany/Holo1.5-7B --mlx-path {args.model}`")
+
+    import uvicorn
+
+    from holo_mlx.server.app import Settings, create_app
+
+    settings = Settings(
+        model=args.model, host=args.host, port=args.port, max_side=args.max_side or None,
+        max_pixels=args.max_pixels, api_key=args.api_key, served_model_name=args.served_model_name,
+        allow_remote_images=args.allow_remote_images, allow_local_images=args.allow_local_images,
+        max_model_len=args.max_model_len,
+    )
+    sock = bind(args.host, args.port, args.next_free_port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"holo-mlx: serving {settings.model_name} at http://{shown}:{port}/v1 (model loading in the background)",
+          flush=True)
+    config = uvicorn.Config(create_app(settings), log_level=args.log_level)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()
