@@ -43,6 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="let clients pass http(s) image URLs for the server to fetch")
     parser.add_argument("--allow-local-images", action="store_true",
                         help="let clients pass paths of image files on this machine")
+    parser.add_argument("--max-request-mb", type=float, default=64.0,
+                        help="largest request body accepted, in MiB (larger: 413)")
+    parser.add_argument("--max-image-mb", type=float, default=20.0,
+                        help="largest single encoded image accepted, in MiB (larger: 413)")
     parser.add_argument("--log-level", default=os.environ.get("HOLO_LOG_LEVEL", "info"))
     return parser.parse_args(argv)
 
@@ -121,7 +125,8 @@ def main(argv=None) -> None:
         model=args.model, host=args.host, port=args.port, max_side=args.max_side or None,
         max_pixels=args.max_pixels, api_key=args.api_key, served_model_name=args.served_model_name,
         allow_remote_images=args.allow_remote_images, allow_local_images=args.allow_local_images,
-        max_model_len=args.max_model_len,
+        max_model_len=args.max_model_len, max_body_bytes=int(args.max_request_mb * 2**20),
+        max_image_bytes=int(args.max_image_mb * 2**20),
     )
     sock = bind(args.host, args.port, args.next_free_port)
     host, port = sock.getsockname()[:2]

@@ -24,16 +24,21 @@ def find_openblas() -> str | None:
     return next((p for p in OPENBLAS_CANDIDATES if Path(p).exists()), None)
 
 
+def blas_reexec_pending() -> bool:
+    """True when use_fast_blas() would re-exec: Linux, OpenBLAS installed, not yet preloaded."""
+    return (sys.platform == "linux" and not os.environ.get("HOLO_MLX_NO_BLAS_REEXEC")
+            and not os.environ.get(_REEXEC_MARK) and find_openblas() is not None
+            and "openblas" not in os.environ.get("LD_PRELOAD", ""))
+
+
 def use_fast_blas() -> None:
     """Re-exec this process with OpenBLAS preloaded when on Linux and it is installed.
 
     Call first thing in an entry point. Set HOLO_MLX_NO_BLAS_REEXEC=1 to opt out.
     """
-    if sys.platform != "linux" or os.environ.get("HOLO_MLX_NO_BLAS_REEXEC") or os.environ.get(_REEXEC_MARK):
+    if not blas_reexec_pending():
         return
     library = find_openblas()
-    if library is None or "openblas" in os.environ.get("LD_PRELOAD", ""):
-        return
     env = dict(os.environ)
     env["LD_PRELOAD"] = ":".join(filter(None, [library, env.get("LD_PRELOAD")]))
     env[_REEXEC_MARK] = "1"

@@ -4,18 +4,17 @@ from pathlib import Path
 
 import pytest
 
-from holo_mlx.runtime import use_fast_blas
+from holo_mlx.runtime import blas_reexec_pending, use_fast_blas
 
 
 def pytest_configure(config):
     # Re-exec with OpenBLAS preloaded before any test runs MLX (minutes instead of hours on the
     # reference BLAS); output capture is stopped first so the new process writes to the terminal.
-    capture = config.pluginmanager.getplugin("capturemanager")
-    if capture is not None:
-        capture.stop_global_capturing()
-    use_fast_blas()
-    if capture is not None:
-        capture.start_global_capturing()
+    if blas_reexec_pending():
+        capture = config.pluginmanager.getplugin("capturemanager")
+        if capture is not None:
+            capture.stop_global_capturing()
+        use_fast_blas()
 
 FIXTURE_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "fixtures"
 

@@ -107,7 +107,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def health():
         body = {"status": engine.status, "model": settings.model_name, "model_path": settings.model,
                 "device": device_name(), "dtype": engine.dtype, "max_side": settings.max_side,
-                "max_pixels": settings.max_pixels, "load_error": engine.load_error}
+                "max_pixels": settings.max_pixels, "load_error": engine.load_error,
+                "requests_running": engine.active_jobs, "requests_waiting": engine.waiting}
         return JSONResponse(body, status_code=200 if engine.status == "ready" else 503)
 
     @app.get("/v1/models")

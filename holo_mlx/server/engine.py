@@ -87,6 +87,10 @@ class Engine:
         return str(self.model.dtype).removeprefix("mlx.core.") if self.model is not None else None
 
     @property
+    def waiting(self) -> int:
+        return self._jobs.qsize()
+
+    @property
     def max_model_len(self) -> int:
         limit = self.model.config.text_config.max_position_embeddings
         return min(limit, self.requested_max_model_len or limit)
