@@ -12,6 +12,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .config import VisionConfig
+from .layers import MLP, apply_rotary
 
 
 @dataclass
@@ -97,11 +98,6 @@ def vision_layout(grid_thw: list[tuple[int, int, int]], config: VisionConfig) ->
     )
 
 
-def rotate_half(x: mx.array) -> mx.array:
-    half = x.shape[-1] // 2
-    return mx.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-
-
 def segmented_attention(q, k, v, segments: Segments, scale: float) -> mx.array:
     """Attention within each segment; q, k, v are (seq, heads, head_dim)."""
     if segments.gather is None:
@@ -126,21 +122,9 @@ class VisionAttention(nn.Module):
         seq = x.shape[0]
         qkv = self.qkv(x).reshape(seq, 3, self.num_heads, -1)
         q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         out = segmented_attention(q, k, v, segments, self.scale)
         return self.proj(out.reshape(seq, -1))
-
-
-class VisionMLP(nn.Module):
-    def __init__(self, dim: int, hidden_dim: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden_dim, bias=True)
-        self.up_proj = nn.Linear(dim, hidden_dim, bias=True)
-        self.down_proj = nn.Linear(hidden_dim, dim, bias=True)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class VisionBlock(nn.Module):
@@ -149,7 +133,7 @@ class VisionBlock(nn.Module):
         self.norm1 = nn.RMSNorm(config.hidden_size, eps=1e-6)
         self.norm2 = nn.RMSNorm(config.hidden_size, eps=1e-6)
         self.attn = VisionAttention(config.hidden_size, config.num_heads)
-        self.mlp = VisionMLP(config.hidden_size, config.intermediate_size)
+        self.mlp = MLP(config.hidden_size, config.intermediate_size, bias=True)
 
     def __call__(self, x, cos, sin, segments: Segments) -> mx.array:
         x = x + self.attn(self.norm1(x), cos, sin, segments)

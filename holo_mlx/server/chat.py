@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from .common import (SSE_DONE, build_prompt, check_model, check_top_logprobs, collect, holo_info,
+from .common import (SSE_DONE, build_prompt, check_top_logprobs, collect, holo_info, ready_engine,
                      sampling_params, sse)
 from .content import to_messages
 from .errors import APIError
@@ -16,9 +16,7 @@ router = APIRouter()
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = request.app.state
-    engine = state.engine
-    engine.require_ready()
-    check_model(body.model, state.served_model_name)
+    engine = ready_engine(request, body.model)
     check_top_logprobs(body.top_logprobs, "top_logprobs")
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")

@@ -11,16 +11,49 @@ from mlx_lm.tokenizer_utils import _byte_decoder
 from ..generate import GenerationChunk, SamplingParams
 from ..image import ImageError, ImageTooLarge
 from ..prompt import Prompt
+from .content import ImagePolicy, to_parts
 from .errors import APIError
 from .protocol import HoloInfo, ImageResize, ImageSize, SamplingFields, TopLogprob
 
 DISCONNECT_POLL_TOKENS = 8  # non-streaming requests check for a gone client every few tokens
 
 
-def check_model(requested: str | None, served: str) -> None:
-    if requested is not None and requested != served:
-        raise APIError(404, f"model {requested!r} is not served here; this server serves {served!r}",
+def ready_engine(request: Request, model: str | None):
+    """The engine, once it can take work and the request names the served model (or none)."""
+    state = request.app.state
+    state.engine.require_ready()
+    if model is not None and model != state.served_model_name:
+        raise APIError(404, f"model {model!r} is not served here; this server serves {state.served_model_name!r}",
                        param="model", code="model_not_found")
+    return state.engine
+
+
+def split_inputs(value) -> list:
+    """One entry per input: a string, a token-id list or a content-part list."""
+    if isinstance(value, str) or (value and all(isinstance(item, int) for item in value)):
+        return [value]
+    if value and not isinstance(value[0], (str, list)):  # a single list of content parts
+        return [value]
+    return list(value)
+
+
+async def input_prompts(engine, inputs: list, policy: ImagePolicy, param: str) -> list[Prompt]:
+    """Prompts for raw inputs (no chat template): text as is, token ids as given, content parts in order."""
+    if not inputs or any(len(item) == 0 for item in inputs):
+        raise APIError(400, f"{param} must not be empty", param=param)
+    vocab = engine.model.config.text_config.vocab_size
+    prompts = []
+    for index, item in enumerate(inputs):
+        if isinstance(item, str):
+            prompts.append(await build_prompt(lambda text=item: engine.prompts.build_text(text)))
+        elif isinstance(item[0], int):
+            if any(not 0 <= token < vocab for token in item):
+                raise APIError(400, f"token ids must be in [0, {vocab})", param=param)
+            prompts.append(Prompt(input_ids=list(item), images=[]))
+        else:
+            parts = to_parts(item, policy, f"{param}[{index}]")
+            prompts.append(await build_prompt(lambda parts=parts: engine.prompts.build_parts(parts)))
+    return prompts
 
 
 async def build_prompt(build: Callable[[], Prompt]) -> Prompt:

@@ -3,46 +3,26 @@
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ..prompt import Prompt
-from .common import SSE_DONE, build_prompt, check_model, check_top_logprobs, collect, sampling_params, sse
+from .common import (SSE_DONE, check_top_logprobs, collect, input_prompts, ready_engine, sampling_params,
+                     split_inputs, sse)
 from .errors import APIError
 from .protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage, dump, new_id
 
 router = APIRouter()
 
 
-def prompt_inputs(prompt) -> list[str | list[int]]:
-    """The request's prompts: one string, several strings, one token list, or several token lists."""
-    if isinstance(prompt, str):
-        return [prompt]
-    if prompt and all(isinstance(item, int) for item in prompt):
-        return [prompt]
-    return list(prompt)
-
-
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
     state = request.app.state
-    engine = state.engine
-    engine.require_ready()
-    check_model(body.model, state.served_model_name)
+    engine = ready_engine(request, body.model)
     check_top_logprobs(body.logprobs, "logprobs")
     if body.suffix:
         raise APIError(400, "suffix is not supported", param="suffix")
     if body.echo and body.logprobs is not None:
         raise APIError(400, "echo together with logprobs is not supported", param="echo")
-    tokenizer, vocab = engine.prompts.tokenizer, engine.model.config.text_config.vocab_size
-    inputs = prompt_inputs(body.prompt)
-    if not inputs:
-        raise APIError(400, "prompt must not be empty", param="prompt")
-    prompts = []
-    for item in inputs:
-        if isinstance(item, str):
-            prompts.append(await build_prompt(lambda text=item: engine.prompts.build_text(text)))
-        else:
-            if any(not 0 <= token < vocab for token in item):
-                raise APIError(400, f"token ids must be in [0, {vocab})", param="prompt")
-            prompts.append(Prompt(input_ids=list(item), images=[]))
+    tokenizer = engine.prompts.tokenizer
+    inputs = split_inputs(body.prompt)
+    prompts = await input_prompts(engine, inputs, state.image_policy, "prompt")
     params = [sampling_params(body, max_tokens=body.max_tokens, prompt_tokens=len(p.input_ids),
                               context=engine.max_model_len, logprobs=body.logprobs) for p in prompts]
     completion_id, model_name, strings = new_id("cmpl"), state.served_model_name, engine.token_strings
