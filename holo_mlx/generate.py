@@ -103,18 +103,28 @@ def prefill(model: Model, prompt, cache: list[KVCache]) -> tuple[mx.array, int]:
     return model.language_model.logits(hidden[:, -1]), delta
 
 
-def generate_tokens(model: Model, prompt, params: SamplingParams, suppress: list[int]) -> Iterator[tuple[int, mx.array]]:
-    """Yield (token, log-probabilities) forever; `suppress` ids are banned for the first min_tokens."""
-    cache = make_cache(model)
-    sampler = Sampler(params)
-    suppress_ids = mx.array(suppress) if suppress else None
-    logits, delta = prefill(model, prompt, cache)
+class TokenChooser:
+    """Per-request sampling state: the sampler and its key, and the min_tokens ban on stop ids."""
 
-    def sample(logits: mx.array, step: int) -> tuple[mx.array, mx.array]:
+    def __init__(self, params: SamplingParams, stop_ids: set[int]):
+        self.params = params
+        self.sampler = Sampler(params)
+        self.suppress = mx.array(sorted(stop_ids)) if params.min_tokens and stop_ids else None
+        self.step = 0
+
+    def __call__(self, logits: mx.array) -> tuple[mx.array, mx.array]:
+        """(token, log-probabilities) from logits of shape (1, vocab)."""
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        if suppress_ids is not None and step < params.min_tokens:
-            logprobs[..., suppress_ids] = -mx.inf
-        return sampler(logprobs), logprobs
+        if self.suppress is not None and self.step < self.params.min_tokens:
+            logprobs[..., self.suppress] = -mx.inf
+        self.step += 1
+        return self.sampler(logprobs), logprobs
+
+
+def generate_tokens(model: Model, prompt, chooser: TokenChooser) -> Iterator[tuple[int, mx.array]]:
+    """Yield (token, log-probabilities) forever for one prompt."""
+    cache = make_cache(model)
+    logits, delta = prefill(model, prompt, cache)
 
     def forward(token: mx.array) -> mx.array:
         positions = mx.array(decode_positions(cache[0].offset, 1, delta))[:, None, :]
@@ -122,15 +132,14 @@ def generate_tokens(model: Model, prompt, params: SamplingParams, suppress: list
         hidden = model.language_model.model(embeds, positions, cache)
         return model.language_model.logits(hidden[:, -1])
 
-    token, logprobs = sample(logits, 0)
+    token, logprobs = chooser(logits)
     mx.async_eval(token, logprobs)
-    step = 0
     while True:
         # Queue the next step before handing this token out, so the device never idles.
-        next_token, next_logprobs = sample(forward(token), step + 1)
+        next_token, next_logprobs = chooser(forward(token))
         mx.async_eval(next_token, next_logprobs)
         yield token.item(), logprobs[0]
-        token, logprobs, step = next_token, next_logprobs, step + 1
+        token, logprobs = next_token, next_logprobs
 
 
 def _held_back(text: str, stops: list[str]) -> int:
@@ -139,50 +148,69 @@ def _held_back(text: str, stops: list[str]) -> int:
                 if stop.startswith(text[-n:])), default=0)
 
 
-def stream_generate(model: Model, tokenizer, prompt, params: SamplingParams,
-                    eos_token_ids: set[int]) -> Iterator[GenerationChunk]:
-    """Decoded text as it is generated; stop strings are never emitted."""
-    detokenizer = BPEStreamingDetokenizer(tokenizer)
-    stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else eos_token_ids)
-    text, emitted = "", 0
-    started = time.perf_counter()
-    prompt_time = None
-    mx.reset_peak_memory()
-    tokens = generate_tokens(model, prompt, params, sorted(eos_token_ids | set(params.stop_token_ids)))
-    for count, (token, logprobs) in enumerate(tokens, start=1):
-        if prompt_time is None:
-            prompt_time = time.perf_counter() - started
-        finish = None
+class TextStream:
+    """Sampled tokens -> text chunks: detokenizes, holds back possible stop strings, decides the end."""
+
+    def __init__(self, tokenizer, params: SamplingParams, eos_token_ids: set[int], prompt_tokens: int):
+        self.params = params
+        self.detokenizer = BPEStreamingDetokenizer(tokenizer)
+        self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else eos_token_ids)
+        self.prompt_tokens = prompt_tokens
+        self.text, self.emitted, self.count = "", 0, 0
+        self.started = time.perf_counter()
+        self.first_token_time: float | None = None
+
+    def add(self, token: int, logprobs: mx.array) -> GenerationChunk:
+        """The chunk for one more token; its finish_reason is set when generation must end."""
+        params = self.params
+        self.count += 1
+        if self.first_token_time is None:
+            self.first_token_time = time.perf_counter()
         logprob = _token_logprob(token, logprobs, params.logprobs)
-        if token in stop_ids:
+        finish = None
+        if token in self.stop_ids:
             finish, piece = "stop", ""
         else:
-            detokenizer.add_token(token)
-            text += detokenizer.last_segment
+            self.detokenizer.add_token(token)
+            self.text += self.detokenizer.last_segment
+            text, emitted = self.text, self.emitted
             hit = min((i for i in (text.find(s, max(0, emitted - len(s))) for s in params.stop) if i >= 0),
                       default=-1)
             if hit >= 0:
                 finish, piece = "stop", text[emitted:hit]
             else:
-                if count >= params.max_tokens:
-                    detokenizer.finalize()
-                    text += detokenizer.last_segment
+                if self.count >= params.max_tokens:
+                    self.detokenizer.finalize()
+                    self.text += self.detokenizer.last_segment
                     finish = "length"
-                safe = len(text) if finish else len(text) - _held_back(text, params.stop)
-                piece = text[emitted:safe]
-            emitted += len(piece)
-        if finish:
-            decode_time = max(time.perf_counter() - started - prompt_time, 1e-9)
-            stats = GenerationStats(
-                prompt_tokens=len(prompt.input_ids),
-                generation_tokens=count,
-                prompt_tps=len(prompt.input_ids) / prompt_time,
-                generation_tps=(count - 1) / decode_time if count > 1 else 0.0,
-                peak_memory_gb=mx.get_peak_memory() / 1e9,
-            )
-            yield GenerationChunk(piece, token, logprob, finish, stats)
+                safe = len(self.text) if finish else len(self.text) - _held_back(self.text, params.stop)
+                piece = self.text[emitted:safe]
+            self.emitted += len(piece)
+        return GenerationChunk(piece, token, logprob, finish, self.stats() if finish else None)
+
+    def stats(self) -> GenerationStats:
+        prompt_time = max(self.first_token_time - self.started, 1e-9)
+        decode_time = max(time.perf_counter() - self.first_token_time, 1e-9)
+        return GenerationStats(
+            prompt_tokens=self.prompt_tokens,
+            generation_tokens=self.count,
+            prompt_tps=self.prompt_tokens / prompt_time,
+            generation_tps=(self.count - 1) / decode_time if self.count > 1 else 0.0,
+            peak_memory_gb=mx.get_peak_memory() / 1e9,
+        )
+
+
+def stream_generate(model: Model, tokenizer, prompt, params: SamplingParams,
+                    eos_token_ids: set[int]) -> Iterator[GenerationChunk]:
+    """Decoded text as it is generated; stop strings are never emitted."""
+    mx.reset_peak_memory()
+    stream = TextStream(tokenizer, params, eos_token_ids, len(prompt.input_ids))
+    chooser = TokenChooser(params, eos_token_ids | set(params.stop_token_ids))
+    for token, logprobs in generate_tokens(model, prompt, chooser):
+        chunk = stream.add(token, logprobs)
+        yield chunk
+        if chunk.finish_reason:
             return
-        yield GenerationChunk(piece, token, logprob)
 
 
 def _token_logprob(token: int, logprobs: mx.array, top: int | None) -> TokenLogprob | None:
