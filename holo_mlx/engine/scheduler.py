@@ -1,0 +1,194 @@
+"""Continuous batching: requests join and leave one running decode batch between steps.
+
+Each step: drop cancelled requests, advance the prefill of at most one newcomer by one chunk (so a
+1.2k-token screenshot never freezes the batch for its whole prefill), then decode one token for
+every running request. A request's KV lives in its own cache while it prefills and in a row of
+the shared left-padded BatchKVCache once it decodes; its rope delta, sampler and text stream stay
+on its Sequence.
+"""
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import numpy as np
+from mlx_lm.models.cache import BatchKVCache
+
+from ..generate import PREFILL_CHUNK, GenerationChunk, SamplingParams, TextStream, TokenChooser, make_cache
+from ..model import Model
+from ..rope import rope_index
+from .caches import PrefixCache, VisionCache, prefix_key, restore
+
+
+@dataclass
+class Sequence:
+    """One generation request and all of its state."""
+
+    prompt: object  # holo_mlx.prompt.Prompt
+    params: SamplingParams
+    emit: Callable[[object], None]  # receives GenerationChunks, then None at the end, or an Exception
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    cached_tokens: int = 0
+    # set when the sequence starts
+    chooser: TokenChooser | None = None
+    stream: TextStream | None = None
+    cache: list | None = None
+    key: np.ndarray | None = None
+    embeds: mx.array | None = None
+    positions: mx.array | None = None
+    prefilled: int = 0
+    next_position: int = 0  # M-RoPE position of last_token (all three axes), from the request's rope delta
+    last_token: int = 0
+
+
+class Scheduler:
+    def __init__(self, model: Model, tokenizer, eos_token_ids: set[int], *, max_num_seqs: int = 8,
+                 prefix_cache: PrefixCache | None = None, vision_cache: VisionCache | None = None):
+        self.model, self.tokenizer, self.eos_token_ids = model, tokenizer, eos_token_ids
+        self.max_num_seqs = max_num_seqs
+        self.prefix_cache = prefix_cache or PrefixCache(0)
+        self.vision_cache = vision_cache or VisionCache(0)
+        self.waiting: deque[Sequence] = deque()
+        self.prefilling: Sequence | None = None
+        self.running: list[Sequence] = []
+        self.batch_cache: list[BatchKVCache] | None = None
+
+    # --- queue -------------------------------------------------------------------------------------
+
+    def add(self, sequence: Sequence) -> None:
+        self.waiting.append(sequence)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.prefilling or self.running)
+
+    def step(self) -> None:
+        self._drop_cancelled()
+        if self.prefilling is None and self.waiting and len(self.running) < self.max_num_seqs:
+            sequence = self.waiting.popleft()
+            self._guard(sequence, self._start, sequence)
+        if self.prefilling is not None:
+            self._guard(self.prefilling, self._prefill_chunk)
+        if self.running:
+            try:
+                self._decode()
+            except Exception as error:  # a failed batch step fails the requests in it, not the engine
+                for sequence in self.running:
+                    sequence.emit(error)
+                self.running, self.batch_cache = [], None
+
+    def _guard(self, sequence: Sequence, work, *args) -> None:
+        """Run one request's own work; a failure ends that request only."""
+        try:
+            work(*args)
+        except Exception as error:
+            if self.prefilling is sequence:
+                self.prefilling = None
+            sequence.emit(error)
+
+    def _drop_cancelled(self) -> None:
+        self.waiting = deque(s for s in self.waiting if not s.cancelled.is_set())
+        if self.prefilling is not None and self.prefilling.cancelled.is_set():
+            self.prefilling = None
+        self._keep([s for s in self.running if not s.cancelled.is_set()])
+
+    def _keep(self, sequences: list[Sequence]) -> None:
+        if len(sequences) == len(self.running):
+            return
+        if not sequences:
+            self.running, self.batch_cache = [], None
+            return
+        rows = mx.array([self.running.index(s) for s in sequences])
+        for cache in self.batch_cache:
+            cache.filter(rows)
+        self.running = sequences
+
+    # --- prefill -----------------------------------------------------------------------------------
+
+    def _start(self, sequence: Sequence) -> None:
+        model, prompt = self.model, sequence.prompt
+        config = model.config
+        ids = prompt.input_ids
+        sequence.chooser = TokenChooser(sequence.params, self.eos_token_ids | set(sequence.params.stop_token_ids))
+        sequence.stream = TextStream(self.tokenizer, sequence.params, self.eos_token_ids, len(ids))
+        grids = [image.grid_thw for image in prompt.images]
+        positions, delta = rope_index(ids, grids, image_token_id=config.image_token_id,
+                                      spatial_merge_size=config.vision_config.spatial_merge_size)
+        sequence.key = prefix_key(ids, prompt.images, config.image_token_id)
+        reused, entry = self.prefix_cache.lookup(sequence.key)
+        reused = self._reusable(ids, min(reused, len(ids) - 1), config.image_token_id)
+        sequence.cache = restore(entry, reused) if reused else make_cache(model)
+        sequence.cached_tokens = reused
+
+        # Only images that start after the reused prefix are encoded (or fetched from the cache).
+        image_starts = np.flatnonzero(np.diff(np.concatenate([[0], np.asarray(ids) == config.image_token_id])) == 1)
+        fresh = [image for image, start in zip(prompt.images, image_starts) if start >= reused]
+        features = None
+        if fresh:
+            features = mx.concatenate([self.vision_cache.features(image, self._encode) for image in fresh])
+        sequence.embeds = model.embed(ids[reused:], features)
+        sequence.positions = mx.array(positions[:, reused:])[:, None, :]
+        sequence.prefilled = 0
+        sequence.next_position = len(ids) + delta - 1  # advanced as each sampled token is fed back
+        self.prefilling = sequence
+
+    def _encode(self, image) -> mx.array:
+        return self.model.encode_images([image.pixel_values], [image.grid_thw])
+
+    @staticmethod
+    def _reusable(ids: list[int], length: int, image_token_id: int) -> int:
+        """Back a prefix match off to an image boundary: images are encoded whole."""
+        while 0 < length < len(ids) and ids[length] == image_token_id and ids[length - 1] == image_token_id:
+            length -= 1
+        return length
+
+    def _prefill_chunk(self) -> None:
+        sequence = self.prefilling
+        start, end = sequence.prefilled, sequence.prefilled + PREFILL_CHUNK
+        decoder = self.model.language_model.model
+        hidden = decoder(sequence.embeds[:, start:end], sequence.positions[:, :, start:end], sequence.cache)
+        sequence.prefilled = min(end, sequence.embeds.shape[1])
+        if sequence.prefilled < sequence.embeds.shape[1]:
+            mx.eval([c.state for c in sequence.cache])
+            return
+        self.prefilling = None
+        token, logprobs = sequence.chooser(self.model.language_model.logits(hidden[:, -1]))
+        mx.eval(token, logprobs, [c.state for c in sequence.cache])
+        self.prefix_cache.store(sequence.key, sequence.cache)
+        sequence.embeds = sequence.positions = None
+        if self._emit(sequence, token.item(), logprobs[0]):
+            return
+        rows = [BatchKVCache.merge([layer]) for layer in sequence.cache]
+        sequence.cache = None
+        if self.batch_cache is None:
+            self.batch_cache = rows
+        else:
+            for cache, row in zip(self.batch_cache, rows):
+                cache.extend(row)
+        self.running.append(sequence)
+
+    # --- decode ------------------------------------------------------------------------------------
+
+    def _decode(self) -> None:
+        running = self.running
+        decoder = self.model.language_model.model
+        tokens = mx.array([[s.last_token] for s in running])
+        positions = mx.array(np.broadcast_to(np.array([[s.next_position] for s in running]), (3, len(running), 1)))
+        hidden = decoder(decoder.embed_tokens(tokens), positions, self.batch_cache)
+        logits = self.model.language_model.logits(hidden[:, -1])
+        chosen = [s.chooser(logits[row:row + 1]) for row, s in enumerate(running)]
+        mx.eval(chosen)
+        finished = [self._emit(s, token.item(), logprobs[0]) for s, (token, logprobs) in zip(running, chosen)]
+        self._keep([s for s, done in zip(running, finished) if not done])
+
+    def _emit(self, sequence: Sequence, token: int, logprobs: mx.array) -> bool:
+        """Hand one token's chunk to the requester; True when the sequence has finished."""
+        chunk: GenerationChunk = sequence.stream.add(token, logprobs)
+        sequence.emit(chunk)
+        sequence.last_token = token
+        sequence.next_position += 1
+        if chunk.finish_reason:
+            sequence.emit(None)
+            return True
+        return False

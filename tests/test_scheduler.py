@@ -1,0 +1,150 @@
+"""Continuous batching and caches against the single-request path, on the tiny checkpoint."""
+
+import numpy as np
+import pytest
+
+from holo_mlx import load
+from holo_mlx.engine.caches import PrefixCache, VisionCache
+from holo_mlx.engine.scheduler import Scheduler, Sequence
+from holo_mlx.generate import SamplingParams, stream_generate
+from holo_mlx.testing import synthetic_screenshot
+
+SYSTEM = {"role": "system", "content": "You are Holo, a GUI agent. " * 8}
+
+
+def user(text, image=None):
+    content = [{"type": "text", "text": text}]
+    if image is not None:
+        content.insert(0, {"type": "image", "image": image})
+    return [SYSTEM, {"role": "user", "content": content}]
+
+
+@pytest.fixture(scope="module")
+def loaded(hf_root_checkpoint):
+    return load(hf_root_checkpoint)
+
+
+def sequential(loaded, prompt, params):
+    model, prompts = loaded
+    return list(stream_generate(model, prompts.tokenizer, prompt, params, set(model.config.eos_token_id)))
+
+
+def run_batched(loaded, requests, *, max_num_seqs=8, stagger=0, prefix_bytes=0, vision_bytes=0):
+    """Run (prompt, params) requests through one scheduler; each `stagger` steps one more joins."""
+    model, prompts = loaded
+    scheduler = Scheduler(model, prompts.tokenizer, set(model.config.eos_token_id), max_num_seqs=max_num_seqs,
+                          prefix_cache=PrefixCache(prefix_bytes, min_tokens=1), vision_cache=VisionCache(vision_bytes))
+    outputs = [[] for _ in requests]
+    sequences = [Sequence(prompt, params, outputs[i].append) for i, (prompt, params) in enumerate(requests)]
+    pending = list(sequences)
+    steps = 0
+    while pending or scheduler.has_work():
+        if pending and (stagger == 0 or steps % stagger == 0):
+            scheduler.add(pending.pop(0))
+            if stagger == 0:
+                continue
+        scheduler.step()
+        steps += 1
+    for output in outputs:
+        assert output[-1] is None, output[-1]
+    return [output[:-1] for output in outputs], sequences, scheduler
+
+
+def tokens(chunks):
+    return [chunk.token for chunk in chunks]
+
+
+def mixed_requests(loaded):
+    _, prompts = loaded
+    greedy = SamplingParams(max_tokens=12, ignore_eos=True)
+    return [
+        (prompts.build(user("Where is the OK button?", synthetic_screenshot(400, 300, 1))), greedy),
+        (prompts.build(user("Say hello.")), SamplingParams(max_tokens=7, ignore_eos=True)),
+        (prompts.build(user("Describe.", synthetic_screenshot(200, 350, 2))), greedy),
+        (prompts.build(user("Count to three.")), SamplingParams(max_tokens=15, ignore_eos=True)),
+    ]
+
+
+@pytest.mark.parametrize("stagger", [0, 3])
+def test_batched_greedy_equals_sequential(loaded, stagger):
+    requests = mixed_requests(loaded)
+    batched, _, _ = run_batched(loaded, requests, stagger=stagger)
+    for (prompt, params), chunks in zip(requests, batched):
+        alone = sequential(loaded, prompt, params)
+        assert tokens(chunks) == tokens(alone)
+        assert "".join(c.text for c in chunks) == "".join(c.text for c in alone)
+        assert chunks[-1].finish_reason == "length"
+
+
+def test_max_num_seqs_bounds_the_batch(loaded):
+    requests = mixed_requests(loaded)
+    model, prompts = loaded
+    scheduler = Scheduler(model, prompts.tokenizer, set(model.config.eos_token_id), max_num_seqs=2)
+    outputs = [[] for _ in requests]
+    for (prompt, params), output in zip(requests, outputs):
+        scheduler.add(Sequence(prompt, params, output.append))
+    peak = 0
+    while scheduler.has_work():
+        scheduler.step()
+        peak = max(peak, len(scheduler.running))
+    assert peak == 2
+    assert all(output[-1] is None for output in outputs)
+
+
+def test_prefix_cache_hit_gives_the_cold_logits(loaded):
+    _, prompts = loaded
+    params = SamplingParams(max_tokens=6, ignore_eos=True, logprobs=5)
+    image = synthetic_screenshot(400, 300, 1)
+    first = prompts.build(user("Where is OK?", image))
+    second = prompts.build(user("Where is Cancel?", image))  # same system prompt and screenshot, new question
+    warm, sequences, scheduler = run_batched(loaded, [(first, params), (second, params)], max_num_seqs=1,
+                                             prefix_bytes=1 << 30)
+    assert sequences[0].cached_tokens == 0
+    image_end = second.input_ids.index(151653)  # <|vision_end|>
+    assert sequences[1].cached_tokens > image_end  # system prompt and screenshot reused
+    cold = sequential(loaded, second, params)
+    assert tokens(warm[1]) == tokens(cold)
+    for hit, reference in zip(warm[1], cold):
+        assert hit.logprob.logprob == pytest.approx(reference.logprob.logprob, abs=1e-4)
+        np.testing.assert_allclose([v for _, v in hit.logprob.top], [v for _, v in reference.logprob.top], atol=1e-4)
+
+
+def test_different_screenshots_never_share_kv(loaded):
+    _, prompts = loaded
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    first = prompts.build(user("Click OK.", synthetic_screenshot(400, 300, 1)))
+    second = prompts.build(user("Click OK.", synthetic_screenshot(400, 300, 7)))
+    assert first.input_ids == second.input_ids  # identical placeholder tokens
+    warm, sequences, _ = run_batched(loaded, [(first, params), (second, params)], max_num_seqs=1,
+                                     prefix_bytes=1 << 30)
+    image_start = second.input_ids.index(151655)
+    assert sequences[1].cached_tokens <= image_start  # only the text before the image is shared
+    assert tokens(warm[1]) == tokens(sequential(loaded, second, params))
+
+
+def test_vision_cache_reuses_features(loaded):
+    _, prompts = loaded
+    params = SamplingParams(max_tokens=3, ignore_eos=True)
+    image = synthetic_screenshot(300, 300, 4)
+    requests = [(prompts.build(user("A?", image)), params), (prompts.build(user("B?", image)), params)]
+    outputs, _, scheduler = run_batched(loaded, requests, max_num_seqs=1, vision_bytes=1 << 30)
+    assert (scheduler.vision_cache.hits, scheduler.vision_cache.misses) == (1, 1)
+    for (prompt, params), chunks in zip(requests, outputs):
+        assert tokens(chunks) == tokens(sequential(loaded, prompt, params))
+
+
+def test_cancelled_sequence_leaves_the_batch(loaded):
+    requests = mixed_requests(loaded)
+    model, prompts = loaded
+    scheduler = Scheduler(model, prompts.tokenizer, set(model.config.eos_token_id))
+    outputs = [[] for _ in requests]
+    sequences = [Sequence(p, SamplingParams(max_tokens=200, ignore_eos=True), o.append)
+                 for (p, _), o in zip(requests, outputs)]
+    for sequence in sequences:
+        scheduler.add(sequence)
+    while len(scheduler.running) < len(sequences):
+        scheduler.step()
+    sequences[1].cancelled.set()
+    scheduler.step()
+    assert sequences[1] not in scheduler.running and len(scheduler.running) == 3
+    assert scheduler.batch_cache[0].keys.shape[0] == 3
