@@ -47,6 +47,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="largest request body accepted, in MiB (larger: 413)")
     parser.add_argument("--max-image-mb", type=float, default=20.0,
                         help="largest single encoded image accepted, in MiB (larger: 413)")
+    parser.add_argument("--max-num-seqs", type=int, default=env_int("HOLO_MAX_NUM_SEQS", 8),
+                        help="most sequences decoding together in the batch (env HOLO_MAX_NUM_SEQS)")
+    parser.add_argument("--max-queue", type=int, default=env_int("HOLO_MAX_QUEUE", 64),
+                        help="requests allowed to wait for a slot; beyond it: 429 (env HOLO_MAX_QUEUE)")
+    parser.add_argument("--prefix-cache-mb", type=int, default=env_int("HOLO_PREFIX_CACHE_MB", 1024),
+                        help="memory for reusable prompt KV (system prompts, history, screenshots); 0 disables")
+    parser.add_argument("--vision-cache-mb", type=int, default=env_int("HOLO_VISION_CACHE_MB", 256),
+                        help="memory for encoded screenshots, reused when the same image comes again; 0 disables")
     parser.add_argument("--log-level", default=os.environ.get("HOLO_LOG_LEVEL", "info"))
     return parser.parse_args(argv)
 
@@ -126,7 +134,9 @@ def main(argv=None) -> None:
         max_pixels=args.max_pixels, api_key=args.api_key, served_model_name=args.served_model_name,
         allow_remote_images=args.allow_remote_images, allow_local_images=args.allow_local_images,
         max_model_len=args.max_model_len, max_body_bytes=int(args.max_request_mb * 2**20),
-        max_image_bytes=int(args.max_image_mb * 2**20),
+        max_image_bytes=int(args.max_image_mb * 2**20), max_num_seqs=args.max_num_seqs,
+        max_queue=args.max_queue, prefix_cache_bytes=args.prefix_cache_mb << 20,
+        vision_cache_bytes=args.vision_cache_mb << 20,
     )
     sock = bind(args.host, args.port, args.next_free_port)
     host, port = sock.getsockname()[:2]

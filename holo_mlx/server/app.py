@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..runtime import device_name
 from . import chat, completions, embeddings
@@ -33,6 +34,10 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024
     max_image_bytes: int = 20 * 1024 * 1024
     max_model_len: int | None = None
+    max_num_seqs: int = 8
+    max_queue: int = 64
+    prefix_cache_bytes: int = 1 << 30
+    vision_cache_bytes: int = 256 << 20
 
     @property
     def model_name(self) -> str:
@@ -77,7 +82,9 @@ class _TooLarge(Exception):
 
 def create_app(settings: Settings) -> FastAPI:
     engine = Engine(settings.model, max_side=settings.max_side, max_pixels=settings.max_pixels,
-                    max_model_len=settings.max_model_len)
+                    max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
+                    max_waiting=settings.max_queue, prefix_cache_bytes=settings.prefix_cache_bytes,
+                    vision_cache_bytes=settings.vision_cache_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -103,12 +110,23 @@ def create_app(settings: Settings) -> FastAPI:
                                       code="invalid_api_key")
         return await call_next(request)
 
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        response = await call_next(request)
+        route = request.scope.get("route")
+        engine.metrics.requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/health")
     async def health():
         body = {"status": engine.status, "model": settings.model_name, "model_path": settings.model,
                 "device": device_name(), "dtype": engine.dtype, "max_side": settings.max_side,
                 "max_pixels": settings.max_pixels, "load_error": engine.load_error,
-                "requests_running": engine.active_jobs, "requests_waiting": engine.waiting}
+                "requests_running": engine.running, "requests_waiting": engine.waiting}
         return JSONResponse(body, status_code=200 if engine.status == "ready" else 503)
 
     @app.get("/v1/models")

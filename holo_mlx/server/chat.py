@@ -8,7 +8,8 @@ from .common import (SSE_DONE, build_prompt, check_top_logprobs, collect, holo_i
 from .content import to_messages
 from .errors import APIError
 from .protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
-                       ChatCompletionRequest, ChatDelta, ChoiceLogprobs, TokenLogprobEntry, Usage, dump, new_id)
+                       ChatCompletionRequest, ChatDelta, ChoiceLogprobs, PromptTokensDetails, TokenLogprobEntry, Usage, dump,
+                       new_id)
 
 router = APIRouter()
 
@@ -36,12 +37,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                               top_logprobs=[strings.top(t, lp) for t, lp in c.logprob.top])
             for c in chunks])
 
+    generation = engine.generate(prompt, params)
+
     def usage(completion_tokens: int) -> Usage:
         return Usage(prompt_tokens=len(prompt.input_ids), completion_tokens=completion_tokens,
-                     total_tokens=len(prompt.input_ids) + completion_tokens)
+                     total_tokens=len(prompt.input_ids) + completion_tokens,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=generation.cached_tokens))
 
     if not body.stream:
-        chunks = await collect(request, engine.generate(prompt, params))
+        chunks = await collect(request, generation)
         message = AssistantMessage(content="".join(chunk.text for chunk in chunks))
         choice = ChatChoice(message=message, logprobs=logprobs_of(chunks), finish_reason=chunks[-1].finish_reason)
         return dump(ChatCompletion(id=completion_id, model=model_name, choices=[choice],
@@ -56,7 +60,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 
         yield chunk_event(ChatDelta(role="assistant", content=""))
         count = 0
-        async for chunk in engine.generate(prompt, params):
+        async for chunk in generation:
             count += 1
             yield chunk_event(ChatDelta(content=chunk.text), logprobs=logprobs_of([chunk]),
                               finish_reason=chunk.finish_reason)

@@ -2,7 +2,7 @@
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, Callable
 from functools import lru_cache
 
 from fastapi import Request
@@ -121,9 +121,9 @@ def holo_info(prompt: Prompt) -> HoloInfo | None:
     ])
 
 
-async def collect(request: Request, chunks: AsyncIterator[GenerationChunk]) -> list[GenerationChunk]:
+async def collect(request: Request, generation: AsyncIterable[GenerationChunk]) -> list[GenerationChunk]:
     """All chunks of a non-streaming generation; stops early (freeing the slot) if the client left."""
-    collected = []
+    collected, chunks = [], aiter(generation)
     async for chunk in chunks:
         collected.append(chunk)
         if len(collected) % DISCONNECT_POLL_TOKENS == 0 and await request.is_disconnected():

@@ -1,12 +1,15 @@
 """POST /v1/completions: raw prompts (text or token ids), no chat template."""
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from .common import (SSE_DONE, check_top_logprobs, collect, input_prompts, ready_engine, sampling_params,
                      split_inputs, sse)
 from .errors import APIError
-from .protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage, dump, new_id
+from .protocol import (Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, PromptTokensDetails,
+                       Usage, dump, new_id)
 
 router = APIRouter()
 
@@ -41,38 +44,49 @@ async def completions(body: CompletionRequest, request: Request):
             offset += len(chunk.text)
         return result
 
+    generations = engine.generate_many(prompts, params)  # all prompts decode together in the batch
+
+    def usage(completion_tokens: int) -> Usage:
+        return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                     total_tokens=prompt_tokens + completion_tokens,
+                     prompt_tokens_details=PromptTokensDetails(
+                         cached_tokens=sum(g.cached_tokens for g in generations)))
+
     if not body.stream:
-        choices, completion_tokens = [], 0
-        for index, (prompt, param) in enumerate(zip(prompts, params)):
-            chunks = await collect(request, engine.generate(prompt, param))
-            completion_tokens += len(chunks)
-            text = "".join(chunk.text for chunk in chunks)
-            choices.append(CompletionChoice(index=index, text=echoes[index] + text,
-                                            logprobs=logprobs_of(chunks, len(echoes[index])),
-                                            finish_reason=chunks[-1].finish_reason))
-        usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                      total_tokens=prompt_tokens + completion_tokens)
-        return dump(Completion(id=completion_id, model=model_name, choices=choices, usage=usage))
+        try:
+            results = await asyncio.gather(*(collect(request, g) for g in generations))
+        finally:
+            for generation in generations:
+                generation.cancel()
+        choices = [CompletionChoice(index=index, text=echoes[index] + "".join(chunk.text for chunk in chunks),
+                                    logprobs=logprobs_of(chunks, len(echoes[index])),
+                                    finish_reason=chunks[-1].finish_reason)
+                   for index, chunks in enumerate(results)]
+        return dump(Completion(id=completion_id, model=model_name, choices=choices,
+                               usage=usage(sum(len(chunks) for chunks in results))))
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     async def events():
         completion_tokens = 0
-        for index, (prompt, param) in enumerate(zip(prompts, params)):
-            offset = len(echoes[index])
-            if echoes[index]:
-                yield sse(dump(Completion(id=completion_id, model=model_name,
-                                          choices=[CompletionChoice(index=index, text=echoes[index])])))
-            async for chunk in engine.generate(prompt, param):
-                completion_tokens += 1
-                choice = CompletionChoice(index=index, text=chunk.text, logprobs=logprobs_of([chunk], offset),
-                                          finish_reason=chunk.finish_reason)
-                offset += len(chunk.text)
-                yield sse(dump(Completion(id=completion_id, model=model_name, choices=[choice])))
+        try:
+            for index, generation in enumerate(generations):
+                offset = len(echoes[index])
+                if echoes[index]:
+                    yield sse(dump(Completion(id=completion_id, model=model_name,
+                                              choices=[CompletionChoice(index=index, text=echoes[index])])))
+                async for chunk in generation:
+                    completion_tokens += 1
+                    choice = CompletionChoice(index=index, text=chunk.text, logprobs=logprobs_of([chunk], offset),
+                                              finish_reason=chunk.finish_reason)
+                    offset += len(chunk.text)
+                    yield sse(dump(Completion(id=completion_id, model=model_name, choices=[choice])))
+        finally:  # a client gone mid-stream must not leave the later prompts generating
+            for generation in generations:
+                generation.cancel()
         if include_usage:
-            usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                          total_tokens=prompt_tokens + completion_tokens)
-            yield sse(dump(Completion(id=completion_id, model=model_name, choices=[], usage=usage)))
+            yield sse(dump(Completion(id=completion_id, model=model_name, choices=[],
+                                      usage=usage(completion_tokens))))
         yield SSE_DONE
 
     return StreamingResponse(events(), media_type="text/event-stream")

@@ -1,59 +1,96 @@
-"""The one object that owns the model: all MLX work runs on a dedicated thread fed by a queue.
+"""The one object that owns the model: all MLX work runs on a dedicated thread.
 
-The event loop only enqueues jobs and awaits their results, so it never blocks on MLX. A job
-yields results one at a time; when its consumer goes away (client disconnect, error) the job is
-marked cancelled and stops at its next result, freeing its KV cache.
+The event loop only enqueues work and awaits results, so it never blocks on MLX. Generations go
+to the continuous-batching scheduler; embeddings run between its steps on the same model. When a
+consumer goes away (client disconnect, error) its sequence is cancelled and leaves the batch at
+the next step. The waiting queue is bounded: beyond it, requests get 429 at once.
 """
 
 import asyncio
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .. import load
 from ..embed import embed_prompts
-from ..generate import SamplingParams, stream_generate
+from ..engine.caches import PrefixCache, VisionCache
+from ..engine.scheduler import Scheduler, Sequence
+from ..generate import SamplingParams
 from ..runtime import device_name
 from .common import TokenStrings
 from .errors import APIError
+from .metrics import Metrics
 
 log = logging.getLogger("holo_mlx.server")
-_DONE = object()
+_DONE = None  # what a sequence emits after its last chunk
 
 
-class _Job:
-    def __init__(self, produce: Callable[[], Iterator], loop: asyncio.AbstractEventLoop):
-        self.produce = produce
-        self.loop = loop
-        self.results: asyncio.Queue = asyncio.Queue()
-        self.cancelled = threading.Event()
+class Generation:
+    """Async iterator over one request's GenerationChunks; cancels the sequence when abandoned."""
 
-    def run(self) -> None:
+    def __init__(self, sequence: Sequence, results: asyncio.Queue, metrics: Metrics):
+        self.sequence, self.results, self.metrics = sequence, results, metrics
+        self.submitted = time.perf_counter()
+        self.finished = False
+
+    @property
+    def cached_tokens(self) -> int:
+        return self.sequence.cached_tokens
+
+    def cancel(self) -> None:
+        """Stop the sequence at the engine's next step (no-op once it has finished)."""
+        if self.sequence.cancelled.is_set():
+            return
+        self.sequence.cancelled.set()
+        if not self.finished:
+            self.metrics.cancelled.inc()
+
+    async def __aiter__(self):
+        last = None
         try:
-            for item in self.produce():
-                if self.cancelled.is_set():
-                    break
-                self._push(item)
-            self._push(_DONE)
-        except Exception as error:  # handed to the awaiting request, which answers with it
-            self._push(error)
+            while (item := await self.results.get()) is not _DONE:
+                if isinstance(item, Exception):
+                    raise item
+                now = time.perf_counter()
+                if last is None:
+                    self.metrics.first_token(now - self.submitted, self.cached_tokens)
+                else:
+                    self.metrics.next_token(now - last)
+                last = now
+                yield item
+            self.finished = True
+        finally:
+            self.cancel()
 
-    def _push(self, item) -> None:
-        self.loop.call_soon_threadsafe(self.results.put_nowait, item)
+
+class _EmbedJob:
+    def __init__(self, prompts: list, emit: Callable[[object], None]):
+        self.prompts, self.emit = prompts, emit
+
+    def run(self, model) -> None:
+        try:
+            self.emit(embed_prompts(model, self.prompts))
+        except Exception as error:
+            self.emit(error)
 
 
 class Engine:
     def __init__(self, model_path: str | Path, *, max_side: int | None, max_pixels: int | None,
-                 max_model_len: int | None = None):
+                 max_model_len: int | None = None, max_num_seqs: int = 8, max_waiting: int = 64,
+                 prefix_cache_bytes: int = 1 << 30, vision_cache_bytes: int = 256 << 20):
         self.model_path = str(model_path)
         self.max_side, self.max_pixels = max_side, max_pixels
         self.requested_max_model_len = max_model_len
+        self.max_num_seqs, self.max_waiting = max_num_seqs, max_waiting
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        self.vision_cache = VisionCache(vision_cache_bytes)
         self.status, self.load_error = "loading", None
-        self.model = self.prompts = self.token_strings = None
-        self.active_jobs = 0
-        self._jobs: queue.Queue = queue.Queue()
+        self.model = self.prompts = self.token_strings = self.scheduler = None
+        self.metrics = Metrics(self)
+        self._inbox: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._serve, name="mlx-engine", daemon=True)
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -62,33 +99,45 @@ class Engine:
         self._thread.start()
 
     def stop(self) -> None:
-        self._jobs.put(None)
+        self._inbox.put(_DONE)
         self._thread.join(timeout=10)
 
     def _serve(self) -> None:
         try:
             self.model, self.prompts = load(self.model_path, max_side=self.max_side, max_pixels=self.max_pixels)
             self.token_strings = TokenStrings(self.prompts.tokenizer)
+            self.scheduler = Scheduler(self.model, self.prompts.tokenizer, self.eos_token_ids,
+                                       max_num_seqs=self.max_num_seqs, prefix_cache=self.prefix_cache,
+                                       vision_cache=self.vision_cache)
             self.status = "ready"
             log.info("model %s ready on %s (%s)", self.model_path, device_name(), self.dtype)
         except Exception as error:
             self.status, self.load_error = "error", f"{type(error).__name__}: {error}"
             log.error("could not load %s: %s", self.model_path, self.load_error)
             return
-        while (job := self._jobs.get()) is not None:
-            self.active_jobs += 1
-            job.run()
-            self.active_jobs -= 1
+        while True:
+            # Block only when idle; otherwise take what has arrived and keep stepping.
+            block = not self.scheduler.has_work()
+            while True:
+                try:
+                    item = self._inbox.get(block=block)
+                except queue.Empty:
+                    break
+                if item is _DONE:
+                    return
+                if isinstance(item, _EmbedJob):
+                    item.run(self.model)
+                else:
+                    self.scheduler.add(item)
+                block = False
+            if self.scheduler.has_work():
+                self.scheduler.step()
 
     # --- facts -------------------------------------------------------------------------------------
 
     @property
     def dtype(self) -> str | None:
         return str(self.model.dtype).removeprefix("mlx.core.") if self.model is not None else None
-
-    @property
-    def waiting(self) -> int:
-        return self._jobs.qsize()
 
     @property
     def max_model_len(self) -> int:
@@ -99,6 +148,17 @@ class Engine:
     def eos_token_ids(self) -> set[int]:
         return set(self.model.config.eos_token_id)
 
+    @property
+    def waiting(self) -> int:
+        scheduled = len(self.scheduler.waiting) if self.scheduler else 0
+        return self._inbox.qsize() + scheduled
+
+    @property
+    def running(self) -> int:
+        if self.scheduler is None:
+            return 0
+        return len(self.scheduler.running) + (self.scheduler.prefilling is not None)
+
     def require_ready(self) -> None:
         if self.status == "loading":
             raise APIError(503, "the model is still loading; retry shortly", code="model_loading",
@@ -108,22 +168,41 @@ class Engine:
 
     # --- work --------------------------------------------------------------------------------------
 
-    async def _results(self, produce: Callable[[], Iterator]) -> AsyncIterator:
-        job = _Job(produce, asyncio.get_running_loop())
-        self._jobs.put(job)
+    def _admit(self) -> None:
+        if self.waiting >= self.max_waiting:
+            raise APIError(429, f"server busy: {self.waiting} requests already waiting; retry shortly",
+                           code="queue_full", headers={"Retry-After": "1"})
+
+    def _results(self) -> tuple[asyncio.Queue, Callable[[object], None]]:
+        loop, results = asyncio.get_running_loop(), asyncio.Queue()
+        return results, lambda item: loop.call_soon_threadsafe(results.put_nowait, item)
+
+    def generate(self, prompt, params: SamplingParams) -> Generation:
+        """Queue one generation; 429 at once when the waiting queue is full."""
+        self._admit()
+        results, emit = self._results()
+        sequence = Sequence(prompt, params, emit)
+        self.metrics.prompt_tokens.inc(len(prompt.input_ids))
+        self._inbox.put(sequence)
+        return Generation(sequence, results, self.metrics)
+
+    def generate_many(self, prompts: list, params: list[SamplingParams]) -> list[Generation]:
+        """Queue several generations at once; none stays queued if the queue fills midway."""
+        generations = []
         try:
-            while (item := await job.results.get()) is not _DONE:
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-        finally:
-            job.cancelled.set()
+            for prompt, param in zip(prompts, params):
+                generations.append(self.generate(prompt, param))
+        except APIError:
+            for generation in generations:
+                generation.cancel()
+            raise
+        return generations
 
-    def generate(self, prompt, params: SamplingParams) -> AsyncIterator:
-        """GenerationChunks for one prompt, produced on the MLX thread."""
-        return self._results(lambda: stream_generate(
-            self.model, self.prompts.tokenizer, prompt, params, self.eos_token_ids))
-
-    async def embed(self, prompts: list) -> list:
-        async for vectors in self._results(lambda: iter([embed_prompts(self.model, prompts)])):
-            return vectors
+    async def embed(self, prompts: list):
+        self._admit()
+        results, emit = self._results()
+        self._inbox.put(_EmbedJob(prompts, emit))
+        vectors = await results.get()
+        if isinstance(vectors, Exception):
+            raise vectors
+        return vectors
