@@ -3,7 +3,7 @@
     python serve.py --model models/Holo1.5-7B-mlx-8bit
     # then: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="none")
 
-Every flag has an environment-variable fallback (see docs/API.md).
+Most flags have an environment-variable fallback; docs/API.md lists them all.
 """
 
 import argparse
@@ -20,6 +20,15 @@ def env_int(name: str, default: int | None) -> int | None:
     return int(value) if value not in (None, "") else default
 
 
+def at_least(minimum: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="OpenAI-compatible server for Holo1.5 on MLX")
     parser.add_argument("--model", default=os.environ.get("HOLO_MODEL"),
@@ -29,11 +38,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="port (env PORT); 0 picks a free one")
     parser.add_argument("--next-free-port", action="store_true",
                         help="if the port is taken, use the next free one instead of exiting")
-    parser.add_argument("--max-side", type=int, default=env_int("HOLO_MAX_SIDE", 1440),
+    parser.add_argument("--max-side", type=at_least(0), default=env_int("HOLO_MAX_SIDE", 1440),
                         help="longest image side before smart_resize (env HOLO_MAX_SIDE); 0 disables")
-    parser.add_argument("--max-pixels", type=int, default=env_int("HOLO_MAX_PIXELS", 1_003_520),
-                        help="pixel budget per image after resize (env HOLO_MAX_PIXELS)")
-    parser.add_argument("--max-model-len", type=int, default=env_int("HOLO_MAX_MODEL_LEN", None),
+    parser.add_argument("--max-pixels", type=at_least(0), default=env_int("HOLO_MAX_PIXELS", 1_003_520),
+                        help="pixel budget per image after resize (env HOLO_MAX_PIXELS); 0: the checkpoint's "
+                             "own ceiling")
+    parser.add_argument("--max-model-len", type=at_least(2), default=env_int("HOLO_MAX_MODEL_LEN", None),
                         help="context length limit (env HOLO_MAX_MODEL_LEN; default: the model's)")
     parser.add_argument("--api-key", default=os.environ.get("HOLO_API_KEY"),
                         help="require `Authorization: Bearer KEY` on /v1 (env HOLO_API_KEY)")
@@ -47,13 +57,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="largest request body accepted, in MiB (larger: 413)")
     parser.add_argument("--max-image-mb", type=float, default=20.0,
                         help="largest single encoded image accepted, in MiB (larger: 413)")
-    parser.add_argument("--max-num-seqs", type=int, default=env_int("HOLO_MAX_NUM_SEQS", 8),
+    parser.add_argument("--max-num-seqs", type=at_least(1), default=env_int("HOLO_MAX_NUM_SEQS", 8),
                         help="most sequences decoding together in the batch (env HOLO_MAX_NUM_SEQS)")
-    parser.add_argument("--max-queue", type=int, default=env_int("HOLO_MAX_QUEUE", 64),
+    parser.add_argument("--max-queue", type=at_least(1), default=env_int("HOLO_MAX_QUEUE", 64),
                         help="requests allowed to wait for a slot; beyond it: 429 (env HOLO_MAX_QUEUE)")
-    parser.add_argument("--prefix-cache-mb", type=int, default=env_int("HOLO_PREFIX_CACHE_MB", 1024),
+    parser.add_argument("--prefix-cache-mb", type=at_least(0), default=env_int("HOLO_PREFIX_CACHE_MB", 1024),
                         help="memory for reusable prompt KV (system prompts, history, screenshots); 0 disables")
-    parser.add_argument("--vision-cache-mb", type=int, default=env_int("HOLO_VISION_CACHE_MB", 256),
+    parser.add_argument("--vision-cache-mb", type=at_least(0), default=env_int("HOLO_VISION_CACHE_MB", 256),
                         help="memory for encoded screenshots, reused when the same image comes again; 0 disables")
     parser.add_argument("--log-level", default=os.environ.get("HOLO_LOG_LEVEL", "info"))
     return parser.parse_args(argv)
@@ -125,13 +135,17 @@ def main(argv=None) -> None:
         sys.exit(f"error: model folder {args.model} does not exist; create it with "
                  f"`python -m convert --hf-path Hcompany/Holo1.5-7B --mlx-path {args.model}`")
 
+    import logging
+
     import uvicorn
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
 
     from holo_mlx.server.app import Settings, create_app
 
     settings = Settings(
         model=args.model, host=args.host, port=args.port, max_side=args.max_side or None,
-        max_pixels=args.max_pixels, api_key=args.api_key, served_model_name=args.served_model_name,
+        max_pixels=args.max_pixels or None, api_key=args.api_key, served_model_name=args.served_model_name,
         allow_remote_images=args.allow_remote_images, allow_local_images=args.allow_local_images,
         max_model_len=args.max_model_len, max_body_bytes=int(args.max_request_mb * 2**20),
         max_image_bytes=int(args.max_image_mb * 2**20), max_num_seqs=args.max_num_seqs,

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 from mlx_lm.sample_utils import apply_top_k, apply_top_p
-from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
 
 from .model import Model
 from .rope import decode_positions, rope_index
+from .tokens import StreamingDecoder
 
 PREFILL_CHUNK = 512  # tokens per prefill step: bounds activation memory on long screenshots
 
@@ -153,7 +153,7 @@ class TextStream:
 
     def __init__(self, tokenizer, params: SamplingParams, eos_token_ids: set[int], prompt_tokens: int):
         self.params = params
-        self.detokenizer = BPEStreamingDetokenizer(tokenizer)
+        self.decoder = StreamingDecoder(tokenizer)
         self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else eos_token_ids)
         self.prompt_tokens = prompt_tokens
         self.text, self.emitted, self.count = "", 0, 0
@@ -171,8 +171,7 @@ class TextStream:
         if token in self.stop_ids:
             finish, piece = "stop", ""
         else:
-            self.detokenizer.add_token(token)
-            self.text += self.detokenizer.last_segment
+            self.text += self.decoder.add(token)
             text, emitted = self.text, self.emitted
             hit = min((i for i in (text.find(s, max(0, emitted - len(s))) for s in params.stop) if i >= 0),
                       default=-1)
@@ -180,8 +179,7 @@ class TextStream:
                 finish, piece = "stop", text[emitted:hit]
             else:
                 if self.count >= params.max_tokens:
-                    self.detokenizer.finalize()
-                    self.text += self.detokenizer.last_segment
+                    self.text += self.decoder.finish()
                     finish = "length"
                 safe = len(self.text) if finish else len(self.text) - _held_back(self.text, params.stop)
                 piece = self.text[emitted:safe]

@@ -57,7 +57,7 @@ PRESETS = {
     ),
     "0.5b": dict(
         text=dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                  num_attention_heads=14, num_key_value_heads=2, mrope_section=[16, 24, 24]),
+                  num_attention_heads=14, num_key_value_heads=2, mrope_section=[8, 12, 12]),
         vision=dict(depth=8, hidden_size=640, intermediate_size=1712, num_heads=10,
                     fullatt_block_indexes=[3, 7]),
     ),

@@ -48,8 +48,8 @@ class Server:
     def client(self, api_key: str = "none") -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=120)
 
-    def post(self, path: str, payload=None, **kwargs) -> httpx.Response:
-        return httpx.post(f"{self.url}{path}", json=payload, timeout=120, **kwargs)
+    def post(self, path: str, payload=None, timeout: float = 120, **kwargs) -> httpx.Response:
+        return httpx.post(f"{self.url}{path}", json=payload, timeout=timeout, **kwargs)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -266,6 +266,9 @@ CHAT = "/v1/chat/completions"
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": 5}, 400, "temperature"),
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10_000_000}, 400, "max_tokens"),
     ({"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4o"}, 404, "model"),
+    ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 400, "tools"),
+    ({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}, 400,
+     "response_format"),
     ({"messages": "hi"}, 422, "messages"),
     ({"messages": [{"role": "robot", "content": "hi"}]}, 422, None),
     ({"messages": image_message("data:image/png;base64,@@@not-base64@@@")}, 400, None),

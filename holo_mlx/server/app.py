@@ -1,12 +1,13 @@
 """The FastAPI application: settings, lifespan (background model load), middleware, small routes."""
 
+import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -80,6 +81,41 @@ class _TooLarge(Exception):
     pass
 
 
+class Gate:
+    """API-key check on /v1 and request counting by route and status.
+
+    Plain ASGI rather than @app.middleware: Starlette's BaseHTTPMiddleware hides client
+    disconnects from request.is_disconnected(), which non-streaming cancellation relies on.
+    """
+
+    def __init__(self, app, api_key: str | None, metrics):
+        self.app, self.metrics = app, metrics
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500
+
+        async def recording_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if self.expected and scope["path"].startswith("/v1/") and not hmac.compare_digest(
+                    dict(scope["headers"]).get(b"authorization", b""), self.expected):
+                response = error_response(401, "invalid or missing API key (Authorization: Bearer ...)",
+                                          code="invalid_api_key")
+                await response(scope, receive, recording_send)
+            else:
+                await self.app(scope, receive, recording_send)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, str(status)).inc()
+
+
 def create_app(settings: Settings) -> FastAPI:
     engine = Engine(settings.model, max_side=settings.max_side, max_pixels=settings.max_pixels,
                     max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
@@ -101,21 +137,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.started = int(time.time())
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-
-    @app.middleware("http")
-    async def require_api_key(request: Request, call_next):
-        if settings.api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization") != f"Bearer {settings.api_key}":
-                return error_response(401, "invalid or missing API key (Authorization: Bearer ...)",
-                                      code="invalid_api_key")
-        return await call_next(request)
-
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        response = await call_next(request)
-        route = request.scope.get("route")
-        engine.metrics.requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
-        return response
+    app.add_middleware(Gate, api_key=settings.api_key, metrics=engine.metrics)
 
     @app.get("/metrics")
     async def metrics():

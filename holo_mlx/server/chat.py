@@ -21,11 +21,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     check_top_logprobs(body.top_logprobs, "top_logprobs")
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-    messages = to_messages(body.messages, state.image_policy)
-    prompt = await build_prompt(lambda: engine.prompts.build(messages))
+    # Image fetching and decoding run in the worker thread with the rest of prompt building.
+    prompt = await build_prompt(lambda: engine.prompts.build(to_messages(body.messages, state.image_policy)),
+                                "messages")
     params = sampling_params(
         body, max_tokens=body.max_completion_tokens or body.max_tokens, prompt_tokens=len(prompt.input_ids),
-        context=engine.max_model_len, logprobs=(body.top_logprobs or 0) if body.logprobs else None)
+        context=engine.max_model_len, logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        prompt_param="messages")
     completion_id, model_name, holo = new_id("chatcmpl"), state.served_model_name, holo_info(prompt)
     strings = engine.token_strings
 

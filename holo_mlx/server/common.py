@@ -3,14 +3,13 @@
 import asyncio
 import json
 from collections.abc import AsyncIterable, Callable
-from functools import lru_cache
 
 from fastapi import Request
-from mlx_lm.tokenizer_utils import _byte_decoder
 
 from ..generate import GenerationChunk, SamplingParams
 from ..image import ImageError, ImageTooLarge
 from ..prompt import Prompt
+from ..tokens import token_bytes
 from .content import ImagePolicy, to_parts
 from .errors import APIError
 from .protocol import HoloInfo, ImageResize, ImageSize, SamplingFields, TopLogprob
@@ -45,38 +44,44 @@ async def input_prompts(engine, inputs: list, policy: ImagePolicy, param: str) -
     prompts = []
     for index, item in enumerate(inputs):
         if isinstance(item, str):
-            prompts.append(await build_prompt(lambda text=item: engine.prompts.build_text(text)))
+            prompts.append(await build_prompt(lambda text=item: engine.prompts.build_text(text), param))
         elif isinstance(item[0], int):
             if any(not 0 <= token < vocab for token in item):
                 raise APIError(400, f"token ids must be in [0, {vocab})", param=param)
             prompts.append(Prompt(input_ids=list(item), images=[]))
         else:
-            parts = to_parts(item, policy, f"{param}[{index}]")
-            prompts.append(await build_prompt(lambda parts=parts: engine.prompts.build_parts(parts)))
+            prompts.append(await build_prompt(
+                lambda item=item, index=index: engine.prompts.build_parts(to_parts(item, policy, f"{param}[{index}]")),
+                param))
     return prompts
 
 
-async def build_prompt(build: Callable[[], Prompt]) -> Prompt:
-    """Run prompt building (image decoding and resizing) off the event loop; bad input -> 400/413."""
+async def build_prompt(build: Callable[[], Prompt], param: str) -> Prompt:
+    """Run prompt building (image fetching, decoding, resizing) off the event loop; bad input -> 400/413."""
     try:
         return await asyncio.to_thread(build)
     except ImageTooLarge as error:
-        raise APIError(413, str(error), param="messages", code="image_too_large") from None
+        raise APIError(413, str(error), param=param, code="image_too_large") from None
     except ImageError as error:
-        raise APIError(400, f"invalid image: {error}", param="messages", code="invalid_image") from None
+        raise APIError(400, f"invalid image: {error}", param=param, code="invalid_image") from None
     except ValueError as error:
-        raise APIError(400, str(error), param="messages") from None
+        raise APIError(400, str(error), param=param) from None
 
 
 def sampling_params(body: SamplingFields, *, max_tokens: int | None, prompt_tokens: int, context: int,
-                    logprobs: int | None) -> SamplingParams:
+                    logprobs: int | None, prompt_param: str) -> SamplingParams:
+    extras = body.model_extra or {}
+    if extras.get("tools"):
+        raise APIError(400, "tools (function calling) are not supported by this server", param="tools")
+    if (extras.get("response_format") or {}).get("type", "text") != "text":
+        raise APIError(400, "response_format other than text is not supported yet", param="response_format")
     if body.n != 1:
         raise APIError(400, "only n=1 is supported", param="n")
     if prompt_tokens == 0:
-        raise APIError(400, "the prompt is empty", param="prompt")
+        raise APIError(400, "the prompt is empty", param=prompt_param)
     if prompt_tokens >= context:
         raise APIError(400, f"the prompt has {prompt_tokens} tokens; this model's context is {context} tokens",
-                       param="messages", code="context_length_exceeded")
+                       param=prompt_param, code="context_length_exceeded")
     if max_tokens is None:
         max_tokens = context - prompt_tokens
     elif max_tokens <= 0:
@@ -140,21 +145,13 @@ SSE_DONE = "data: [DONE]\n\n"
 
 
 class TokenStrings:
-    """Per-token text and raw bytes for logprobs, from the byte-level BPE vocabulary."""
+    """Per-token text and raw bytes for OpenAI logprobs."""
 
     def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.byte_decoder = _byte_decoder()
-
-    @lru_cache(maxsize=65536)
-    def bytes_of(self, token: int) -> bytes:
-        piece = self.tokenizer.convert_ids_to_tokens(token)
-        if token in self.tokenizer.all_special_ids or any(c not in self.byte_decoder for c in piece):
-            return piece.encode()
-        return bytes(self.byte_decoder[c] for c in piece)
+        self.table = token_bytes(tokenizer)
 
     def text(self, token: int) -> str:
-        return self.bytes_of(token).decode("utf-8", errors="replace")
+        return self.table.text(token)
 
     def top(self, token: int, logprob: float) -> TopLogprob:
-        return TopLogprob(token=self.text(token), logprob=logprob, bytes=list(self.bytes_of(token)))
+        return TopLogprob(token=self.text(token), logprob=logprob, bytes=list(self.table.bytes_of(token)))

@@ -27,7 +27,8 @@ async def completions(body: CompletionRequest, request: Request):
     inputs = split_inputs(body.prompt)
     prompts = await input_prompts(engine, inputs, state.image_policy, "prompt")
     params = [sampling_params(body, max_tokens=body.max_tokens, prompt_tokens=len(p.input_ids),
-                              context=engine.max_model_len, logprobs=body.logprobs) for p in prompts]
+                              context=engine.max_model_len, logprobs=body.logprobs, prompt_param="prompt")
+              for p in prompts]
     completion_id, model_name, strings = new_id("cmpl"), state.served_model_name, engine.token_strings
     echoes = [(item if isinstance(item, str) else tokenizer.decode(item)) if body.echo else "" for item in inputs]
     prompt_tokens = sum(len(p.input_ids) for p in prompts)

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 
 from .common import input_prompts, ready_engine, split_inputs
 from .errors import APIError
-from .protocol import Embedding, EmbeddingList, EmbeddingRequest, Usage, dump
+from .protocol import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage, dump
 
 router = APIRouter()
 
@@ -41,4 +41,4 @@ async def embeddings(body: EmbeddingRequest, request: Request):
     ]
     tokens = sum(len(prompt.input_ids) for prompt in prompts)
     return dump(EmbeddingList(data=data, model=state.served_model_name,
-                              usage=Usage(prompt_tokens=tokens, total_tokens=tokens)))
+                              usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)))

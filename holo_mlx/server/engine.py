@@ -150,8 +150,9 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        scheduled = len(self.scheduler.waiting) if self.scheduler else 0
-        return self._inbox.qsize() + scheduled
+        """Queued work not yet cancelled (cancelled sequences linger until the next step drops them)."""
+        queued = list(self._inbox.queue) + (list(self.scheduler.waiting) if self.scheduler else [])
+        return sum(not (isinstance(item, Sequence) and item.cancelled.is_set()) for item in queued)
 
     @property
     def running(self) -> int:

@@ -230,11 +230,16 @@ class Embedding(BaseModel):
     embedding: list[float] | str
 
 
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
 class EmbeddingList(BaseModel):
     object: Literal["list"] = "list"
     data: list[Embedding]
     model: str
-    usage: Usage
+    usage: EmbeddingUsage
 
 
 class ModelCard(BaseModel):

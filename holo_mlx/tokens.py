@@ -1,0 +1,60 @@
+"""Token ids -> raw bytes -> text, for streaming and logprobs.
+
+A byte-level BPE token is a fixed byte string, so streaming text is an incremental UTF-8 decode of
+the concatenated token bytes: exact (equal to tokenizer.decode) and cheap per token, with
+characters split across tokens held back until complete.
+"""
+
+import codecs
+from functools import lru_cache
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """Inverse of GPT-2's bytes_to_unicode, which byte-level BPE vocabularies are written in."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = list(printable), 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+class TokenBytes:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.special = set(tokenizer.all_special_ids)
+        self.decoder = _byte_decoder()
+        self.bytes_of = lru_cache(maxsize=1 << 17)(self._bytes_of)
+
+    def _bytes_of(self, token: int) -> bytes:
+        piece = self.tokenizer.convert_ids_to_tokens(token)
+        if token in self.special or any(c not in self.decoder for c in piece):
+            return piece.encode()  # special and added tokens are stored as plain text
+        return bytes(self.decoder[c] for c in piece)
+
+    def text(self, token: int) -> str:
+        return self.bytes_of(token).decode("utf-8", errors="replace")
+
+
+@lru_cache(maxsize=8)
+def token_bytes(tokenizer) -> TokenBytes:
+    """One shared table per tokenizer."""
+    return TokenBytes(tokenizer)
+
+
+class StreamingDecoder:
+    """Text of a growing token sequence, one token at a time."""
+
+    def __init__(self, tokenizer):
+        self.bytes_of = token_bytes(tokenizer).bytes_of
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def add(self, token: int) -> str:
+        return self.decoder.decode(self.bytes_of(token))
+
+    def finish(self) -> str:
+        return self.decoder.decode(b"", final=True)

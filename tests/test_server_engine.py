@@ -1,0 +1,118 @@
+"""The batching engine seen through the server: concurrency, caches, backpressure, cancellation, metrics."""
+
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from holo_mlx.testing import synthetic_screenshot
+from test_server import Server, data_url, error_of
+
+CHAT = "/v1/chat/completions"
+SYSTEM = {"role": "system", "content": "You are Holo, a careful GUI agent. Answer with one action. " * 6}
+
+
+def metric(server: Server, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    match = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.MULTILINE)
+    assert match, f"{name} missing from /metrics"
+    return float(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def server(hf_root_checkpoint):
+    running = Server("--model", str(hf_root_checkpoint), "--max-num-seqs", "4")
+    yield running
+    running.stop()
+
+
+def chat(server: Server, messages, max_tokens=8, **extra) -> dict:
+    response = server.post(CHAT, {"messages": messages, "max_tokens": max_tokens, "temperature": 0,
+                                  "ignore_eos": True, **extra})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_concurrent_requests_match_lone_ones(server):
+    shot = data_url(synthetic_screenshot(400, 300, 3))
+    conversations = [
+        [SYSTEM, {"role": "user", "content": "Say hi."}],
+        [SYSTEM, {"role": "user", "content": [{"type": "image_url", "image_url": {"url": shot}},
+                                              {"type": "text", "text": "Click OK."}]}],
+        [{"role": "user", "content": "Count."}],
+        [SYSTEM, {"role": "user", "content": "Scroll down."}],
+    ]
+    alone = [chat(server, messages)["choices"][0]["message"]["content"] for messages in conversations]
+    with ThreadPoolExecutor(len(conversations)) as pool:
+        together = list(pool.map(lambda m: chat(server, m)["choices"][0]["message"]["content"], conversations))
+    assert together == alone
+
+
+def test_repeated_prefix_reports_cached_tokens(server):
+    shot = data_url(synthetic_screenshot(500, 400, 11))
+    turn = [SYSTEM, {"role": "user", "content": [{"type": "image_url", "image_url": {"url": shot}},
+                                                 {"type": "text", "text": "Where is Submit?"}]}]
+    first = chat(server, turn)
+    again = chat(server, turn[:1] + [{"role": "user", "content": turn[1]["content"][:1] +
+                                      [{"type": "text", "text": "Where is Cancel?"}]}])
+    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] > first["usage"]["prompt_tokens"] // 2
+    assert metric(server, "holo_prefix_cache_hit_ratio") > 0
+
+
+def test_disconnect_frees_the_slot_in_metrics(server):
+    before = metric(server, "holo_cancelled_requests_total")
+    payload = {"messages": [{"role": "user", "content": "Go on forever"}], "max_tokens": 50_000,
+               "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"{server.url}{CHAT}", json=payload, timeout=60) as response:
+        lines = response.iter_lines()
+        for _ in range(4):
+            next(lines)
+        assert metric(server, "holo_running_sequences") == 1
+    for _ in range(100):
+        if metric(server, "holo_running_sequences") == 0:
+            break
+        threading.Event().wait(0.1)
+    assert metric(server, "holo_running_sequences") == 0
+    assert metric(server, "holo_cancelled_requests_total") == before + 1
+
+
+def test_full_queue_answers_429_with_retry_after(hf_root_checkpoint):
+    busy = Server("--model", str(hf_root_checkpoint), "--max-num-seqs", "1", "--max-queue", "1")
+    payload = {"messages": [{"role": "user", "content": "Go"}], "max_tokens": 50_000, "ignore_eos": True,
+               "stream": True}
+    try:
+        with httpx.stream("POST", f"{busy.url}{CHAT}", json=payload, timeout=60) as running:
+            lines = running.iter_lines()
+            for _ in range(3):  # the role chunk, then generated tokens: the only slot is taken
+                next(lines)
+            with httpx.stream("POST", f"{busy.url}{CHAT}", json=payload, timeout=60) as waiting:
+                for _ in range(50):  # its stream starts only once it holds the slot: wait till it queues
+                    if metric(busy, "holo_queue_depth") == 1:
+                        break
+                    threading.Event().wait(0.1)
+                refused = busy.post(CHAT, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+                assert refused.status_code == 429
+                assert refused.headers["retry-after"] == "1"
+                assert error_of(refused)["code"] == "queue_full"
+                assert waiting.status_code == 200
+        ok = busy.post(CHAT, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+        assert ok.status_code == 200  # both streams were cancelled on close: the server is free again
+        assert 'holo_requests_total{route="/v1/chat/completions",status="429"} 1.0' in \
+            httpx.get(f"{busy.url}/metrics").text
+    finally:
+        busy.stop()
+
+
+def test_non_streaming_disconnect_frees_the_slot(server):
+    before = metric(server, "holo_cancelled_requests_total")
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up long before 50,000 tokens
+        server.post(CHAT, {"messages": [{"role": "user", "content": "Go on"}], "max_tokens": 50_000,
+                           "ignore_eos": True}, timeout=3)
+    for _ in range(100):
+        if metric(server, "holo_running_sequences") == 0:
+            break
+        threading.Event().wait(0.1)
+    assert metric(server, "holo_running_sequences") == 0
+    assert metric(server, "holo_cancelled_requests_total") == before + 1
