@@ -66,7 +66,7 @@ def main() -> None:
             start = time.perf_counter()
             out = run()
             seconds.append(time.perf_counter() - start)
-        print(f"{label:>24}: {np.mean(seconds):7.2f} s")
+        print(f"{label:>24}: {np.mean(seconds):7.2f} s", flush=True)
         return out, float(np.mean(seconds))
 
     torch_pixels, torch_grid = torch.tensor(pixels), torch.tensor([grid])
