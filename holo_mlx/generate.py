@@ -8,6 +8,7 @@ import argparse
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
@@ -32,6 +33,18 @@ class SamplingParams:
     logprobs: int | None = None  # None: no logprobs; N: the chosen token's plus the top N
     min_tokens: int = 0
     ignore_eos: bool = False
+    # Per-request decoding constraint (structured output); see Constraint below.
+    constraint: "Constraint | None" = None
+
+
+class Constraint(Protocol):
+    """Limits which tokens may come next (e.g. a JSON-schema grammar). One instance per request."""
+
+    def allowed(self) -> mx.array:
+        """Bool mask over the vocabulary (length vocab_size) for the next token."""
+
+    def advance(self, token: int) -> None:
+        """Record the token that was sampled."""
 
 
 @dataclass
@@ -104,7 +117,7 @@ def prefill(model: Model, prompt, cache: list[KVCache]) -> tuple[mx.array, int]:
 
 
 class TokenChooser:
-    """Per-request sampling state: the sampler and its key, and the min_tokens ban on stop ids."""
+    """Per-request sampling state: sampler and key, the min_tokens ban on stop ids, the constraint."""
 
     def __init__(self, params: SamplingParams, stop_ids: set[int]):
         self.params = params
@@ -118,7 +131,13 @@ class TokenChooser:
         if self.suppress is not None and self.step < self.params.min_tokens:
             logprobs[..., self.suppress] = -mx.inf
         self.step += 1
-        return self.sampler(logprobs), logprobs
+        constraint = self.params.constraint
+        if constraint is None:
+            return self.sampler(logprobs), logprobs
+        allowed = constraint.allowed()
+        token = self.sampler(mx.where(allowed[: logprobs.shape[-1]], logprobs, -mx.inf))
+        constraint.advance(token.item())  # the next mask depends on this token: no pipelining here
+        return token, logprobs
 
 
 def generate_tokens(model: Model, prompt, chooser: TokenChooser) -> Iterator[tuple[int, mx.array]]:
