@@ -1,7 +1,7 @@
 """The batching engine seen through the server: concurrency, caches, backpressure, cancellation, metrics."""
 
 import re
-import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -19,6 +19,15 @@ def metric(server: Server, name: str) -> float:
     match = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.MULTILINE)
     assert match, f"{name} missing from /metrics"
     return float(match.group(1))
+
+
+def wait_for_metric(server: Server, name: str, value: float, seconds: float = 10) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if metric(server, name) == value:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +79,7 @@ def test_disconnect_frees_the_slot_in_metrics(server):
         for _ in range(4):
             next(lines)
         assert metric(server, "holo_running_sequences") == 1
-    for _ in range(100):
-        if metric(server, "holo_running_sequences") == 0:
-            break
-        threading.Event().wait(0.1)
-    assert metric(server, "holo_running_sequences") == 0
+    assert wait_for_metric(server, "holo_running_sequences", 0)
     assert metric(server, "holo_cancelled_requests_total") == before + 1
 
 
@@ -88,10 +93,7 @@ def test_full_queue_answers_429_with_retry_after(hf_root_checkpoint):
             for _ in range(3):  # the role chunk, then generated tokens: the only slot is taken
                 next(lines)
             with httpx.stream("POST", f"{busy.url}{CHAT}", json=payload, timeout=60) as waiting:
-                for _ in range(50):  # its stream starts only once it holds the slot: wait till it queues
-                    if metric(busy, "holo_queue_depth") == 1:
-                        break
-                    threading.Event().wait(0.1)
+                assert wait_for_metric(busy, "holo_queue_depth", 1)  # it waits for the only slot
                 refused = busy.post(CHAT, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
                 assert refused.status_code == 429
                 assert refused.headers["retry-after"] == "1"
@@ -110,9 +112,5 @@ def test_non_streaming_disconnect_frees_the_slot(server):
     with pytest.raises(httpx.ReadTimeout):  # the client gives up long before 50,000 tokens
         server.post(CHAT, {"messages": [{"role": "user", "content": "Go on"}], "max_tokens": 50_000,
                            "ignore_eos": True}, timeout=3)
-    for _ in range(100):
-        if metric(server, "holo_running_sequences") == 0:
-            break
-        threading.Event().wait(0.1)
-    assert metric(server, "holo_running_sequences") == 0
+    assert wait_for_metric(server, "holo_running_sequences", 0)
     assert metric(server, "holo_cancelled_requests_total") == before + 1
