@@ -1,10 +1,13 @@
 """POST /v1/chat/completions: validate, hand to the engine, shape the response."""
 
+import json
+
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from ..coordinates import map_answer
 from .common import (SSE_DONE, build_prompt, check_top_logprobs, collect, holo_info, ready_engine,
-                     sampling_params, sse)
+                     requested_grammar, sampling_params, sse)
 from .content import to_messages
 from .errors import APIError
 from .protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
@@ -21,13 +24,17 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     check_top_logprobs(body.top_logprobs, "top_logprobs")
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    grammar = await requested_grammar(engine, body)
     # Image fetching and decoding run in the worker thread with the rest of prompt building.
     prompt = await build_prompt(lambda: engine.prompts.build(to_messages(body.messages, state.image_policy)),
                                 "messages")
     params = sampling_params(
         body, max_tokens=body.max_completion_tokens or body.max_tokens, prompt_tokens=len(prompt.input_ids),
         context=engine.max_model_len, logprobs=(body.top_logprobs or 0) if body.logprobs else None,
-        prompt_param="messages")
+        prompt_param="messages", grammar=grammar)
+    map_coordinates = body.holo is not None and body.holo.map_coordinates
+    if map_coordinates:
+        check_coordinate_mapping(body, prompt, grammar)
     completion_id, model_name, holo = new_id("chatcmpl"), state.served_model_name, holo_info(prompt)
     strings = engine.token_strings
 
@@ -48,7 +55,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 
     if not body.stream:
         chunks = await collect(request, generation)
-        message = AssistantMessage(content="".join(chunk.text for chunk in chunks))
+        content = "".join(chunk.text for chunk in chunks)
+        if map_coordinates:
+            content = in_original_pixels(content, prompt)
+        message = AssistantMessage(content=content)
         choice = ChatChoice(message=message, logprobs=logprobs_of(chunks), finish_reason=chunks[-1].finish_reason)
         return dump(ChatCompletion(id=completion_id, model=model_name, choices=[choice],
                                    usage=usage(len(chunks)), holo=holo))
@@ -71,3 +81,24 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         yield SSE_DONE
 
     return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def check_coordinate_mapping(body: ChatCompletionRequest, prompt, grammar) -> None:
+    """`holo.map_coordinates` rewrites a complete JSON answer about an image: say so when it cannot."""
+    if not prompt.images:
+        raise APIError(400, "map_coordinates needs an image in the messages", param="holo.map_coordinates")
+    if grammar is None:
+        raise APIError(400, "map_coordinates needs a JSON answer: set response_format", param="holo.map_coordinates")
+    if body.stream:
+        raise APIError(400, "map_coordinates needs the whole answer: it does not work with stream",
+                       param="holo.map_coordinates")
+
+
+def in_original_pixels(content: str, prompt) -> str:
+    """The JSON answer with its positions moved from the last image as resized to that image as sent."""
+    try:
+        answer = json.loads(content)
+    except json.JSONDecodeError:  # cut short by max_tokens or a stop string: left as it is
+        return content
+    image = prompt.images[-1]
+    return json.dumps(map_answer(answer, image.resized_size, image.original_size), ensure_ascii=False)

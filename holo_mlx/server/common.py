@@ -6,6 +6,7 @@ from collections.abc import AsyncIterable, Callable
 
 from fastapi import Request
 
+from ..constrain import Grammar, SchemaError
 from ..generate import GenerationChunk, SamplingParams
 from ..image import ImageError, ImageTooLarge
 from ..prompt import Prompt
@@ -68,13 +69,55 @@ async def build_prompt(build: Callable[[], Prompt], param: str) -> Prompt:
         raise APIError(400, str(error), param=param) from None
 
 
+ANY_OBJECT = {"type": "object"}  # json_object mode
+
+
+def requested_schema(body: SamplingFields) -> tuple[str, dict | str] | None:
+    """(field, JSON schema) the answer must follow, from whichever field the client used; None for free text."""
+    asked = []
+    response_format = body.response_format
+    if response_format is not None and response_format.type == "json_object":
+        asked.append(("response_format", ANY_OBJECT))
+    elif response_format is not None and response_format.type == "json_schema":
+        if response_format.json_schema is None or response_format.json_schema.schema_ is None:
+            raise APIError(400, "response_format of type json_schema needs json_schema.schema",
+                           param="response_format.json_schema")
+        asked.append(("response_format", response_format.json_schema.schema_))
+    structured = body.structured_outputs
+    if structured is not None and structured.json_ is not None:
+        asked.append(("structured_outputs", structured.json_))
+    elif structured is not None and structured.json_object:
+        asked.append(("structured_outputs", ANY_OBJECT))
+    if body.guided_json is not None:
+        asked.append(("guided_json", body.guided_json))
+    if len(asked) > 1:
+        raise APIError(400, "give the schema once: response_format, structured_outputs or guided_json",
+                       param=asked[1][0])
+    return asked[0] if asked else None
+
+
+async def requested_grammar(engine, body: SamplingFields) -> Grammar | None:
+    """The compiled grammar of the request's schema (off the event loop: the first one builds the
+    tokenizer's token trie); 400 for a schema the grammar engine cannot use."""
+    asked = requested_schema(body)
+    if asked is None:
+        return None
+    param, schema = asked
+    try:
+        return await asyncio.to_thread(engine.grammars.json_schema, schema)
+    except SchemaError as error:
+        raise APIError(400, f"invalid JSON schema: {error}", param=param, code="invalid_json_schema") from None
+
+
 def sampling_params(body: SamplingFields, *, max_tokens: int | None, prompt_tokens: int, context: int,
-                    logprobs: int | None, prompt_param: str) -> SamplingParams:
-    extras = body.model_extra or {}
-    if extras.get("tools"):
+                    logprobs: int | None, prompt_param: str, grammar: Grammar | None = None) -> SamplingParams:
+    """Validated sampling settings for one sequence; with a grammar, its own constraint."""
+    if (body.model_extra or {}).get("tools"):
         raise APIError(400, "tools (function calling) are not supported by this server", param="tools")
-    if (extras.get("response_format") or {}).get("type", "text") != "text":
-        raise APIError(400, "response_format other than text is not supported yet", param="response_format")
+    if grammar is not None and (body.ignore_eos or body.min_tokens):
+        # The grammar decides where the answer ends; holding back the end would break the JSON.
+        raise APIError(400, "ignore_eos and min_tokens cannot be combined with a response schema",
+                       param="ignore_eos" if body.ignore_eos else "min_tokens")
     if body.n != 1:
         raise APIError(400, "only n=1 is supported", param="n")
     if prompt_tokens == 0:
@@ -108,6 +151,7 @@ def sampling_params(body: SamplingFields, *, max_tokens: int | None, prompt_toke
     return SamplingParams(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=max(top_k, 0), seed=body.seed,
         stop=stop, logprobs=logprobs, min_tokens=body.min_tokens, ignore_eos=body.ignore_eos,
+        constraint=grammar.constraint() if grammar is not None else None,
     )
 
 

@@ -5,8 +5,8 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from .common import (SSE_DONE, check_top_logprobs, collect, input_prompts, ready_engine, sampling_params,
-                     split_inputs, sse)
+from .common import (SSE_DONE, check_top_logprobs, collect, input_prompts, ready_engine, requested_grammar,
+                     sampling_params, split_inputs, sse)
 from .errors import APIError
 from .protocol import (Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, PromptTokensDetails,
                        Usage, dump, new_id)
@@ -24,10 +24,13 @@ async def completions(body: CompletionRequest, request: Request):
     if body.echo and body.logprobs is not None:
         raise APIError(400, "echo together with logprobs is not supported", param="echo")
     tokenizer = engine.prompts.tokenizer
+    grammar = await requested_grammar(engine, body)
     inputs = split_inputs(body.prompt)
     prompts = await input_prompts(engine, inputs, state.image_policy, "prompt")
+    # One constraint per prompt: each sequence walks the grammar on its own.
     params = [sampling_params(body, max_tokens=body.max_tokens, prompt_tokens=len(p.input_ids),
-                              context=engine.max_model_len, logprobs=body.logprobs, prompt_param="prompt")
+                              context=engine.max_model_len, logprobs=body.logprobs, prompt_param="prompt",
+                              grammar=grammar)
               for p in prompts]
     completion_id, model_name, strings = new_id("cmpl"), state.served_model_name, engine.token_strings
     echoes = [(item if isinstance(item, str) else tokenizer.decode(item)) if body.echo else "" for item in inputs]

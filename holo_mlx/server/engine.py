@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import load
+from ..constrain import Grammars
 from ..embed import embed_prompts
 from ..engine.caches import PrefixCache, VisionCache
 from ..engine.scheduler import Scheduler, Sequence
@@ -88,7 +89,7 @@ class Engine:
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
         self.vision_cache = VisionCache(vision_cache_bytes)
         self.status, self.load_error = "loading", None
-        self.model = self.prompts = self.token_strings = self.scheduler = None
+        self.model = self.prompts = self.token_strings = self.scheduler = self.grammars = None
         self.metrics = Metrics(self)
         self._inbox: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._serve, name="mlx-engine", daemon=True)
@@ -106,6 +107,8 @@ class Engine:
         try:
             self.model, self.prompts = load(self.model_path, max_side=self.max_side, max_pixels=self.max_pixels)
             self.token_strings = TokenStrings(self.prompts.tokenizer)
+            self.grammars = Grammars(self.prompts.tokenizer, self.model.config.text_config.vocab_size,
+                                     self.eos_token_ids)
             self.scheduler = Scheduler(self.model, self.prompts.tokenizer, self.eos_token_ids,
                                        max_num_seqs=self.max_num_seqs, prefix_cache=self.prefix_cache,
                                        vision_cache=self.vision_cache)

@@ -66,6 +66,37 @@ class StreamOptions(Request):
     include_usage: bool = False
 
 
+# --- structured output ---------------------------------------------------------------------------
+
+class JsonSchemaFormat(Request):
+    name: str | None = None
+    description: str | None = None
+    schema_: dict | None = Field(None, alias="schema")
+    strict: bool | None = None  # the schema is enforced either way
+
+
+class ResponseFormat(Request):
+    """OpenAI's response_format."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputs(Request):
+    """vLLM's structured_outputs; its other modes (regex, choice, grammar) are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+    json_: dict | str | None = Field(None, alias="json")
+    json_object: bool | None = None
+
+
+class HoloOptions(Request):
+    """Extension: `"holo": {...}` in a chat request."""
+
+    model_config = ConfigDict(extra="forbid")
+    map_coordinates: bool = False  # rewrite x/y and boxes of the JSON answer into the original image's pixels
+
+
 # --- requests ------------------------------------------------------------------------------------
 
 class SamplingFields(Request):
@@ -84,6 +115,10 @@ class SamplingFields(Request):
     top_k: int | None = None
     min_tokens: int = 0
     ignore_eos: bool = False
+    # structured output: OpenAI's field, vLLM's, and vLLM's older one (the Holo cookbook sends it)
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: dict | str | None = None
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -92,6 +127,7 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool = False
     max_completion_tokens: int | None = None
     top_logprobs: int | None = None
+    holo: HoloOptions | None = None
 
 
 class CompletionRequest(SamplingFields):
@@ -108,6 +144,14 @@ class EmbeddingRequest(Request):
     dimensions: int | None = None
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
+
+
+class LocalizeRequest(Request):
+    """Extension: POST /v1/localize."""
+
+    image: str  # data URL (or another image URL the server allows) or bare base64
+    target: str
+    model: str | None = None
 
 
 # --- responses -----------------------------------------------------------------------------------
@@ -160,6 +204,23 @@ class HoloInfo(BaseModel):
     """Extension: how each input image was resized, in prompt order."""
 
     images: list[ImageResize]
+
+
+class OriginalClick(BaseModel):
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+class Localization(BaseModel):
+    """Extension: the click position in the resized image the model saw, and in the original."""
+
+    x: int
+    y: int
+    resized: ImageSize
+    original: OriginalClick
+    model: str
 
 
 class ChatChoice(BaseModel):

@@ -1,0 +1,143 @@
+"""Holo1.5's action spaces as pydantic models, and its localization prompt.
+
+Pass a model's JSON schema as the response schema (`response_format`), and the server's
+constrained decoding makes the answer parse into that model:
+
+    response_format={"type": "json_schema",
+                     "json_schema": {"name": "navigation_step", "schema": NavigationStep.model_json_schema()}}
+
+Localization follows the Holo1.5 model card (`ClickAbsoluteAction`, pixels of the resized
+screenshot). Navigation follows Surfer-H, Hcompany's web agent built on the Holo models: one step is
+a thought, notes, and one action; element actions carry the element's description and its click
+position.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# --- localization ----------------------------------------------------------------------------------
+
+
+class ClickAbsoluteAction(BaseModel):
+    """Click at absolute coordinates."""
+
+    action: Literal["click_absolute"] = "click_absolute"
+    x: int = Field(description="The x coordinate, number of pixels from the left edge.")
+    y: int = Field(description="The y coordinate, number of pixels from the top edge.")
+
+
+def localization_prompt(target: str) -> str:
+    """The Holo1.5 model card's instruction, word for word: the model was trained on it."""
+    return ("Localize an element on the GUI image according to the provided target and output a click position.\n"
+            f" * You must output a valid JSON following the format: {ClickAbsoluteAction.model_json_schema()}\n"
+            f" Your target is:\n{target}")
+
+
+def localization_schema(width: int, height: int) -> dict:
+    """ClickAbsoluteAction with every field required and x, y inside a width x height image.
+
+    The prompt shows the model card's schema; decoding enforces this stricter one, so even a
+    model that would answer off-screen gives a position on the image.
+    """
+    schema = ClickAbsoluteAction.model_json_schema()
+    schema["required"] = ["action", "x", "y"]
+    schema["additionalProperties"] = False
+    schema["properties"]["x"].update(minimum=0, maximum=width - 1)
+    schema["properties"]["y"].update(minimum=0, maximum=height - 1)
+    return schema
+
+
+# --- navigation ------------------------------------------------------------------------------------
+
+
+class Action(BaseModel):
+    # Every field required in the schema (defaults included) and nothing else allowed: constrained
+    # decoding then writes complete actions.
+    model_config = ConfigDict(extra="forbid", json_schema_mode_override="serialization",
+                              json_schema_serialization_defaults_required=True)
+
+
+class ClickElementAction(Action):
+    """Click at the coordinates of a web element identified by its description."""
+
+    action: Literal["click_element"] = "click_element"
+    element: str = Field(description="Text description of the element.")
+    x: int = Field(description="The x coordinate, number of pixels from the left edge.")
+    y: int = Field(description="The y coordinate, number of pixels from the top edge.")
+
+
+class WriteElementAction(Action):
+    """Write content at the coordinates of a web element identified by its description. Don't press Enter."""
+
+    action: Literal["write_element"] = "write_element"
+    content: str = Field(description="Content to write.")
+    element: str = Field(description="Text description of the element and the text it contains.")
+    x: int = Field(description="The x coordinate, number of pixels from the left edge.")
+    y: int = Field(description="The y coordinate, number of pixels from the top edge.")
+
+
+class ScrollAction(Action):
+    """Scroll in a direction."""
+
+    action: Literal["scroll"] = "scroll"
+    direction: Literal["up", "down", "left", "right"] = Field("down", description="The direction to scroll in.")
+
+
+class GoBackAction(Action):
+    """Go back to the previous page."""
+
+    action: Literal["go_back"] = "go_back"
+
+
+class RefreshAction(Action):
+    """Reload the current page."""
+
+    action: Literal["refresh"] = "refresh"
+
+
+class WaitAction(Action):
+    """Wait for the screen to change or the page to load."""
+
+    action: Literal["wait"] = "wait"
+
+
+class RestartAction(Action):
+    """Restart the task from the beginning."""
+
+    action: Literal["restart"] = "restart"
+
+
+class AnswerAction(Action):
+    """Give the final answer to the task; the last action of an episode."""
+
+    action: Literal["answer"] = "answer"
+    content: str = Field(description="The answer.")
+
+
+NavigationAction = (ClickElementAction | WriteElementAction | ScrollAction | GoBackAction | RefreshAction
+                    | WaitAction | RestartAction | AnswerAction)
+
+
+class NavigationStep(Action):
+    """One step of the web agent: what it thinks, what it noted, what it does."""
+
+    thought: str = Field("", description="Brief reasoning that leads to the action.")
+    notes: str = Field("", description="Information from the screenshot relevant to the task.")
+    action: NavigationAction = Field(description="The action to perform.")
+
+
+def with_max_string_length(schema, max_length: int):
+    """A copy of a JSON schema whose free strings are capped at max_length characters.
+
+    Decoding then always ends within a bounded number of tokens (a thought cannot ramble on), at
+    the price of cut-short strings; enums and constants are left alone.
+    """
+    if isinstance(schema, list):
+        return [with_max_string_length(item, max_length) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    capped = {key: with_max_string_length(value, max_length) for key, value in schema.items()}
+    if capped.get("type") == "string" and "enum" not in capped and "const" not in capped:
+        capped["maxLength"] = min(max_length, capped.get("maxLength", max_length))
+    return capped
