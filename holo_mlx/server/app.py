@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..runtime import device_name
-from . import chat, completions, embeddings
+from . import chat, completions, embeddings, localize, playground
 from .content import ImagePolicy
 from .engine import Engine
 from .errors import error_response, install_error_handlers
@@ -158,4 +158,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(embeddings.router)
+    app.include_router(localize.router)
+    app.include_router(playground.router)
     return app

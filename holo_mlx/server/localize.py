@@ -1,0 +1,58 @@
+"""POST /v1/localize (extension): screenshot + target -> click position, in the resized and the original image.
+
+Holo1.5's own localization prompt, decoded under a schema that keeps x and y inside the resized
+image, so the answer is always a position on the screenshot.
+"""
+
+import asyncio
+import json
+
+from fastapi import APIRouter, Request
+
+from ..agent import localization_prompt, localization_schema
+from ..coordinates import map_point
+from .common import build_prompt, collect, ready_engine, sampling_params
+from .content import to_part
+from .errors import APIError
+from .protocol import (HoloImage, HoloImagePart, ImageSize, ImageURL, ImageURLPart, Localization, LocalizeRequest,
+                       OriginalClick, SamplingFields, dump)
+
+router = APIRouter()
+
+# {"action": "click_absolute", "x": 1315, "y": 727} is about 20 tokens; the grammar ends it sooner.
+MAX_TOKENS = 64
+
+
+@router.post("/v1/localize")
+async def localize(body: LocalizeRequest, request: Request):
+    state = request.app.state
+    engine = ready_engine(request, body.model)
+    if not body.target.strip():
+        raise APIError(400, "target must not be empty", param="target")
+
+    def build():
+        screenshot = to_part(screenshot_part(body.image), state.image_policy, "image")
+        return engine.prompts.build([{"role": "user", "content": [
+            screenshot, {"type": "text", "text": localization_prompt(body.target)}]}])
+
+    prompt = await build_prompt(build, "image")
+    image = prompt.images[0]
+    width, height = image.resized_size
+    grammar = await asyncio.to_thread(engine.grammars.json_schema, localization_schema(width, height))
+    params = sampling_params(SamplingFields(temperature=0), max_tokens=MAX_TOKENS, prompt_tokens=len(prompt.input_ids),
+                             context=engine.max_model_len, logprobs=None, prompt_param="image", grammar=grammar)
+    chunks = await collect(request, engine.generate(prompt, params))
+    click = json.loads("".join(chunk.text for chunk in chunks))  # complete: the grammar ends well within MAX_TOKENS
+    original_x, original_y = map_point(click["x"], click["y"], image.resized_size, image.original_size)
+    return dump(Localization(
+        x=click["x"], y=click["y"], resized=ImageSize(width=width, height=height),
+        original=OriginalClick(x=original_x, y=original_y, width=image.original_size[0],
+                               height=image.original_size[1]),
+        model=state.served_model_name))
+
+
+def screenshot_part(image: str):
+    """The `image` field as a content part: a URL (data URLs always; others as the server allows) or bare base64."""
+    if image.startswith(("data:", "http://", "https://", "file://")):
+        return ImageURLPart(type="image_url", image_url=ImageURL(url=image))
+    return HoloImagePart(type="image", image=HoloImage(b64=image))

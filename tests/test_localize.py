@@ -1,0 +1,83 @@
+"""POST /v1/localize and `holo.map_coordinates`: click positions inside the screenshot, in both pixel spaces."""
+
+import base64
+import io
+import json
+
+import pytest
+
+from holo_mlx.agent import ClickAbsoluteAction, localization_prompt, localization_schema
+from holo_mlx.coordinates import map_point
+from holo_mlx.testing import synthetic_screenshot
+from test_server import Server, data_url, error_of, image_message
+
+
+@pytest.fixture(scope="module")
+def server(hf_root_checkpoint):
+    running = Server("--model", str(hf_root_checkpoint), "--served-model-name", "holo-tiny")
+    yield running
+    running.stop()
+
+
+def png_base64(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_the_prompt_is_the_model_cards():
+    prompt = localization_prompt("the Submit button")
+    assert prompt.startswith("Localize an element on the GUI image according to the provided target and output a "
+                             "click position.\n * You must output a valid JSON following the format: {")
+    assert str(ClickAbsoluteAction.model_json_schema()) in prompt
+    assert prompt.endswith(" Your target is:\nthe Submit button")
+
+
+@pytest.mark.parametrize("width, height, as_data_url", [(1710, 852, False), (390, 844, True), (300, 200, False)])
+def test_localize_answers_a_position_inside_the_screenshot(server, width, height, as_data_url):
+    image = synthetic_screenshot(width, height, seed=width)
+    sent = data_url(image) if as_data_url else png_base64(image)
+    response = server.post("/v1/localize", {"image": sent, "target": "the Submit button", "model": "holo-tiny"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    resized, original = body["resized"], body["original"]
+    assert (original["width"], original["height"]) == (width, height)
+    assert 0 <= body["x"] < resized["width"] and 0 <= body["y"] < resized["height"]
+    assert 0 <= original["x"] < width and 0 <= original["y"] < height
+    assert (original["x"], original["y"]) == map_point(body["x"], body["y"], (resized["width"], resized["height"]),
+                                                       (width, height))
+
+
+def test_map_coordinates_rewrites_the_chat_answer_into_original_pixels(server):
+    messages = image_message(data_url(synthetic_screenshot(1710, 852)), localization_prompt("the OK button"))
+    schema = localization_schema(1400, 700)  # 1710x852 is resized to 1400x700
+    request = {"messages": messages, "max_tokens": 40, "temperature": 0,
+               "response_format": {"type": "json_schema", "json_schema": {"name": "click", "schema": schema}}}
+    raw = server.post("/v1/chat/completions", request).json()
+    mapped = server.post("/v1/chat/completions", {**request, "holo": {"map_coordinates": True}}).json()
+    assert mapped["holo"] == raw["holo"] == {"images": [{"original": {"width": 1710, "height": 852},
+                                                         "resized": {"width": 1400, "height": 700}}]}
+    click, moved = json.loads(raw["choices"][0]["message"]["content"]), json.loads(mapped["choices"][0]["message"]["content"])
+    assert (moved["x"], moved["y"]) == map_point(click["x"], click["y"], (1400, 700), (1710, 852))
+    assert moved["action"] == click["action"] == "click_absolute"
+
+
+@pytest.mark.parametrize("path, payload, status, param", [
+    ("/v1/localize", {"image": "@@not base64@@", "target": "OK"}, 400, "image"),
+    ("/v1/localize", {"image": png_base64(synthetic_screenshot(64, 64)), "target": "  "}, 400, "target"),
+    ("/v1/localize", {"image": png_base64(synthetic_screenshot(64, 64))}, 422, "target"),
+    ("/v1/localize", {"image": "https://example.com/a.png", "target": "OK"}, 400, "image"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"},
+                              "holo": {"map_coordinates": True}}, 400, "holo.map_coordinates"),
+    ("/v1/chat/completions", {"messages": image_message(data_url(synthetic_screenshot(64, 64))),
+                              "holo": {"map_coordinates": True}}, 400, "holo.map_coordinates"),
+    ("/v1/chat/completions", {"messages": image_message(data_url(synthetic_screenshot(64, 64))), "stream": True,
+                              "response_format": {"type": "json_object"}, "holo": {"map_coordinates": True}},
+     400, "holo.map_coordinates"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "holo": {"map_coords": True}},
+     422, "holo.map_coords"),
+])
+def test_bad_requests_get_the_openai_envelope(server, path, payload, status, param):
+    response = server.post(path, payload)
+    assert response.status_code == status, response.text
+    assert error_of(response)["param"] == param

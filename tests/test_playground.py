@@ -1,0 +1,94 @@
+"""The playground page in a real headless Chromium: upload, localize, marker drawn, chat.
+
+Needs Debian's `chromium` and `chromium-driver` (scripts/setup.sh installs them on Linux).
+Leaves a screenshot of the page in test-artifacts/playground.png.
+"""
+
+import json
+import os
+import shutil
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from holo_mlx.testing import synthetic_screenshot
+from test_server import ROOT, Server
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                reason="needs chromium and chromium-driver (bash scripts/setup.sh installs them)")
+ARTIFACTS = ROOT / "test-artifacts"
+MARKER_RGB = [255, 45, 85]  # the page's #ff2d55
+
+
+@pytest.fixture(scope="module")
+def server(hf_root_checkpoint):
+    running = Server("--model", str(hf_root_checkpoint), "--served-model-name", "holo-tiny")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1200,1400", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    # The Debian driver, named explicitly: Selenium would otherwise try to download one. Without the
+    # OpenBLAS preload the test process runs under (conftest): Chromium crashes at start with it.
+    env = {key: value for key, value in os.environ.items() if key != "LD_PRELOAD"}
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, env=env), options=options)
+    yield driver
+    driver.quit()
+
+
+def canvas_pixel(browser, x: float, y: float) -> list[int]:
+    return browser.execute_script(
+        "return Array.from(document.getElementById('canvas').getContext('2d')"
+        ".getImageData(arguments[0], arguments[1], 1, 1).data)", x, y)
+
+
+def test_localize_draws_the_click_on_the_original_screenshot(server, browser, tmp_path):
+    screenshot = tmp_path / "screen.png"
+    synthetic_screenshot(1710, 852, seed=3).save(screenshot)
+    browser.get(f"{server.url}/playground")
+    browser.find_element(By.ID, "file").send_keys(str(screenshot))
+    wait = WebDriverWait(browser, 120)
+    wait.until(lambda driver: driver.find_element(By.ID, "localize").is_enabled())
+    canvas = browser.find_element(By.ID, "canvas")
+    before = browser.execute_script("return arguments[0].toDataURL()", canvas)
+
+    browser.find_element(By.ID, "target").send_keys("the Submit button")
+    browser.find_element(By.ID, "localize").click()
+    marker = wait.until(lambda driver: canvas.get_attribute("data-marker"))
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "playground.png"))
+    result = json.loads(browser.find_element(By.ID, "raw").text)
+    x, y = map(int, marker.split(","))
+    assert (x, y) == (result["original"]["x"], result["original"]["y"])
+    assert 0 <= x < 1710 and 0 <= y < 852
+    # The canvas shows the original screenshot, scaled to 960 pixels wide, with the marker on the click.
+    scale = 960 / 1710
+    assert (canvas.get_attribute("width"), canvas.get_attribute("height")) == ("960", str(round(852 * scale)))
+    assert browser.execute_script("return arguments[0].toDataURL()", canvas) != before
+    assert canvas_pixel(browser, (x + 0.5) * scale, (y + 0.5) * scale) == MARKER_RGB + [255]
+    assert (ARTIFACTS / "playground.png").stat().st_size > 10_000
+
+
+def test_chat_box_shows_the_models_answer(server, browser):
+    browser.get(f"{server.url}/")
+    WebDriverWait(browser, 10).until(lambda driver: driver.find_element(By.ID, "model").text == "holo-tiny")
+    browser.find_element(By.ID, "max-tokens").clear()
+    browser.find_element(By.ID, "max-tokens").send_keys("4")
+    browser.find_element(By.ID, "chat-input").send_keys("Hello")
+    browser.find_element(By.ID, "chat-send").click()
+    answer = WebDriverWait(browser, 60).until(
+        lambda driver: driver.find_elements(By.CSS_SELECTOR, "#chat-log .assistant, #chat-log .error"))
+    assert answer[0].get_attribute("class") == "assistant"
+    assert browser.find_element(By.CSS_SELECTOR, "#chat-log .user").text == "Hello"
