@@ -2,16 +2,26 @@
 
 from pathlib import Path
 
-from .loading import load_model, resolve_path
-from .model import Model
-
 
 def load(path_or_repo: str | Path, **prompt_options):
     """(model, prompt builder) for a model folder or hub id; prompt_options: max_side, max_pixels."""
+    from .loading import load_model, resolve_path
     from .prompt import PromptBuilder
 
     path = resolve_path(path_or_repo)
     return load_model(path), PromptBuilder.from_pretrained(path, **prompt_options)
+
+
+def __getattr__(name: str):
+    # MLX, mlx-lm and transformers take seconds to import: only on use, so that light modules
+    # (holo_mlx.agent in a client, holo_mlx.coordinates) import at once.
+    if name == "Model":
+        from .model import Model
+        return Model
+    if name == "load_model":
+        from .loading import load_model
+        return load_model
+    raise AttributeError(f"module 'holo_mlx' has no attribute {name!r}")
 
 
 __all__ = ["Model", "load", "load_model"]
