@@ -3,13 +3,15 @@
 import base64
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 
-from holo_mlx.agent import ClickAbsoluteAction, localization_prompt, localization_schema
+from holo_mlx.agent import ClickAbsoluteAction, NavigationStep, localization_prompt, localization_schema
 from holo_mlx.coordinates import map_point
 from holo_mlx.testing import synthetic_screenshot
-from test_server import Server, data_url, error_of, image_message
+from test_server import ROOT, Server, data_url, error_of, image_message
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +62,19 @@ def test_map_coordinates_rewrites_the_chat_answer_into_original_pixels(server):
     click, moved = json.loads(raw["choices"][0]["message"]["content"]), json.loads(mapped["choices"][0]["message"]["content"])
     assert (moved["x"], moved["y"]) == map_point(click["x"], click["y"], (1400, 700), (1710, 852))
     assert moved["action"] == click["action"] == "click_absolute"
+
+
+def test_the_agent_step_example_runs(server, tmp_path):
+    screenshot = tmp_path / "screen.png"
+    synthetic_screenshot(480, 300).save(screenshot)
+    # Short strings: random weights would otherwise fill the 400-character default.
+    run = subprocess.run([sys.executable, str(ROOT / "docs" / "agent_step.py"), str(screenshot), "Open the settings",
+                          "--base-url", f"{server.url}/v1", "--max-chars", "12"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    step = NavigationStep.model_validate_json(run.stdout)
+    if hasattr(step.action, "x"):
+        assert 0 <= step.action.x < 480 and 0 <= step.action.y < 300
 
 
 @pytest.mark.parametrize("path, payload, status, param", [
