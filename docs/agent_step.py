@@ -4,14 +4,12 @@
     python docs/agent_step.py screen.png "Find the opening hours of the Louvre"
 
 The step asks the model twice, each time under a JSON schema that the server enforces while
-decoding, so each answer parses into its pydantic model:
+decoding, so each answer parses:
 
-1. navigation: task + screenshot -> NavigationStep (a thought, notes, one action);
-2. localization: when the action targets an element, Holo1.5's localization prompt for that
-   element -> its click position, which replaces the rough x, y of the navigation answer.
-
-Both requests set `holo.map_coordinates`, so positions come back in the screenshot's own
-pixels, ready to click.
+1. navigation (chat completions): task + screenshot -> a NavigationStep (a thought, notes, one
+   action), with `holo.map_coordinates` so its positions are in the screenshot's own pixels;
+2. localization (the server's /v1/localize, with Holo1.5's own prompt): when the action targets
+   an element, that element's click position, which replaces the navigation's rough x, y.
 """
 
 import argparse
@@ -19,22 +17,16 @@ import base64
 import json
 import mimetypes
 
+import httpx
 from openai import OpenAI
 
-from holo_mlx.agent import (ClickAbsoluteAction, ClickElementAction, NavigationStep, WriteElementAction,
-                            localization_prompt, with_max_string_length)
-
-IN_SCREENSHOT_PIXELS = {"holo": {"map_coordinates": True}}
-
-
-def json_schema(name: str, schema: dict) -> dict:
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+from holo_mlx.agent import ClickElementAction, NavigationStep, WriteElementAction, bounded_schema
 
 
 def navigate(client: OpenAI, model: str, screenshot: str, task: str, history: list[str],
              max_chars: int) -> NavigationStep:
-    # Capped strings bound the answer's length: a thought cannot ramble on for thousands of tokens.
-    schema = with_max_string_length(NavigationStep.model_json_schema(), max_chars)
+    # Bounded strings and coordinates bound the answer's length: a thought cannot ramble on.
+    schema = bounded_schema(NavigationStep.model_json_schema(), max_chars=max_chars, max_coordinate=9999)
     system = ("You are a web agent. Each turn you see a screenshot of the browser, the task and the actions so "
               "far. Think briefly, note what the screenshot says about the task, and choose the next action. "
               f"Answer with JSON following this schema: {json.dumps(schema)}")
@@ -44,18 +36,16 @@ def navigate(client: OpenAI, model: str, screenshot: str, task: str, history: li
         messages=[{"role": "system", "content": system},
                   {"role": "user", "content": [{"type": "image_url", "image_url": {"url": screenshot}},
                                                {"type": "text", "text": state}]}],
-        response_format=json_schema("navigation_step", schema), extra_body=IN_SCREENSHOT_PIXELS)
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "navigation_step", "schema": schema, "strict": True}},
+        extra_body={"holo": {"map_coordinates": True}})
     return NavigationStep.model_validate_json(response.choices[0].message.content)
 
 
-def localize(client: OpenAI, model: str, screenshot: str, element: str) -> ClickAbsoluteAction:
-    schema = ClickAbsoluteAction.model_json_schema() | {"required": ["action", "x", "y"]}
-    response = client.chat.completions.create(
-        model=model, temperature=0, max_tokens=64,
-        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": screenshot}},
-                                               {"type": "text", "text": localization_prompt(element)}]}],
-        response_format=json_schema("click_absolute_action", schema), extra_body=IN_SCREENSHOT_PIXELS)
-    return ClickAbsoluteAction.model_validate_json(response.choices[0].message.content)
+def localize(client: OpenAI, screenshot: str, element: str) -> tuple[int, int]:
+    """The element's click position in the screenshot's pixels (/v1/localize is not OpenAI's: a plain POST)."""
+    click = client.post("/localize", body={"image": screenshot, "target": element}, cast_to=httpx.Response).json()
+    return click["original"]["x"], click["original"]["y"]
 
 
 def main() -> None:
@@ -76,8 +66,7 @@ def main() -> None:
 
     step = navigate(client, model, screenshot, args.task, args.history, args.max_chars)
     if isinstance(step.action, (ClickElementAction, WriteElementAction)):
-        click = localize(client, model, screenshot, step.action.element)
-        step.action.x, step.action.y = click.x, click.y
+        step.action.x, step.action.y = localize(client, screenshot, step.action.element)
     print(step.model_dump_json(indent=2))
 
 

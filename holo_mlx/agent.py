@@ -127,17 +127,25 @@ class NavigationStep(Action):
     action: NavigationAction = Field(description="The action to perform.")
 
 
-def with_max_string_length(schema, max_length: int):
-    """A copy of a JSON schema whose free strings are capped at max_length characters.
+def bounded_schema(schema, *, max_chars: int, max_coordinate: int):
+    """A copy of a JSON schema with its free strings capped at max_chars characters and its integer
+    x and y properties kept in [0, max_coordinate].
 
-    Decoding then always ends within a bounded number of tokens (a thought cannot ramble on), at
-    the price of cut-short strings; enums and constants are left alone.
+    Decoding then ends within a bounded number of tokens whatever the model does (a thought cannot
+    ramble on, a coordinate cannot grow digits forever), and positions stay on the screen.
+    Enums and constants are left alone.
     """
     if isinstance(schema, list):
-        return [with_max_string_length(item, max_length) for item in schema]
+        return [bounded_schema(item, max_chars=max_chars, max_coordinate=max_coordinate) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    capped = {key: with_max_string_length(value, max_length) for key, value in schema.items()}
-    if capped.get("type") == "string" and "enum" not in capped and "const" not in capped:
-        capped["maxLength"] = min(max_length, capped.get("maxLength", max_length))
-    return capped
+    bounded = {key: bounded_schema(value, max_chars=max_chars, max_coordinate=max_coordinate)
+               for key, value in schema.items()}
+    if bounded.get("type") == "string" and "enum" not in bounded and "const" not in bounded:
+        bounded["maxLength"] = min(max_chars, bounded.get("maxLength", max_chars))
+    for axis in ("x", "y"):
+        coordinate = bounded.get("properties", {}).get(axis)
+        if isinstance(coordinate, dict) and coordinate.get("type") == "integer":
+            coordinate["minimum"] = max(0, coordinate.get("minimum", 0))
+            coordinate["maximum"] = min(max_coordinate, coordinate.get("maximum", max_coordinate))
+    return bounded

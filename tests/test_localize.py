@@ -1,6 +1,7 @@
 """POST /v1/localize and `holo.map_coordinates`: click positions inside the screenshot, in both pixel spaces."""
 
 import base64
+import importlib.util
 import io
 import json
 import subprocess
@@ -12,6 +13,8 @@ from holo_mlx.agent import ClickAbsoluteAction, NavigationStep, localization_pro
 from holo_mlx.coordinates import map_point
 from holo_mlx.testing import synthetic_screenshot
 from test_server import ROOT, Server, data_url, error_of, image_message
+
+AGENT_STEP = ROOT / "docs" / "agent_step.py"
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +71,19 @@ def test_the_agent_step_example_runs(server, tmp_path):
     screenshot = tmp_path / "screen.png"
     synthetic_screenshot(480, 300).save(screenshot)
     # Short strings: random weights would otherwise fill the 400-character default.
-    run = subprocess.run([sys.executable, str(ROOT / "docs" / "agent_step.py"), str(screenshot), "Open the settings",
+    run = subprocess.run([sys.executable, str(AGENT_STEP), str(screenshot), "Open the settings",
                           "--base-url", f"{server.url}/v1", "--max-chars", "12"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     step = NavigationStep.model_validate_json(run.stdout)
     if hasattr(step.action, "x"):
         assert 0 <= step.action.x < 480 and 0 <= step.action.y < 300
+    # Random weights choose which action; the localization half is checked on its own.
+    spec = importlib.util.spec_from_file_location("agent_step", AGENT_STEP)
+    agent_step = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agent_step)
+    x, y = agent_step.localize(server.client(), data_url(synthetic_screenshot(480, 300)), "the OK button")
+    assert 0 <= x < 480 and 0 <= y < 300
 
 
 @pytest.mark.parametrize("path, payload, status, param", [

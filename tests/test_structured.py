@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import jsonschema
 import pytest
 
-from holo_mlx.agent import NavigationStep, with_max_string_length
+from holo_mlx.agent import NavigationStep, bounded_schema
 from test_server import Server, error_of
 
 # Every string and array bounded: a random-weight model then always reaches the end of the grammar.
@@ -118,8 +118,8 @@ def test_too_few_tokens_end_with_length_and_an_incomplete_answer(client):
 
 
 def test_navigation_steps_parse_into_the_action_models(client):
-    # Capped strings: random weights never stop writing a free string.
-    schema = with_max_string_length(NavigationStep.model_json_schema(), 16)
+    # Bounded strings and coordinates: random weights never stop writing a free string (or number).
+    schema = bounded_schema(NavigationStep.model_json_schema(), max_chars=16, max_coordinate=1400)
     for seed in range(3):
         response = client.chat.completions.create(
             model="holo-tiny", messages=[{"role": "user", "content": "Book a flight."}], max_tokens=200,
