@@ -97,14 +97,17 @@ def test_concurrent_requests_decode_together_and_each_validates(client):
         assert_valid(choice.message.content, schema)
 
 
-def test_json_object_mode_gives_an_object(client):
+def test_json_object_mode_gives_an_object(client, server):
     response = client.chat.completions.create(
         model="holo-tiny", messages=[{"role": "user", "content": "JSON please"}], max_tokens=48, temperature=0,
         response_format={"type": "json_object"})
-    content = response.choices[0].message.content
-    assert content.startswith("{")
-    if response.choices[0].finish_reason == "stop":  # an unbounded object may also run out of tokens
-        assert isinstance(json.loads(content), dict)
+    vllm_form = server.post("/v1/completions", {"prompt": "x", "max_tokens": 48, "temperature": 0,
+                                                "structured_outputs": {"json_object": True}}).json()
+    for content, finish in ((response.choices[0].message.content, response.choices[0].finish_reason),
+                            (vllm_form["choices"][0]["text"], vllm_form["choices"][0]["finish_reason"])):
+        assert content.startswith("{")
+        if finish == "stop":  # an unbounded object may also run out of tokens
+            assert isinstance(json.loads(content), dict)
 
 
 def test_too_few_tokens_end_with_length_and_an_incomplete_answer(client):
