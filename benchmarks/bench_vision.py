@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (MLX compiles kernels once)")
     parser.add_argument("--skip-mlx-vlm", action="store_true")
     args = parser.parse_args()
 
@@ -60,7 +61,8 @@ def main() -> None:
           f"{processed.num_tokens} tokens; vision depth {raw['depth']} width {raw['hidden_size']}")
 
     def timed(label, run):
-        run()  # warm-up
+        for _ in range(args.warmup):
+            run()
         seconds = []
         for _ in range(args.runs):
             start = time.perf_counter()
