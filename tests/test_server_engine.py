@@ -21,7 +21,7 @@ def metric(server: Server, name: str) -> float:
     return float(match.group(1))
 
 
-def wait_for_metric(server: Server, name: str, value: float, seconds: float = 10) -> bool:
+def wait_for_metric(server: Server, name: str, value: float, seconds: float = 30) -> bool:
     deadline = time.time() + seconds
     while time.time() < deadline:
         if metric(server, name) == value:
