@@ -197,8 +197,9 @@ def test_completions_prompt_forms(client, server):
     several = client.completions.create(model="holo-tiny", prompt=["a", "The button"], max_tokens=4, temperature=0)
     assert [c.index for c in several.choices] == [0, 1]
     assert several.choices[1].text == single.choices[0].text
-    ids = httpx.post(f"{server.url}/v1/completions", json={"prompt": [785, 3137], "max_tokens": 2}).json()
-    assert ids["usage"]["prompt_tokens"] == 2
+    ids = server.post("/v1/completions", {"prompt": [785, 3137], "max_tokens": 2})
+    assert ids.status_code == 200, ids.text
+    assert ids.json()["usage"]["prompt_tokens"] == 2
     echoed = client.completions.create(model="holo-tiny", prompt="The button", max_tokens=4, temperature=0, echo=True)
     assert echoed.choices[0].text == "The button" + single.choices[0].text
 
@@ -223,7 +224,9 @@ def test_embeddings_float_and_base64_agree(client, server):
     for a, b in zip(as_floats.data, as_base64.data):
         np.testing.assert_allclose(a.embedding, b.embedding, rtol=0, atol=1e-7)
         assert np.linalg.norm(a.embedding) == pytest.approx(1.0, abs=1e-5)
-    raw = httpx.post(f"{server.url}/v1/embeddings", json={"input": "x", "encoding_format": "base64"}).json()
+    response = server.post("/v1/embeddings", {"input": "x", "encoding_format": "base64"})
+    assert response.status_code == 200, response.text
+    raw = response.json()
     decoded = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), dtype="<f4")
     np.testing.assert_allclose(decoded, as_floats.data[1].embedding, atol=1e-5)  # alone vs in a batch
     assert as_floats.usage.prompt_tokens == as_floats.usage.total_tokens > 2
