@@ -32,6 +32,9 @@ class TokenBytes:
 
     def _bytes_of(self, token: int) -> bytes:
         piece = self.tokenizer.convert_ids_to_tokens(token)
+        if piece is None:
+            # Ids past the tokenizer's vocabulary (the embedding is padded) have no text, as in decode().
+            return b""
         if token in self.special or any(c not in self.decoder for c in piece):
             return piece.encode()  # special and added tokens are stored as plain text
         return bytes(self.decoder[c] for c in piece)
