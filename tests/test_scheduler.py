@@ -148,3 +148,24 @@ def test_cancelled_sequence_leaves_the_batch(loaded):
     scheduler.step()
     assert sequences[1] not in scheduler.running and len(scheduler.running) == 3
     assert scheduler.batch_cache[0].keys.shape[0] == 3
+
+
+def test_identical_requests_are_separate_rows_when_one_is_cancelled(loaded):
+    # Equal prompts and params must not make two sequences "equal": the batch keeps rows by identity.
+    model, prompts = loaded
+    messages = user("Where is the search field?", synthetic_screenshot(160, 120, seed=3))
+    params = SamplingParams(max_tokens=10, ignore_eos=True)
+    expected = tokens(sequential(loaded, prompts.build(messages), params))
+    scheduler = Scheduler(model, prompts.tokenizer, set(model.config.eos_token_id))
+    outputs = [[] for _ in range(3)]
+    sequences = [Sequence(prompts.build(messages), params, output.append) for output in outputs]
+    for sequence in sequences:
+        scheduler.add(sequence)
+    while len(scheduler.running) < 3:
+        scheduler.step()
+    sequences[0].cancelled.set()
+    while scheduler.has_work():
+        scheduler.step()
+    assert sequences[0] not in scheduler.running
+    for output in outputs[1:]:
+        assert output[-1] is None and tokens(output[:-1]) == expected

@@ -22,7 +22,7 @@ from ..rope import rope_index
 from .caches import PrefixCache, VisionCache, prefix_key, restore
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two identical requests are still two rows of the batch
 class Sequence:
     """One generation request and all of its state."""
 
@@ -78,6 +78,12 @@ class Scheduler:
                     sequence.emit(error)
                 self.running, self.batch_cache = [], None
 
+    def fail_all(self, error: Exception) -> None:
+        """End every request with `error` and start empty: for a failure outside one request's work."""
+        for sequence in [*self.waiting, *filter(None, [self.prefilling]), *self.running]:
+            sequence.emit(error)
+        self.waiting, self.prefilling, self.running, self.batch_cache = deque(), None, [], None
+
     def _guard(self, sequence: Sequence, work, *args) -> None:
         """Run one request's own work; a failure ends that request only."""
         try:
@@ -99,7 +105,8 @@ class Scheduler:
         if not sequences:
             self.running, self.batch_cache = [], None
             return
-        rows = mx.array([self.running.index(s) for s in sequences])
+        kept = set(map(id, sequences))
+        rows = mx.array([row for row, s in enumerate(self.running) if id(s) in kept])
         for cache in self.batch_cache:
             cache.filter(rows)
         self.running = sequences

@@ -134,7 +134,11 @@ class Engine:
                     self.scheduler.add(item)
                 block = False
             if self.scheduler.has_work():
-                self.scheduler.step()
+                try:
+                    self.scheduler.step()
+                except Exception as error:  # a scheduler bug fails the requests in flight, not the server
+                    log.exception("engine step failed")
+                    self.scheduler.fail_all(error)
 
     # --- facts -------------------------------------------------------------------------------------
 
