@@ -83,25 +83,17 @@ def port_owner(port: int) -> str:
 
 
 def _proc_port_owner(port: int) -> str | None:
-    """Linux without lsof: match the listening socket's inode in /proc/net/tcp* to a process's fds."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
-                    inodes.add(fields[9])
-        except OSError:
-            continue
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            for fd in (proc / "fd").iterdir():
-                if os.readlink(fd) in {f"socket:[{inode}]" for inode in inodes}:
-                    command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-                    return f"pid {proc.name} ({command})"
-        except OSError:
-            continue
-    return None
+    """Linux without lsof: the listening process found through /proc."""
+    from holo_mlx.server.ports import pid_listening_on
+
+    pid = pid_listening_on(port)
+    if pid is None:
+        return None
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        command = "?"
+    return f"pid {pid} ({command})"
 
 
 def bind(host: str, port: int, next_free: bool) -> socket.socket:

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from common import (
+    TEXT_PROMPT,
     append_csv,
     available_memory_bytes,
     format_table,
@@ -63,13 +64,6 @@ METRICS = ("ttft_s", "prefill_tps", "decode_tps", "e2e_s")
 DEFAULTS = {"preset": "0.5b", "runs": 3, "warmup": 1, "max_tokens": 32}
 QUICK = {"preset": "tiny", "runs": 1, "warmup": 0, "max_tokens": 4}
 
-TEXT_PROMPT = (
-    "You are operating a web browser for a user. The page shows a checkout form with fields for "
-    "name, email and shipping address, a country drop-down, a 'Use the same address for billing' "
-    "checkbox and two buttons, 'Back to cart' and 'Place order'. The user wants to buy the items in "
-    "the cart with express shipping to their office in Lyon. List, step by step, the actions you "
-    "would take, naming each control you would click or type into."
-)
 SCREENSHOT_INSTRUCTION = "Localize the Submit button in this screenshot. Answer with click(x, y)."
 SCREENSHOT_SIZE = (1920, 1080)
 

@@ -51,7 +51,7 @@ from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import append_csv, format_table, grouped_bar_chart, summarize, system_info
+from common import TEXT_PROMPT, append_csv, format_table, grouped_bar_chart, summarize, system_info
 
 REPO = Path(__file__).resolve().parent.parent
 WORKLOADS = ("text", "image", "repeat-screenshot")
@@ -60,13 +60,6 @@ DEFAULTS = {"preset": "0.5b", "concurrency": "1,2,4,8", "runs": 3, "warmup": 1, 
 QUICK = {"preset": "tiny", "concurrency": "1,2", "runs": 2, "warmup": 1, "max_tokens": 8}
 QWEN_EOS_IDS = (151643, 151645)  # <|endoftext|>, <|im_end|>: Qwen2.5-VL's and Holo1.5's
 
-TEXT_PROMPT = (
-    "You are operating a web browser for a user. The page shows a checkout form with fields for "
-    "name, email and shipping address, a country drop-down, a 'Use the same address for billing' "
-    "checkbox and two buttons, 'Back to cart' and 'Place order'. The user wants to buy the items in "
-    "the cart with express shipping to their office in Lyon. List, step by step, the actions you "
-    "would take, naming each control you would click or type into."
-)
 AGENT_SYSTEM_PROMPT = (
     "You are Holo, a GUI agent. You see a screenshot of the user's screen and answer with the single "
     "next action: click(x, y), type(text) or scroll(direction), in the pixels of the screenshot."

@@ -20,6 +20,15 @@ import numpy as np
 
 VERSIONED_PACKAGES = ("mlx", "mlx-lm", "mlx-vlm", "transformers", "torch")
 
+# The text workload of both benchmarks: a ~110-token instruction, no image.
+TEXT_PROMPT = (
+    "You are operating a web browser for a user. The page shows a checkout form with fields for "
+    "name, email and shipping address, a country drop-down, a 'Use the same address for billing' "
+    "checkbox and two buttons, 'Back to cart' and 'Place order'. The user wants to buy the items in "
+    "the cart with express shipping to their office in Lyon. List, step by step, the actions you "
+    "would take, naming each control you would click or type into."
+)
+
 
 # --- statistics -------------------------------------------------------------------------------
 

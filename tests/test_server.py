@@ -18,6 +18,7 @@ import numpy as np
 import openai
 import pytest
 
+from holo_mlx.server.ports import pid_listening_on
 from holo_mlx.testing import synthetic_screenshot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -363,6 +364,7 @@ def test_port_in_use_names_the_holder_and_next_free_port_works(hf_root_checkpoin
                                  "--port", str(port)], capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert result.returncode != 0
         assert f"port {port}" in result.stderr and f"pid {os.getpid()}" in result.stderr
+        assert pid_listening_on(port) == os.getpid()  # the /proc lookup used where lsof is missing
         server = Server("--model", str(hf_root_checkpoint), "--port", str(port), "--next-free-port")
         try:
             assert not server.url.endswith(f":{port}")
