@@ -12,11 +12,12 @@ import time
 
 import numpy as np
 
-from holo_mlx.runtime import use_fast_blas
+from holo_mlx.runtime import keep_freed_buffers, use_fast_blas
 
 
 def main() -> None:
     use_fast_blas()
+    keep_freed_buffers()  # as holo_mlx.load does
     import mlx.core as mx
     import torch
     from transformers import Qwen2_5_VLConfig

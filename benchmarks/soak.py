@@ -4,9 +4,10 @@ Sends --requests requests (default 1,000) from --concurrency clients: text and i
 (streamed and not), text completions (one prompt and several), embeddings of text and of
 screenshots, streams the client closes after a few events, non-streaming requests abandoned by a
 short client timeout, and malformed bodies (bad JSON, bad base64, bytes that are no image, empty
-messages, an absurd max_tokens, empty embedding input). A warm-up pass first sends every prompt
-and screenshot of the (fixed) pools once, so the server's caches and allocator reach their
-steady state before the baseline is taken. Then it prints three figures, each with a verdict:
+messages, an absurd max_tokens, empty embedding input). A warm-up first sends every prompt and
+screenshot of the (fixed) pools once, then --warmup-requests of the same mix at full concurrency,
+so the server's caches and allocator reach their steady state (the working set of 8 concurrent
+mixed requests) before the baseline is taken. Then it prints three figures, each with a verdict:
 
 1. server errors: 5xx responses, plus streams that ended without `data: [DONE]` although the
    client read them to the end;
@@ -258,7 +259,10 @@ class Soak:
         return plan
 
     def main_plan(self, count: int) -> list[tuple[str, dict | None]]:
-        kinds = self.rng.choices(list(MIX), weights=list(MIX.values()), k=count)
+        """`count` requests drawn by the MIX weights, every kind at least once when count allows."""
+        kinds = list(MIX)[:count]
+        kinds += self.rng.choices(list(MIX), weights=list(MIX.values()), k=count - len(kinds))
+        self.rng.shuffle(kinds)
         return [(kind, None) for kind in kinds]
 
     # --- server state --------------------------------------------------------------------------
@@ -336,6 +340,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--api-key", default=os.environ.get("HOLO_API_KEY", "none"))
     parser.add_argument("--served-model", help="model id to send (default: none, the server's own)")
     parser.add_argument("--requests", type=int, help="requests in the run, after the warm-up (default 1000)")
+    parser.add_argument("--warmup-requests", type=int,
+                        help="mixed requests at full concurrency closing the warm-up (default 300; quick 20)")
     parser.add_argument("--concurrency", type=int, help="clients at once (default 8)")
     parser.add_argument("--max-tokens", type=int, default=24, help="largest max_tokens of normal requests")
     parser.add_argument("--max-seconds", type=float, help="stop sending after this (default 1800; quick 120)")
@@ -347,13 +353,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--quick", action="store_true", help="60 requests, 4 clients, small screenshots")
     args = parser.parse_args(argv)
-    defaults = {"requests": 60, "concurrency": 4, "max_seconds": 120} if args.quick else \
-        {"requests": 1000, "concurrency": 8, "max_seconds": 1800}
+    defaults = {"requests": 60, "warmup_requests": 20, "concurrency": 4, "max_seconds": 120} if args.quick else \
+        {"requests": 1000, "warmup_requests": 300, "concurrency": 8, "max_seconds": 1800}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.requests < 1 or args.concurrency < 1:
-        parser.error("--requests and --concurrency must be at least 1")
+    if args.requests < 1 or args.concurrency < 1 or args.warmup_requests < 0:
+        parser.error("--requests and --concurrency must be at least 1, --warmup-requests at least 0")
     return args
 
 
@@ -361,7 +367,7 @@ async def soak_run(args, url: str, pid: int | None, alive) -> dict:
     soak = Soak(args, url, args.served_model)
     started = time.monotonic()
     try:
-        warmup = soak.warmup_plan()
+        warmup = soak.warmup_plan() + soak.main_plan(args.warmup_requests)
         print(f"warm-up: {len(warmup)} requests", flush=True)
         await soak.run(warmup, started + args.max_seconds)
         soak.results.clear()

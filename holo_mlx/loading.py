@@ -8,7 +8,7 @@ import mlx.nn as nn
 
 from .config import ModelConfig
 from .model import Model
-from .runtime import on_gpu
+from .runtime import keep_freed_buffers, on_gpu
 from .weights import sanitize
 
 
@@ -43,6 +43,7 @@ def read_config(path: Path) -> dict:
 
 def load_model(path_or_repo: str | Path) -> Model:
     """Build the model and load its weights, in float32 on the CPU backend (see runtime.py)."""
+    keep_freed_buffers()
     path = resolve_path(path_or_repo)
     raw_config = read_config(path)
     config = ModelConfig.from_dict(raw_config)

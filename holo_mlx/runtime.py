@@ -3,11 +3,15 @@
 On Linux the `mlx[cpu]` wheel bundles a reference BLAS (~60x slower float32 GEMM than OpenBLAS);
 an installed OpenBLAS is preloaded by re-executing the process, since LD_PRELOAD only takes effect
 at process start. bfloat16 and quantized matmuls with bfloat16 scales are slow on the CPU backend,
-so weights are cast to float32 there.
+so weights are cast to float32 there. glibc's allocator is tuned so the CPU backend reuses freed
+buffers while it works and returns them when the server idles.
 """
 
+import ctypes
+import ctypes.util
 import os
 import sys
+from functools import cache
 from pathlib import Path
 
 import mlx.core as mx
@@ -58,3 +62,37 @@ def compute_dtype(stored: mx.Dtype) -> mx.Dtype:
 
 def device_name() -> str:
     return "gpu" if on_gpu() else "cpu"
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+@cache
+def _glibc():
+    """The C library when it is glibc (it has malloc_trim), else None (macOS, musl)."""
+    if sys.platform != "linux":
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+def keep_freed_buffers() -> None:
+    """Let the CPU backend reuse freed buffers instead of page-faulting fresh ones.
+
+    MLX's CPU backend gets every array from malloc, and glibc serves large blocks with a fresh mmap
+    each time: a 64 MB elementwise op then spends 80 % of its time faulting pages in (measured here:
+    59 ms against 11 ms). Serving them from the heap makes freed memory reusable; the engine hands it
+    back to the OS with release_freed_memory() when it goes idle.
+    """
+    if (libc := _glibc()) is not None and not on_gpu():
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by finished work back to the OS: the server calls this when it goes idle."""
+    if on_gpu():
+        mx.clear_cache()
+    elif (libc := _glibc()) is not None:
+        libc.malloc_trim(0)

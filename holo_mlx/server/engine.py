@@ -20,7 +20,7 @@ from ..embed import embed_prompts
 from ..engine.caches import PrefixCache, VisionCache
 from ..engine.scheduler import Scheduler, Sequence
 from ..generate import SamplingParams
-from ..runtime import device_name
+from ..runtime import device_name, release_freed_memory
 from .common import TokenStrings
 from .errors import APIError
 from .metrics import Metrics
@@ -118,9 +118,13 @@ class Engine:
             self.status, self.load_error = "error", f"{type(error).__name__}: {error}"
             log.error("could not load %s: %s", self.model_path, self.load_error)
             return
+        worked = False
         while True:
             # Block only when idle; otherwise take what has arrived and keep stepping.
             block = not self.scheduler.has_work()
+            if block and worked and self._inbox.empty():
+                release_freed_memory()  # idle again: give this burst's freed buffers back
+                worked = False
             while True:
                 try:
                     item = self._inbox.get(block=block)
@@ -132,7 +136,7 @@ class Engine:
                     item.run(self.model)
                 else:
                     self.scheduler.add(item)
-                block = False
+                block, worked = False, True
             if self.scheduler.has_work():
                 try:
                     self.scheduler.step()

@@ -1,7 +1,7 @@
 """Prometheus metrics for /metrics: traffic, queue, batch, tokens, caches, latency, memory."""
 
 import mlx.core as mx
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -11,6 +11,7 @@ class Metrics:
 
     def __init__(self, engine):
         self.registry = registry = CollectorRegistry()
+        ProcessCollector(registry=registry)  # process_resident_memory_bytes and friends
         self.requests = Counter("holo_requests", "HTTP requests by route and status", ["route", "status"],
                                 registry=registry)
         self.prompt_tokens = Counter("holo_prompt_tokens", "prompt tokens submitted for generation",
