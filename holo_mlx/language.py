@@ -4,13 +4,38 @@ Attribute names equal the checkpoint keys under `language_model.`. Positions com
 explicit (3, batch, length) array, so per-request rope state never lives on the module.
 """
 
+from dataclasses import dataclass
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx_lm.models.base import create_attention_mask
 
 from .config import TextConfig
+from .kernels import attention
 from .layers import MLP, apply_rotary
+from .runtime import pad_rows
+
+
+@dataclass
+class Span:
+    """Rows that attend together in a decoder pass: a prefill chunk, or the decode batch."""
+
+    embeds: mx.array  # (batch, length, dim)
+    positions: mx.array  # (3, batch, length) M-RoPE positions
+    cache: list | None = None  # one KV cache per layer
+    mask: mx.array | str | None = None  # None: causal over the cache
+
+
+@dataclass
+class AttentionGroup:
+    """One span as a single layer's attention sees it."""
+
+    shape: tuple[int, int]  # (batch, length)
+    cos: mx.array
+    sin: mx.array
+    mask: mx.array | str | None
+    cache: object | None
 
 
 class MRoPE:
@@ -39,16 +64,25 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, dim, bias=False)
 
-    def __call__(self, x, cos, sin, mask, cache=None) -> mx.array:
-        batch, length, _ = x.shape
-        q = self.q_proj(x).reshape(batch, length, self.n_heads, -1).transpose(0, 2, 1, 3)
-        k = self.k_proj(x).reshape(batch, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(batch, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update_and_fetch(k, v)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))
+    def __call__(self, x: mx.array, groups: list["AttentionGroup"]) -> mx.array:
+        """x: (tokens, dim), the rows of each group one after the other."""
+        queries, keys, values = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        outputs, start = [], 0
+        for group in groups:
+            batch, length = group.shape
+            rows = slice(start, start + batch * length)
+            start = rows.stop
+            q = queries[rows].reshape(batch, length, self.n_heads, -1).transpose(0, 2, 1, 3)
+            k = keys[rows].reshape(batch, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+            v = values[rows].reshape(batch, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+            q, k = apply_rotary(q, group.cos, group.sin), apply_rotary(k, group.cos, group.sin)
+            if group.cache is not None:
+                k, v = group.cache.update_and_fetch(k, v)
+            out = attention(q, k, v, scale=self.scale, mask=group.mask)
+            outputs.append(out.transpose(0, 2, 1, 3).reshape(batch * length, -1))
+        if start < x.shape[0]:  # padding rows (see runtime.pad_rows)
+            outputs.append(mx.zeros((x.shape[0] - start, outputs[0].shape[-1]), outputs[0].dtype))
+        return self.o_proj(mx.concatenate(outputs))
 
 
 class DecoderLayer(nn.Module):
@@ -59,8 +93,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def __call__(self, x, cos, sin, mask, cache=None) -> mx.array:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+    def __call__(self, x: mx.array, groups: list["AttentionGroup"]) -> mx.array:
+        x = x + self.self_attn(self.input_layernorm(x), groups)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -74,14 +108,30 @@ class Qwen2Model(nn.Module):
 
     def __call__(self, inputs_embeds: mx.array, positions: mx.array, cache=None, mask=None) -> mx.array:
         """Final hidden states (after the last RMSNorm) for embeddings of shape (batch, length, dim)."""
-        cache = cache or [None] * len(self.layers)
-        if mask is None:
-            mask = create_attention_mask(inputs_embeds, cache[0])
-        cos, sin = self.rope(positions, inputs_embeds.dtype)
-        x = inputs_embeds
-        for layer, layer_cache in zip(self.layers, cache):
-            x = layer(x, cos, sin, mask, layer_cache)
-        return self.norm(x)
+        return self.forward([Span(inputs_embeds, positions, cache, mask)])[0]
+
+    def forward(self, spans: list[Span]) -> list[mx.array]:
+        """Final hidden states of independent spans run in one pass.
+
+        The projections and MLPs see every span's tokens at once, so a prefill chunk and a decode
+        batch cost one read of the weights; attention stays per span, with its own cache and mask.
+        """
+        groups = []
+        for span in spans:
+            cache = span.cache or [None] * len(self.layers)
+            mask = span.mask if span.mask is not None else create_attention_mask(span.embeds, cache[0])
+            cos, sin = self.rope(span.positions, span.embeds.dtype)
+            groups.append((span.embeds.shape[:2], cos, sin, mask, cache))
+        dim = spans[0].embeds.shape[-1]
+        x = mx.concatenate([span.embeds.reshape(-1, dim) for span in spans])
+        tokens = x.shape[0]
+        x = pad_rows(x)  # rows past `tokens` only ride along through the GEMMs
+        for index, layer in enumerate(self.layers):
+            x = layer(x, [AttentionGroup(shape, cos, sin, mask, cache[index])
+                          for shape, cos, sin, mask, cache in groups])
+        x = self.norm(x[:tokens])
+        sizes = np.cumsum([span.embeds.shape[0] * span.embeds.shape[1] for span in spans])[:-1].tolist()
+        return [part.reshape(*span.embeds.shape[:2], dim) for part, span in zip(mx.split(x, sizes), spans)]
 
 
 class LanguageModel(nn.Module):

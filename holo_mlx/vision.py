@@ -12,6 +12,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .config import VisionConfig
+from .kernels import attention
 from .layers import MLP, apply_rotary
 
 
@@ -102,10 +103,10 @@ def segmented_attention(q, k, v, segments: Segments, scale: float) -> mx.array:
     """Attention within each segment; q, k, v are (seq, heads, head_dim)."""
     if segments.gather is None:
         q, k, v = (t.transpose(1, 0, 2)[None] for t in (q, k, v))
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
+        out = attention(q, k, v, scale=scale)
         return out[0].transpose(1, 0, 2)
     q, k, v = (t[segments.gather].transpose(0, 2, 1, 3) for t in (q, k, v))
-    out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=segments.key_mask)
+    out = attention(q, k, v, scale=scale, mask=segments.key_mask)
     out = out.transpose(0, 2, 1, 3)
     return out.reshape(-1, *out.shape[2:])[segments.unpad]
 

@@ -1,8 +1,9 @@
 """Continuous batching: requests join and leave one running decode batch between steps.
 
-Each step: drop cancelled requests, advance the prefill of at most one newcomer by one chunk (so a
-1.2k-token screenshot never freezes the batch for its whole prefill), then decode one token for
-every running request. A request's KV lives in its own cache while it prefills and in a row of
+Each step: drop cancelled requests, then one decoder pass that advances the prefill of at most one
+newcomer by one chunk (so a 1.2k-token screenshot never freezes the batch for its whole prefill)
+and decodes one token for every running request: the chunk and the batch share one read of the
+weights. A request's KV lives in its own cache while it prefills and in a row of
 the shared left-padded BatchKVCache once it decodes; its rope delta, sampler and text stream stay
 on its Sequence.
 """
@@ -17,8 +18,10 @@ import numpy as np
 from mlx_lm.models.cache import BatchKVCache
 
 from ..generate import PREFILL_CHUNK, GenerationChunk, SamplingParams, TextStream, TokenChooser, make_cache
+from ..language import Span
 from ..model import Model
 from ..rope import rope_index
+from ..runtime import pad_rows
 from .caches import PrefixCache, VisionCache, prefix_key, restore
 
 
@@ -68,15 +71,14 @@ class Scheduler:
         if self.prefilling is None and self.waiting and len(self.running) < self.max_num_seqs:
             sequence = self.waiting.popleft()
             self._guard(sequence, self._start, sequence)
-        if self.prefilling is not None:
-            self._guard(self.prefilling, self._prefill_chunk)
-        if self.running:
-            try:
-                self._decode()
-            except Exception as error:  # a failed batch step fails the requests in it, not the engine
-                for sequence in self.running:
-                    sequence.emit(error)
-                self.running, self.batch_cache = [], None
+        if self.prefilling is None and not self.running:
+            return
+        try:
+            self._forward()
+        except Exception as error:  # a failed pass fails the requests in it, not the engine
+            for sequence in [*filter(None, [self.prefilling]), *self.running]:
+                sequence.emit(error)
+            self.prefilling, self.running, self.batch_cache = None, [], None
 
     def fail_all(self, error: Exception) -> None:
         """End every request with `error` and start empty: for a failure outside one request's work."""
@@ -150,21 +152,50 @@ class Scheduler:
             length -= 1
         return length
 
-    def _prefill_chunk(self) -> None:
-        sequence = self.prefilling
-        start, end = sequence.prefilled, sequence.prefilled + PREFILL_CHUNK
+    # --- one decoder pass ---------------------------------------------------------------------------
+
+    def _forward(self) -> None:
+        """The newcomer's next prefill chunk and one token for every running row, in one pass."""
         decoder = self.model.language_model.model
-        hidden = decoder(sequence.embeds[:, start:end], sequence.positions[:, :, start:end], sequence.cache)
-        sequence.prefilled = min(end, sequence.embeds.shape[1])
-        if sequence.prefilled < sequence.embeds.shape[1]:
-            mx.eval([c.state for c in sequence.cache])
-            return
+        prefilling, running = self.prefilling, self.running
+        spans, finishing = [], False
+        if prefilling is not None:
+            start, end = prefilling.prefilled, prefilling.prefilled + PREFILL_CHUNK
+            spans.append(Span(prefilling.embeds[:, start:end], prefilling.positions[:, :, start:end], prefilling.cache))
+            prefilling.prefilled = min(end, prefilling.embeds.shape[1])
+            finishing = prefilling.prefilled == prefilling.embeds.shape[1]
+        if running:
+            tokens = mx.array([[s.last_token] for s in running])
+            positions = np.broadcast_to(np.array([[s.next_position] for s in running]), (3, len(running), 1))
+            spans.append(Span(decoder.embed_tokens(tokens), mx.array(positions), self.batch_cache))
+        hidden = decoder.forward(spans)
+
+        # One lm_head pass for the newcomer's last prompt position (when its prompt ends here) and the batch.
+        sampled = ([prefilling] if finishing else []) + running
+        last = ([hidden[0][:, -1]] if finishing else []) + ([hidden[-1][:, -1]] if running else [])
+        chosen = []
+        if last:
+            logits = self.model.language_model.logits(pad_rows(mx.concatenate(last)))
+            chosen = [s.chooser(logits[row:row + 1]) for row, s in enumerate(sampled)]
+        mx.eval(chosen, [c.state for c in prefilling.cache] if prefilling is not None else [])
+        picks = dict(zip(map(id, sampled), chosen))
+
+        finished = [self._emit(s, *self._pick(picks, s)) for s in running]
+        self._keep([s for s, done in zip(running, finished) if not done])
+        if finishing:
+            self._join(prefilling, *self._pick(picks, prefilling))
+
+    @staticmethod
+    def _pick(picks: dict, sequence: Sequence) -> tuple[int, mx.array]:
+        token, logprobs = picks[id(sequence)]
+        return token.item(), logprobs[0]
+
+    def _join(self, sequence: Sequence, token: int, logprobs: mx.array) -> None:
+        """A prefilled newcomer: cache its prompt, hand out its first token, move it into the batch."""
         self.prefilling = None
-        token, logprobs = sequence.chooser(self.model.language_model.logits(hidden[:, -1]))
-        mx.eval(token, logprobs, [c.state for c in sequence.cache])
         self.prefix_cache.store(sequence.key, sequence.cache)
         sequence.embeds = sequence.positions = None
-        if self._emit(sequence, token.item(), logprobs[0]):
+        if self._emit(sequence, token, logprobs):
             return
         rows = [BatchKVCache.merge([layer]) for layer in sequence.cache]
         sequence.cache = None
@@ -174,20 +205,6 @@ class Scheduler:
             for cache, row in zip(self.batch_cache, rows):
                 cache.extend(row)
         self.running.append(sequence)
-
-    # --- decode ------------------------------------------------------------------------------------
-
-    def _decode(self) -> None:
-        running = self.running
-        decoder = self.model.language_model.model
-        tokens = mx.array([[s.last_token] for s in running])
-        positions = mx.array(np.broadcast_to(np.array([[s.next_position] for s in running]), (3, len(running), 1)))
-        hidden = decoder(decoder.embed_tokens(tokens), positions, self.batch_cache)
-        logits = self.model.language_model.logits(hidden[:, -1])
-        chosen = [s.chooser(logits[row:row + 1]) for row, s in enumerate(running)]
-        mx.eval(chosen)
-        finished = [self._emit(s, token.item(), logprobs[0]) for s, (token, logprobs) in zip(running, chosen)]
-        self._keep([s for s, done in zip(running, finished) if not done])
 
     def _emit(self, sequence: Sequence, token: int, logprobs: mx.array) -> bool:
         """Hand one token's chunk to the requester; True when the sequence has finished."""
