@@ -14,6 +14,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 from mlx_lm.sample_utils import apply_top_k, apply_top_p
 
+from .kernels import log_softmax
 from .model import Model
 from .rope import decode_positions, rope_index
 from .tokens import StreamingDecoder
@@ -127,7 +128,7 @@ class TokenChooser:
 
     def __call__(self, logits: mx.array) -> tuple[mx.array, mx.array]:
         """(token, log-probabilities) from logits of shape (1, vocab)."""
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        logprobs = log_softmax(logits)
         if self.suppress is not None and self.step < self.params.min_tokens:
             logprobs[..., self.suppress] = -mx.inf
         self.step += 1

@@ -76,6 +76,14 @@ def _softmax_cpu(scores: mx.array) -> mx.array:
     return weights / weights.sum(axis=-1, keepdims=True)
 
 
+def log_softmax(logits: mx.array) -> mx.array:
+    """Log-probabilities over the last axis (a vocabulary row per sampled token)."""
+    if on_gpu():
+        return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - mx.log(_cpu_kernels()[0](shifted).sum(axis=-1, keepdims=True))
+
+
 SCORES_PER_CHUNK = 1 << 22  # attention scores computed at once (16 MB): small enough to stay in cache
 
 

@@ -22,6 +22,12 @@ def test_silu_matches_mlx():
     assert mx.allclose(kernels.silu(x), nn.silu(x), rtol=1e-6, atol=1e-6).item()
 
 
+def test_log_softmax_matches_mlx():
+    logits = mx.random.normal((3, 151_936), key=mx.random.key(1)) * 10
+    reference = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    assert mx.abs(kernels.log_softmax(logits) - reference).max().item() < 1e-5
+
+
 def _qkv(batch, heads, kv_heads, length, keys, dims=16, seed=0):
     q, k, v = (mx.random.normal(shape, key=mx.random.key(seed + i)) for i, shape in enumerate(
         [(batch, heads, length, dims), (batch, kv_heads, keys, dims), (batch, kv_heads, keys, dims)]))
