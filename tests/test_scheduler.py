@@ -1,12 +1,14 @@
 """Continuous batching and caches against the single-request path, on the tiny checkpoint."""
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
 from holo_mlx import load
 from holo_mlx.engine.caches import PrefixCache, VisionCache
 from holo_mlx.engine.scheduler import Scheduler, Sequence
-from holo_mlx.generate import SamplingParams, stream_generate
+from holo_mlx.generate import SamplingParams, make_cache, stream_generate
+from holo_mlx.language import Span
 from holo_mlx.testing import synthetic_screenshot
 
 SYSTEM = {"role": "system", "content": "You are Holo, a GUI agent. " * 8}
@@ -74,6 +76,21 @@ def test_batched_greedy_equals_sequential(loaded, stagger):
         assert tokens(chunks) == tokens(alone)
         assert "".join(c.text for c in chunks) == "".join(c.text for c in alone)
         assert chunks[-1].finish_reason == "length"
+
+
+def test_one_decoder_pass_over_two_spans_equals_two_passes(loaded):
+    model, prompts = loaded
+    decoder = model.language_model.model
+    spans = []
+    for text in ("Click the blue button.", "Where is the search field on this page?"):
+        ids = prompts.build(user(text)).input_ids
+        positions = mx.broadcast_to(mx.arange(len(ids))[None, None], (3, 1, len(ids)))
+        spans.append(lambda ids=ids, positions=positions: Span(model.embed(ids), positions, make_cache(model)))
+    together = decoder.forward([make() for make in spans])
+    for make, hidden in zip(spans, together):
+        alone = decoder.forward([make()])[0]
+        assert hidden.shape == alone.shape
+        assert mx.abs(hidden - alone).max().item() < 1e-5
 
 
 def test_max_num_seqs_bounds_the_batch(loaded):

@@ -178,17 +178,12 @@ class Scheduler:
             logits = self.model.language_model.logits(pad_rows(mx.concatenate(last)))
             chosen = [s.chooser(logits[row:row + 1]) for row, s in enumerate(sampled)]
         mx.eval(chosen, [c.state for c in prefilling.cache] if prefilling is not None else [])
-        picks = dict(zip(map(id, sampled), chosen))
+        picks = [(token.item(), logprobs[0]) for token, logprobs in chosen]
 
-        finished = [self._emit(s, *self._pick(picks, s)) for s in running]
+        finished = [self._emit(s, *pick) for s, pick in zip(running, picks[len(sampled) - len(running):])]
         self._keep([s for s, done in zip(running, finished) if not done])
         if finishing:
-            self._join(prefilling, *self._pick(picks, prefilling))
-
-    @staticmethod
-    def _pick(picks: dict, sequence: Sequence) -> tuple[int, mx.array]:
-        token, logprobs = picks[id(sequence)]
-        return token.item(), logprobs[0]
+            self._join(prefilling, *picks[0])
 
     def _join(self, sequence: Sequence, token: int, logprobs: mx.array) -> None:
         """A prefilled newcomer: cache its prompt, hand out its first token, move it into the batch."""
