@@ -379,3 +379,45 @@ def test_missing_model_folder_points_at_convert(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "serve.py"), "--model", str(tmp_path / "nope")],
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode != 0 and "python -m convert" in result.stderr
+
+
+SMOKE = ROOT / "scripts" / "smoke.py"
+
+
+def test_smoke_script_passes_against_the_server(server, tmp_path):
+    image = tmp_path / "screen.png"
+    synthetic_screenshot(640, 400).save(image)
+    run = subprocess.run([sys.executable, str(SMOKE), "--url", server.url, "--image", str(image), "--max-tokens", "4"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "health: ready" in run.stdout and "image chat (screen.png)" in run.stdout
+    assert run.stdout.rstrip().endswith("OK")
+
+
+def test_smoke_script_fails_clearly_when_no_server_listens():
+    with socket.socket() as probe:  # a port nobody listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run = subprocess.run([sys.executable, str(SMOKE), "--url", f"http://127.0.0.1:{port}"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "cannot reach" in run.stderr
+
+
+def test_demo_serves_offline_and_passes_the_smoke_script(tmp_path):
+    """README's one offline command: build the demo model, serve it, then the README's checks."""
+    env = dict(os.environ, HOLO_DEMO_DIR=str(tmp_path))
+    process = subprocess.Popen(["bash", str(ROOT / "scripts" / "demo.sh"), "serve", "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
+    try:
+        lines = []
+        while not (lines and "holo-mlx: serving" in lines[-1]):
+            line = process.stdout.readline()
+            assert line, "demo.sh ended before serving:\n" + "".join(lines)
+            lines.append(line)
+        url = re.search(r"(http://\S+)/v1", lines[-1]).group(1)
+        smoke = subprocess.run([sys.executable, str(SMOKE), "--url", url, "--image", str(tmp_path / "demo.png"),
+                                "--max-tokens", "4"], capture_output=True, text=True, timeout=600)
+        assert smoke.returncode == 0, smoke.stdout + smoke.stderr
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
