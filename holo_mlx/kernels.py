@@ -2,13 +2,16 @@
 
 MLX's x86-64 CPU backend evaluates exp one element at a time (~20 ns per element here), which
 made silu and the attention softmax the largest costs of a prefill and of the vision tower after
-the GEMMs (a 7B-shape full-attention block: 7.3 s of softmax next to 2.8 s of matmuls). Here exp is
-plain arithmetic instead, a range reduction to 2^n * 2^f and a degree-7 polynomial in f (relative
-error 1.2e-7, float32 rounding level), fused by mx.compile: 2-4x faster than mx.exp.
+the GEMMs. Here exp is plain arithmetic instead: exp(x) = 2^n * 2^f with n = round(x log2 e), the
+float 2^n built from its exponent bits and 2^f a degree-7 polynomial (relative error 2.2e-7).
+
+The arithmetic is split into small mx.compile kernels on purpose: MLX's fuser breaks a graph
+with two outputs, or with maximum (a scalar loop: it checks for NaN), into many passes;
+one pass for the exponent bits, one for the polynomial and one that combines them vectorize.
 """
 
 import logging
-from functools import cache, partial
+from functools import cache
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -21,55 +24,88 @@ LOG2E = 1.4426950408889634
 # Taylor coefficients of 2^f = exp(f ln 2); |f| <= 0.5 keeps the degree-7 remainder below 1e-7.
 EXP2_COEFFICIENTS = (1.0, 0.6931471805599453, 0.2402265069591007, 0.05550410866482158, 0.009618129107628477,
                      0.0013333558146428443, 0.00015403530393381606, 1.525273380405984e-05)
+MANTISSA = 8388608.0  # 2^23: a float32's exponent field starts at bit 23
+# Adding 1.5 * 2^23 rounds to an integer; the extra 128 (even, so ties round alike) leaves the
+# float32 exponent bias 127 after the subtraction in _exponent_bits.
+ROUNDER = (12582912.0 + 128) * MANTISSA
+MASKED = -1e9  # a masked score: finite, as the kernels need, and exp(MASKED - max) is exactly 0
 
 
-def _exp2_parts(x: mx.array) -> tuple[mx.array, mx.array]:
-    """exp(x) as 2^f (a polynomial) and the bits of the float 2^n: fused by mx.compile."""
-    t = mx.clip(x, -87.0, 88.0) * LOG2E  # float32 range; exp(-87) ~ 1.6e-38 stands in for 0
-    n = mx.floor(t + 0.5)
-    f = t - n
-    power = EXP2_COEFFICIENTS[-1]
-    for coefficient in reversed(EXP2_COEFFICIENTS[:-1]):
-        power = power * f + coefficient
-    return power, mx.left_shift(n.astype(mx.int32) + 127, 23)
+def _rounded(x: mx.array) -> mx.array:
+    """(round(x log2 e) + ROUNDER) * 2^23: both kernels evaluate this same expression, so the
+    compiler rounds it identically in each, fused multiply-add or not."""
+    return x * (LOG2E * MANTISSA) + ROUNDER
 
 
-def _exp(x: mx.array, parts=_exp2_parts) -> mx.array:
-    power, bits = parts(x)
-    return power * bits.view(mx.float32)
+def _exponent_bits(x: mx.array) -> mx.array:
+    """The int32 bits of the float 2^n, n = round(x log2 e); 0 (the float 0.0) below 2^-126."""
+    biased = _rounded(x) - (ROUNDER - 127 * MANTISSA)  # (n + 127) * 2^23
+    return ((biased + mx.abs(biased)) * 0.5).astype(mx.int32)  # max(biased, 0) that vectorizes
 
 
-def _silu(x: mx.array) -> mx.array:
-    return x / (1 + _exp(-x))
+def _fraction_power(x: mx.array) -> mx.array:
+    """2^f for f = x log2 e - n in [-0.5, 0.5] (Estrin's scheme: shorter dependency chains)."""
+    f = x * LOG2E - (_rounded(x) - ROUNDER) * (1 / MANTISSA)
+    c = EXP2_COEFFICIENTS
+    f2 = f * f
+    return (c[0] + c[1] * f + f2 * (c[2] + c[3] * f)) + (f2 * f2) * ((c[4] + c[5] * f) + f2 * (c[6] + c[7] * f))
+
+
+def _silu_gate(x: mx.array, power: mx.array, bits: mx.array, up: mx.array) -> mx.array:
+    """silu(x) * up from e = exp(-|x|) = power * bits, a form that never overflows:
+    sigmoid(x) = 1 / (1 + e) for x >= 0 and e / (1 + e) below."""
+    e = power * bits
+    return x * (mx.where(x >= 0, 1.0, e) / (1 + e)) * up
 
 
 @cache
 def _cpu_kernels():
-    """(exp, silu) for the CPU backend, fused by mx.compile.
-
-    exp is compiled shape-agnostic up to its final view (a view has no shape-agnostic form), as
-    attention scores come in ever new shapes; silu is fused whole and compiled per shape, since
-    the decoder shows it few (pad_rows makes row counts multiples of 16). Where the backend cannot
-    compile (MLX builds CPU kernels with the system C++ compiler), MLX's own exp and silu, as the
-    polynomial unfused is no faster.
-    """
-    parts = mx.compile(_exp2_parts, shapeless=True)
+    """The compiled kernels, or None where the CPU backend cannot compile (MLX builds its CPU
+    kernels with the system C++ compiler): then MLX's own exp, as the polynomial unfused is slower.
+    Compiled per shape: shape-agnostic kernels run ~4x slower here."""
+    kernels = mx.compile(_exponent_bits), mx.compile(_fraction_power), mx.compile(_silu_gate)
     try:
-        mx.eval(parts(mx.zeros((2, 2))))
+        mx.eval(kernels[0](mx.zeros(4)))
     except Exception as error:
         log.warning("mx.compile unavailable on the CPU backend (%s); using mx.exp", error)
-        return mx.exp, nn.silu
-
-    return partial(_exp, parts=parts), mx.compile(_silu)
-
-
-def silu(x: mx.array) -> mx.array:
-    return nn.silu(x) if on_gpu() else _cpu_kernels()[1](x)
+        return None
+    return kernels
 
 
-def _softmax_cpu(scores: mx.array) -> mx.array:
-    weights = _cpu_kernels()[0](scores - scores.max(axis=-1, keepdims=True))
-    return weights / weights.sum(axis=-1, keepdims=True)
+# MLX keeps every traced shape of a compiled function (~36 KB each) until the function is
+# dropped, and attention scores come in ever new shapes: start afresh past this many.
+MAX_TRACED_SHAPES = 512
+_traced_shapes: set[tuple[int, ...]] = set()
+
+
+def _kernels_for(shape: tuple[int, ...]):
+    if on_gpu():
+        return None
+    if shape not in _traced_shapes:
+        if len(_traced_shapes) >= MAX_TRACED_SHAPES:
+            _traced_shapes.clear()
+            _cpu_kernels.cache_clear()
+        _traced_shapes.add(shape)
+    return _cpu_kernels()
+
+
+def exp_nonpositive(x: mx.array) -> mx.array:
+    """exp(x) for finite x <= 0 (shifted scores and logits); 0 below exp(-87)."""
+    kernels = _kernels_for(x.shape)
+    if kernels is None:
+        return mx.exp(x)
+    exponent_bits, fraction_power, _ = kernels
+    return fraction_power(x) * exponent_bits(x).view(mx.float32)
+
+
+def silu_gate(x: mx.array, up: mx.array) -> mx.array:
+    """silu(x) * up, SwiGLU's gate."""
+    kernels = _kernels_for(x.shape)
+    if kernels is None:
+        return nn.silu(x) * up
+    exponent_bits, fraction_power, gate = kernels
+    negative = -mx.abs(x)
+    return gate(x, fraction_power(negative), exponent_bits(negative).view(mx.float32), up)
 
 
 def log_softmax(logits: mx.array) -> mx.array:
@@ -77,18 +113,19 @@ def log_softmax(logits: mx.array) -> mx.array:
     if on_gpu():
         return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - mx.log(_cpu_kernels()[0](shifted).sum(axis=-1, keepdims=True))
+    return shifted - mx.log(exp_nonpositive(shifted).sum(axis=-1, keepdims=True))
 
 
-SCORES_PER_CHUNK = 1 << 22  # attention scores computed at once (16 MB): small enough to stay in cache
+SCORES_PER_CHUNK = 1 << 23  # attention scores computed at once (32 MB)
 
 
 def attention(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None) -> mx.array:
     """mx.fast.scaled_dot_product_attention's contract: q (B, H, L, D), k and v (B, H_kv, S, D) with
     H a multiple of H_kv (grouped queries), mask None, "causal", boolean (True = attend) or additive.
 
-    On the CPU, prompts and images (L > 1) take query chunks through the fast softmax; measured on
-    a 7B-shape full-attention block (4,784 patches): 5.8 s against MLX's 9.7 s.
+    On the CPU, prompts and images (L > 1) take query chunks through exp_nonpositive, normalized
+    after the product with V (L x D divisions instead of L x S); measured on a 7B-shape
+    full-attention block (4,784 patches): 2.9 s against MLX's 9.7 s.
     """
     batch, heads, length, dims = q.shape
     if on_gpu() or length == 1:  # a decode step's scores are small: MLX's kernel is as good
@@ -103,16 +140,19 @@ def attention(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None)
             raise ValueError(f"unknown attention mask {mask!r}")
         # The L queries are the last L of the S keys' positions.
         mask = mx.arange(keys)[None, :] <= mx.arange(keys - length, keys)[:, None]
-    if mask is not None and mask.ndim == 4:  # (B, 1 or H, L, S) -> (B, 1 or H_kv, 1 or group, L, S)
-        mask = mask[:, :, None] if mask.shape[1] == 1 else \
-            mask.reshape(mask.shape[0], kv_heads, heads // kv_heads, *mask.shape[2:])
+    if mask is not None:
+        # Additive and finite once, so a chunk adds it in one vectorized pass.
+        mask = mx.where(mask, 0.0, MASKED) if mask.dtype == mx.bool_ else mx.maximum(mask, MASKED)
+        if mask.ndim == 4:  # (B, 1 or H, L, S) -> (B, 1 or H_kv, 1 or group, L, S)
+            mask = mask[:, :, None] if mask.shape[1] == 1 else \
+                mask.reshape(mask.shape[0], kv_heads, heads // kv_heads, *mask.shape[2:])
     rows = max(1, SCORES_PER_CHUNK // (batch * heads * keys))
     outputs = []
     for start in range(0, length, rows):
         scores = q[..., start:start + rows, :] @ keys_t
         if mask is not None:
-            part = mask[..., start:start + rows, :] if mask.shape[-2] == length else mask
-            scores = mx.where(part, scores, -mx.inf) if part.dtype == mx.bool_ else scores + part
-        outputs.append(_softmax_cpu(scores) @ v)
+            scores = scores + (mask[..., start:start + rows, :] if mask.shape[-2] == length else mask)
+        weights = exp_nonpositive(scores - scores.max(axis=-1, keepdims=True))
+        outputs.append((weights @ v) / weights.sum(axis=-1, keepdims=True))
     out = outputs[0] if len(outputs) == 1 else mx.concatenate(outputs, axis=-2)
     return out.reshape(batch, heads, length, dims)

@@ -1,4 +1,4 @@
-"""The CPU kernels against MLX's own: exp, silu, attention (grouped queries, every mask form, chunks)."""
+"""The CPU kernels against MLX's own: exp, silu gate, log-softmax, attention (grouped queries, every mask form, chunks)."""
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -9,17 +9,33 @@ from holo_mlx import kernels
 from holo_mlx.runtime import GEMM_ROW_BLOCK, pad_rows
 
 
-def test_polynomial_exp_is_float32_accurate_over_the_whole_range():
-    x = mx.array(np.linspace(-87, 88, 200_001, dtype=np.float32))
-    exp, _ = kernels._cpu_kernels()
-    relative = mx.abs(exp(x) - mx.exp(x)) / mx.exp(x)
+def test_polynomial_exp_is_float32_accurate_down_to_the_normal_range():
+    x = mx.array(np.linspace(-87.3, 0, 2_000_001, dtype=np.float32))
+    relative = mx.abs(kernels.exp_nonpositive(x) - mx.exp(x)) / mx.exp(x)
     assert relative.max().item() < 3e-7
-    assert exp(mx.array([-mx.inf])).item() < 1e-37  # masked scores weigh nothing
 
 
-def test_silu_matches_mlx():
-    x = mx.random.normal((37, 300), key=mx.random.key(0)) * 8
-    assert mx.allclose(kernels.silu(x), nn.silu(x), rtol=1e-6, atol=1e-6).item()
+def test_polynomial_exp_rounds_alike_in_both_kernels_at_ties():
+    # x log2 e within an ulp of k + 1/2: the exponent and the polynomial must take the same n.
+    halves = (np.arange(-125, 0) + 0.5) / np.float32(np.log2(np.e))
+    x = np.concatenate([np.nextafter(halves.astype(np.float32), d) for d in (-np.inf, 0, np.inf)])
+    x = mx.array(x[x <= 0])
+    relative = mx.abs(kernels.exp_nonpositive(x) - mx.exp(x)) / mx.exp(x)
+    assert relative.max().item() < 3e-7
+
+
+def test_polynomial_exp_of_masked_scores_is_exactly_zero():
+    x = mx.array([-90.0, -1e4, kernels.MASKED, kernels.MASKED - 1e3, 10 * kernels.MASKED])
+    assert kernels.exp_nonpositive(x).tolist() == [0.0] * 5
+    assert kernels.exp_nonpositive(mx.array([0.0, -0.0])).tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("spread", [1, 8, 1e4])
+def test_silu_gate_matches_mlx(spread):
+    x = mx.random.normal((37, 300), key=mx.random.key(0)) * spread
+    up = mx.random.normal((37, 300), key=mx.random.key(1))
+    reference = nn.silu(x) * up
+    assert mx.allclose(kernels.silu_gate(x, up), reference, rtol=1e-6, atol=1e-30).item()
 
 
 def test_log_softmax_matches_mlx():
@@ -40,6 +56,10 @@ MASKS = {
     "bool 4d": lambda batch, length, keys: mx.random.uniform(shape=(batch, 1, length, keys), key=mx.random.key(9)) > 0.3,
     "key mask": lambda batch, length, keys: mx.arange(keys)[None, None, None, :] < mx.array([keys, keys - 3])[:batch, None, None, None],
     "additive 2d": lambda batch, length, keys: mx.random.normal((length, keys), key=mx.random.key(8)),
+    # transformers' additive form: -inf or the dtype's lowest value where a key is hidden
+    "additive -inf": lambda batch, length, keys: mx.where(mx.arange(keys) < keys - 2, 0.0, -mx.inf)[None, None, None],
+    "additive lowest": lambda batch, length, keys: mx.where(mx.tri(length, keys, keys - length) > 0, 0.0,
+                                                            np.finfo(np.float32).min)[None, None],
 }
 
 
@@ -72,3 +92,11 @@ def test_pad_rows_pads_small_batches_to_the_gemm_block(rows):
     expected = rows if rows == 1 else -(-rows // GEMM_ROW_BLOCK) * GEMM_ROW_BLOCK
     assert padded.shape == (expected, 3)
     assert mx.array_equal(padded[:rows], x).item() and mx.all(padded[rows:] == 0).item()
+
+
+def test_traced_shapes_stay_bounded(monkeypatch):
+    monkeypatch.setattr(kernels, "MAX_TRACED_SHAPES", 4)
+    for keys in range(1, 12):  # attention scores of ever new widths
+        x = -mx.arange(keys, dtype=mx.float32)
+        assert mx.allclose(kernels.exp_nonpositive(x), mx.exp(x), rtol=3e-7).item()
+        assert len(kernels._traced_shapes) <= 4
