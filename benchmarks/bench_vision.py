@@ -1,8 +1,8 @@
 """Vision tower speed: holo_mlx vs transformers (torch float32) vs mlx-vlm on the same weights.
 
 Random weights at a real Qwen2.5-VL vision shape (default: Holo1.5-7B's, 32 blocks of width
-1280), one synthetic screenshot resized by the normal pipeline. Prints seconds per encode and
-the max difference of the features against torch.
+1280), one synthetic screenshot resized by the normal pipeline. Prints seconds per encode (median
+of runs that alternate between the runtimes) and the max difference of the features against torch.
 
     python benchmarks/bench_vision.py --width 1280 --height 720 --runs 1
 """
@@ -61,31 +61,18 @@ def main() -> None:
     print(f"{args.width}x{args.height} -> {processed.resized_size}, grid {grid}, {len(pixels)} patches, "
           f"{processed.num_tokens} tokens; vision depth {raw['depth']} width {raw['hidden_size']}")
 
-    def timed(label, run):
-        for _ in range(args.warmup):
-            run()
-        seconds = []
-        for _ in range(args.runs):
-            start = time.perf_counter()
-            out = run()
-            seconds.append(time.perf_counter() - start)
-        print(f"{label:>24}: {np.mean(seconds):7.2f} s", flush=True)
-        return out, float(np.mean(seconds))
-
     torch_pixels, torch_grid = torch.tensor(pixels), torch.tensor([grid])
-    with torch.no_grad():
-        expected, torch_s = timed(f"torch float32 ({torch.get_num_threads()} thr)",
-                                  lambda: reference(torch_pixels, torch_grid).pooler_output.numpy())
+
+    def run_torch():
+        with torch.no_grad():
+            return reference(torch_pixels, torch_grid).pooler_output.numpy()
 
     def run_ours():
         out = ours(mx.array(pixels), [grid])
         mx.eval(out)
         return np.array(out)
 
-    got, ours_s = timed("holo_mlx float32", run_ours)
-    print(f"{'max |diff| vs torch':>24}: {np.abs(got - expected).max():.2e}")
-    print(f"{'holo_mlx / torch time':>24}: {ours_s / torch_s:.2f}")
-
+    runtimes = {f"torch float32 ({torch.get_num_threads()} thr)": run_torch, "holo_mlx float32": run_ours}
     if not args.skip_mlx_vlm:
         from mlx_vlm.models.qwen2_5_vl.config import VisionConfig as VlmVisionConfig
         from mlx_vlm.models.qwen2_5_vl.vision import VisionModel as VlmVisionModel
@@ -98,9 +85,28 @@ def main() -> None:
             mx.eval(out)
             return np.array(out)
 
-        _, vlm_s = timed("mlx-vlm float32", run_vlm)
-        print(f"{'holo_mlx / mlx-vlm time':>24}: {ours_s / vlm_s:.2f}")
+        runtimes["mlx-vlm float32"] = run_vlm
 
+    # Runs alternate between the runtimes, so a slow spell of a shared machine hits them alike.
+    outputs, seconds = {}, {label: [] for label in runtimes}
+    for _ in range(args.warmup):
+        for run in runtimes.values():
+            run()
+    for _ in range(args.runs):
+        for label, run in runtimes.items():
+            start = time.perf_counter()
+            outputs[label] = run()
+            seconds[label].append(time.perf_counter() - start)
+    median = {label: float(np.median(times)) for label, times in seconds.items()}
+    for label, times in seconds.items():
+        print(f"{label:>24}: {median[label]:7.2f} s median ({', '.join(f'{t:.2f}' for t in times)})")
+    torch_label, ours_label = list(runtimes)[:2]
+    print(f"{'max |diff| vs torch':>24}: {np.abs(outputs[ours_label] - outputs[torch_label]).max():.2e}")
+    print(f"{'holo_mlx / torch time':>24}: {median[ours_label] / median[torch_label]:.2f}")
+    print(f"{'same, run by run':>24}: " + ", ".join(
+        f"{ours / theirs:.2f}" for ours, theirs in zip(seconds[ours_label], seconds[torch_label])))
+    if "mlx-vlm float32" in median:
+        print(f"{'holo_mlx / mlx-vlm time':>24}: {median[ours_label] / median['mlx-vlm float32']:.2f}")
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,7 @@ from functools import cache
 import mlx.core as mx
 import mlx.nn as nn
 
-from .runtime import on_gpu
+from .runtime import lanes, on_gpu
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +117,16 @@ def log_softmax(logits: mx.array) -> mx.array:
 
 
 SCORES_PER_CHUNK = 1 << 23  # attention scores computed at once (32 MB)
+QUERY_ROWS_PER_CHUNK = 1024
 
 
 def attention(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None) -> mx.array:
     """mx.fast.scaled_dot_product_attention's contract: q (B, H, L, D), k and v (B, H_kv, S, D) with
     H a multiple of H_kv (grouped queries), mask None, "causal", boolean (True = attend) or additive.
 
-    On the CPU, prompts and images (L > 1) take query chunks through exp_nonpositive, normalized
-    after the product with V (L x D divisions instead of L x S); measured on a 7B-shape
-    full-attention block (4,784 patches): 2.9 s against MLX's 9.7 s.
+    On the CPU, prompts and images (L > 1) take chunks through exp_nonpositive, normalized after
+    the product with V (L x D divisions instead of L x S); measured on a 7B-shape full-attention
+    block (4,784 patches, 16 heads): 1.95 s against MLX's 7.3 s.
     """
     batch, heads, length, dims = q.shape
     if on_gpu() or length == 1:  # a decode step's scores are small: MLX's kernel is as good
@@ -146,13 +147,30 @@ def attention(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None)
         if mask.ndim == 4:  # (B, 1 or H, L, S) -> (B, 1 or H_kv, 1 or group, L, S)
             mask = mask[:, :, None] if mask.shape[1] == 1 else \
                 mask.reshape(mask.shape[0], kv_heads, heads // kv_heads, *mask.shape[2:])
-    rows = max(1, SCORES_PER_CHUNK // (batch * heads * keys))
-    outputs = []
-    for start in range(0, length, rows):
-        scores = q[..., start:start + rows, :] @ keys_t
-        if mask is not None:
-            scores = scores + (mask[..., start:start + rows, :] if mask.shape[-2] == length else mask)
-        weights = exp_nonpositive(scores - scores.max(axis=-1, keepdims=True))
-        outputs.append((weights @ v) / weights.sum(axis=-1, keepdims=True))
-    out = outputs[0] if len(outputs) == 1 else mx.concatenate(outputs, axis=-2)
+    streams = lanes()
+    # Chunks of whole query rows of one or a few KV heads: long rows keep the GEMMs efficient, a
+    # bounded chunk keeps the scores in cache, and chunks alternate between the lanes.
+    rows = min(length, QUERY_ROWS_PER_CHUNK)
+    heads_step = max(1, SCORES_PER_CHUNK // (batch * (heads // kv_heads) * rows * keys))
+    heads_step = min(heads_step, -(-kv_heads // len(streams)))  # one chunk per lane where heads allow
+    outputs, chunk = [], 0
+    for head in range(0, kv_heads, heads_step):
+        head_rows = []
+        for start in range(0, length, rows):
+            with mx.stream(streams[chunk % len(streams)]):
+                scores = q[:, head:head + heads_step, :, start:start + rows] @ keys_t[:, head:head + heads_step]
+                if mask is not None:
+                    scores = scores + _mask_chunk(mask, head, heads_step, start, rows, length)
+                weights = exp_nonpositive(scores - scores.max(axis=-1, keepdims=True))
+                head_rows.append((weights @ v[:, head:head + heads_step]) / weights.sum(axis=-1, keepdims=True))
+            chunk += 1
+        outputs.append(mx.concatenate(head_rows, axis=-2) if len(head_rows) > 1 else head_rows[0])
+    out = mx.concatenate(outputs, axis=1) if len(outputs) > 1 else outputs[0]
     return out.reshape(batch, heads, length, dims)
+
+
+def _mask_chunk(mask: mx.array, head: int, heads: int, start: int, rows: int, length: int) -> mx.array:
+    """The part of a (B, 1 or H_kv, 1 or group, 1 or L, S) or (1 or L, S) mask that a chunk sees."""
+    if mask.ndim == 5 and mask.shape[1] > 1:
+        mask = mask[:, head:head + heads]
+    return mask[..., start:start + rows, :] if mask.shape[-2] == length else mask

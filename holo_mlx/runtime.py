@@ -76,6 +76,24 @@ def pad_rows(x: mx.array) -> mx.array:
     return mx.concatenate([x, mx.zeros((-rows % GEMM_ROW_BLOCK, *x.shape[1:]), x.dtype)])
 
 
+# MLX's CPU backend runs each stream's elementwise work on one thread, while OpenBLAS already
+# uses every core: two streams fed independent halves of the work run those passes side by side
+# (measured here on 2 cores: exp 31 -> 20 ms, GEMMs unchanged).
+CPU_LANES = 2
+
+
+@cache
+def _extra_cpu_streams() -> tuple[mx.Stream, ...]:
+    return tuple(mx.new_stream(mx.cpu) for _ in range(CPU_LANES - 1))
+
+
+def lanes() -> list[mx.Stream]:
+    """Streams to spread independent work over: the default one, plus more on the CPU backend."""
+    if on_gpu():  # Metal spreads every kernel over the GPU itself
+        return [mx.default_stream(mx.gpu)]
+    return [mx.default_stream(mx.cpu), *_extra_cpu_streams()]
+
+
 def device_name() -> str:
     return "gpu" if on_gpu() else "cpu"
 

@@ -2,7 +2,8 @@
 
 Attribute names equal the checkpoint keys under `vision_tower.`. Window attention runs as one
 batched attention call: windows are gathered into a padded (windows, max_len) layout with a key
-mask, so there is no Python loop per window.
+mask, so there is no Python loop per window. On the CPU a window block runs as two halves of the
+windows on two streams (runtime.lanes), since nothing in it crosses a window.
 """
 
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import numpy as np
 from .config import VisionConfig
 from .kernels import attention
 from .layers import MLP, apply_rotary
+from .runtime import lanes
 
 
 @dataclass
@@ -43,13 +45,30 @@ class Segments:
 
 
 @dataclass
+class WindowPart:
+    """Consecutive whole windows: rows start:stop of the tower's sequence."""
+
+    start: int
+    stop: int
+    windows: Segments
+
+    @classmethod
+    def split(cls, boundaries: np.ndarray, parts: int) -> list["WindowPart"]:
+        """About equal parts that cut only between windows."""
+        cuts = [int(np.abs(boundaries - boundaries[-1] * i / parts).argmin()) for i in range(1, parts)]
+        cuts = sorted({0, *cuts, len(boundaries) - 1})
+        return [cls(int(boundaries[a]), int(boundaries[b]), Segments.from_boundaries(boundaries[a:b + 1] - boundaries[a]))
+                for a, b in zip(cuts, cuts[1:])]
+
+
+@dataclass
 class VisionLayout:
     """Per-request index plan for a set of images: window order, rotary angles, segments."""
 
     window_index: mx.array  # merge-unit order used inside the tower (windows contiguous)
     reverse_index: mx.array  # back to raster order after the merger
     rotary_positions: np.ndarray  # (seq, 2) row/column of each patch, in window order
-    windows: Segments
+    window_parts: list[WindowPart]  # one per lane
     images: Segments
 
 
@@ -84,7 +103,7 @@ def patch_positions(grid_thw: list[tuple[int, int, int]], merge: int) -> np.ndar
     return np.concatenate(rows)
 
 
-def vision_layout(grid_thw: list[tuple[int, int, int]], config: VisionConfig) -> VisionLayout:
+def vision_layout(grid_thw: list[tuple[int, int, int]], config: VisionConfig, parts: int = 1) -> VisionLayout:
     unit = config.spatial_merge_size**2
     order, window_bounds = window_index(grid_thw, config)
     positions = patch_positions(grid_thw, config.spatial_merge_size)
@@ -94,7 +113,7 @@ def vision_layout(grid_thw: list[tuple[int, int, int]], config: VisionConfig) ->
         window_index=mx.array(order.astype(np.int32)),
         reverse_index=mx.array(np.argsort(order).astype(np.int32)),
         rotary_positions=positions,
-        windows=Segments.from_boundaries(window_bounds),
+        window_parts=WindowPart.split(window_bounds, parts),
         images=Segments.from_boundaries(image_bounds),
     )
 
@@ -189,7 +208,8 @@ class VisionModel(nn.Module):
 
     def __call__(self, pixel_values: mx.array, grid_thw: list[tuple[int, int, int]]) -> mx.array:
         """Image features in prompt order: (sum of t*h*w/merge^2, out_hidden_size)."""
-        layout = vision_layout(grid_thw, self.config)
+        streams = lanes()
+        layout = vision_layout(grid_thw, self.config, parts=len(streams))
         unit = self.config.spatial_merge_size**2
         x = self.patch_embed(pixel_values)
         x = x.reshape(-1, unit, x.shape[-1])[layout.window_index].reshape(-1, x.shape[-1])
@@ -197,5 +217,13 @@ class VisionModel(nn.Module):
         cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
         full = set(self.config.fullatt_block_indexes)
         for index, block in enumerate(self.blocks):
-            x = block(x, cos, sin, layout.images if index in full else layout.windows)
+            if index in full:
+                x = block(x, cos, sin, layout.images)
+                continue
+            parts = []
+            for stream, part in zip(streams, layout.window_parts):
+                rows = slice(part.start, part.stop)
+                with mx.stream(stream):
+                    parts.append(block(x[rows], cos[rows], sin[rows], part.windows))
+            x = mx.concatenate(parts) if len(parts) > 1 else parts[0]
         return self.merger(x)[layout.reverse_index]

@@ -55,6 +55,7 @@ MASKS = {
     "causal": lambda batch, length, keys: "causal",
     "bool 4d": lambda batch, length, keys: mx.random.uniform(shape=(batch, 1, length, keys), key=mx.random.key(9)) > 0.3,
     "key mask": lambda batch, length, keys: mx.arange(keys)[None, None, None, :] < mx.array([keys, keys - 3])[:batch, None, None, None],
+    "additive per head": lambda batch, length, keys: mx.random.normal((batch, 14, length, keys), key=mx.random.key(7)),
     "additive 2d": lambda batch, length, keys: mx.random.normal((length, keys), key=mx.random.key(8)),
     # transformers' additive form: -inf or the dtype's lowest value where a key is hidden
     "additive -inf": lambda batch, length, keys: mx.where(mx.arange(keys) < keys - 2, 0.0, -mx.inf)[None, None, None],
@@ -64,11 +65,12 @@ MASKS = {
 
 
 @pytest.mark.parametrize("mask_kind", sorted(MASKS))
-@pytest.mark.parametrize("chunk", [None, 64])
-def test_attention_matches_mlx_sdpa(mask_kind, chunk, monkeypatch):
-    if chunk:  # force several query chunks
-        monkeypatch.setattr(kernels, "SCORES_PER_CHUNK", chunk * 14 * 2)
+@pytest.mark.parametrize("rows", [None, 4])
+def test_attention_matches_mlx_sdpa(mask_kind, rows, monkeypatch):
     batch, length, keys = 2, 9, 13  # queries are the last 9 positions of 13 cached keys
+    if rows:  # force chunks of 4 query rows of one KV head (7 query heads)
+        monkeypatch.setattr(kernels, "QUERY_ROWS_PER_CHUNK", rows)
+        monkeypatch.setattr(kernels, "SCORES_PER_CHUNK", batch * 7 * rows * keys)
     q, k, v = _qkv(batch, 14, 2, length, keys)
     mask = MASKS[mask_kind](batch, length, keys)
     if mask_kind == "bool 4d":  # every query keeps one key, as real masks do

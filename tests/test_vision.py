@@ -1,0 +1,39 @@
+"""The vision tower's window plan: parts cut between windows, and lanes that do not change results."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from holo_mlx import vision
+from holo_mlx.config import VisionConfig
+from holo_mlx.testing import root_layout_config
+from holo_mlx.vision import VisionModel, WindowPart, window_index
+
+CONFIG = VisionConfig.from_dict(root_layout_config("tiny")["vision_config"])
+# Two images whose sides are not multiples of the window: windows of several lengths.
+GRIDS = [(1, 20, 28), (1, 12, 6)]
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_window_parts_cover_the_sequence_and_cut_only_between_windows(parts):
+    _, boundaries = window_index(GRIDS, CONFIG)
+    split = WindowPart.split(boundaries, parts)
+    assert len(split) == parts
+    assert [p.start for p in split] == [0] + [p.stop for p in split[:-1]]
+    assert split[-1].stop == boundaries[-1] == sum(t * h * w for t, h, w in GRIDS)
+    assert all(p.start in boundaries and p.stop in boundaries for p in split)
+    # Each part's segments are its own windows: the padded slots it keeps are exactly its rows.
+    for part in split:
+        assert part.windows.unpad.size == part.stop - part.start
+    sizes = [p.stop - p.start for p in split]
+    assert max(sizes) - min(sizes) <= 2 * np.diff(boundaries).max()
+
+
+def test_tower_output_is_the_same_on_one_lane_and_on_two(monkeypatch):
+    model = VisionModel(CONFIG)
+    pixels = mx.random.normal((sum(t * h * w for t, h, w in GRIDS), 3 * 2 * 14 * 14), key=mx.random.key(0))
+    two_lanes = model(pixels, GRIDS)
+    assert len(vision.lanes()) == 2  # the CPU backend: window blocks ran as two parts
+    monkeypatch.setattr(vision, "lanes", lambda: [mx.default_stream(mx.default_device())])
+    one_lane = model(pixels, GRIDS)
+    assert mx.abs(two_lanes - one_lane).max().item() < 1e-6
