@@ -68,7 +68,7 @@ class VisionLayout:
     window_index: mx.array  # merge-unit order used inside the tower (windows contiguous)
     reverse_index: mx.array  # back to raster order after the merger
     rotary_positions: np.ndarray  # (seq, 2) row/column of each patch, in window order
-    window_parts: list[WindowPart]  # one per lane
+    window_parts: list[WindowPart]  # at most one per lane
     images: Segments
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from holo_mlx import vision
 from holo_mlx.config import VisionConfig
+from holo_mlx.runtime import on_gpu
 from holo_mlx.testing import root_layout_config
 from holo_mlx.vision import VisionModel, WindowPart, window_index
 
@@ -29,6 +30,7 @@ def test_window_parts_cover_the_sequence_and_cut_only_between_windows(parts):
     assert max(sizes) - min(sizes) <= 2 * np.diff(boundaries).max()
 
 
+@pytest.mark.skipif(on_gpu(), reason="Metal runs on one lane")
 def test_tower_output_is_the_same_on_one_lane_and_on_two(monkeypatch):
     model = VisionModel(CONFIG)
     pixels = mx.random.normal((sum(t * h * w for t, h, w in GRIDS), 3 * 2 * 14 * 14), key=mx.random.key(0))
