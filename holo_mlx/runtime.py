@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+import threading
 from functools import cache
 from pathlib import Path
 
@@ -80,18 +81,16 @@ def pad_rows(x: mx.array) -> mx.array:
 # uses every core: two streams fed independent halves of the work run those passes side by side
 # (measured here on 2 cores: exp 31 -> 20 ms, GEMMs unchanged).
 CPU_LANES = 2
-
-
-@cache
-def _extra_cpu_streams() -> tuple[mx.Stream, ...]:
-    return tuple(mx.new_stream(mx.cpu) for _ in range(CPU_LANES - 1))
+_thread_streams = threading.local()  # an MLX stream can only be used by the thread that made it
 
 
 def lanes() -> list[mx.Stream]:
     """Streams to spread independent work over: the default one, plus more on the CPU backend."""
     if on_gpu():  # Metal spreads every kernel over the GPU itself
         return [mx.default_stream(mx.gpu)]
-    return [mx.default_stream(mx.cpu), *_extra_cpu_streams()]
+    if not hasattr(_thread_streams, "cpu"):
+        _thread_streams.cpu = [mx.new_stream(mx.cpu) for _ in range(CPU_LANES - 1)]
+    return [mx.default_stream(mx.cpu), *_thread_streams.cpu]
 
 
 def device_name() -> str:

@@ -1,5 +1,7 @@
 """The vision tower's window plan: parts cut between windows, and lanes that do not change results."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -39,3 +41,14 @@ def test_tower_output_is_the_same_on_one_lane_and_on_two(monkeypatch):
     monkeypatch.setattr(vision, "lanes", lambda: [mx.default_stream(mx.default_device())])
     one_lane = model(pixels, GRIDS)
     assert mx.abs(two_lanes - one_lane).max().item() < 1e-6
+
+
+def test_tower_runs_in_another_thread_after_this_one():
+    # MLX streams belong to the thread that made them: each thread needs lanes of its own.
+    model = VisionModel(CONFIG)
+    pixels = mx.random.normal((sum(t * h * w for t, h, w in GRIDS), 3 * 2 * 14 * 14), key=mx.random.key(0))
+    here = model(pixels, GRIDS)
+    mx.eval(here)
+    with ThreadPoolExecutor(1) as pool:
+        there = pool.submit(lambda: np.array(model(pixels, GRIDS))).result()
+    assert np.abs(np.array(here) - there).max() < 1e-6
