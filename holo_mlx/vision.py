@@ -124,10 +124,16 @@ def segmented_attention(q, k, v, segments: Segments, scale: float) -> mx.array:
         q, k, v = (t.transpose(1, 0, 2)[None] for t in (q, k, v))
         out = attention(q, k, v, scale=scale)
         return out[0].transpose(1, 0, 2)
-    q, k, v = (t[segments.gather].transpose(0, 2, 1, 3) for t in (q, k, v))
+    # Gathered straight into (segments, heads, max_len, head_dim) and back: one copy each way.
+    seq, heads, dims = q.shape
+    max_len = segments.gather.shape[1]
+    head = mx.arange(heads)
+    rows = segments.gather[:, None, :] * heads + head[:, None]  # (segments, heads, max_len)
+    q, k, v = (t.reshape(seq * heads, dims)[rows] for t in (q, k, v))
     out = attention(q, k, v, scale=scale, mask=segments.key_mask)
-    out = out.transpose(0, 2, 1, 3)
-    return out.reshape(-1, *out.shape[2:])[segments.unpad]
+    segment, slot = segments.unpad // max_len, segments.unpad % max_len
+    back = (segment[:, None] * heads + head) * max_len + slot[:, None]  # (seq, heads)
+    return out.reshape(-1, dims)[back]
 
 
 class VisionAttention(nn.Module):
