@@ -12,6 +12,7 @@ import ctypes.util
 import os
 import sys
 import threading
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -91,6 +92,35 @@ def lanes() -> list[mx.Stream]:
     if not hasattr(_thread_streams, "cpu"):
         _thread_streams.cpu = [mx.new_stream(mx.cpu) for _ in range(CPU_LANES - 1)]
     return [mx.default_stream(mx.cpu), *_thread_streams.cpu]
+
+
+@cache
+def _openblas_threads():
+    """OpenBLAS's thread count getter and setter when it is the BLAS in this process, else None."""
+    process = ctypes.CDLL(None)  # the global scope: a preloaded OpenBLAS is in it
+    if not hasattr(process, "openblas_set_num_threads"):
+        return None
+    return process.openblas_get_num_threads, process.openblas_set_num_threads
+
+
+@contextmanager
+def blas_threads_shared_by_lanes():
+    """Within: OpenBLAS's threads are shared out among lanes() instead of each GEMM taking all.
+
+    For work already split over the lanes, where a lane's elementwise work then runs beside the
+    other lane's GEMM instead of competing with it (a 7B vision window block: 1.10 -> 1.03 s).
+    """
+    controls = None if on_gpu() else _openblas_threads()
+    if controls is None:
+        yield
+        return
+    get_threads, set_threads = controls
+    threads = get_threads()
+    set_threads(max(1, threads // len(lanes())))
+    try:
+        yield
+    finally:
+        set_threads(threads)
 
 
 def device_name() -> str:

@@ -2,8 +2,8 @@
 
 Attribute names equal the checkpoint keys under `vision_tower.`. Window attention runs as one
 batched attention call: windows are gathered into a padded (windows, max_len) layout with a key
-mask, so there is no Python loop per window. On the CPU a window block runs as two halves of the
-windows on two streams (runtime.lanes), since nothing in it crosses a window.
+mask, so there is no Python loop per window. On the CPU every block runs as two row halves (cut
+between windows) on two streams (runtime.lanes); only full attention joins them.
 """
 
 from dataclasses import dataclass
@@ -15,7 +15,7 @@ import numpy as np
 from .config import VisionConfig
 from .kernels import attention
 from .layers import MLP, apply_rotary
-from .runtime import lanes
+from .runtime import blas_threads_shared_by_lanes, lanes
 
 
 @dataclass
@@ -51,6 +51,10 @@ class WindowPart:
     start: int
     stop: int
     windows: Segments
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.start, self.stop)
 
     @classmethod
     def split(cls, boundaries: np.ndarray, parts: int) -> list["WindowPart"]:
@@ -144,13 +148,10 @@ class VisionAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim, bias=True)
 
-    def __call__(self, x, cos, sin, segments: Segments) -> mx.array:
-        seq = x.shape[0]
-        qkv = self.qkv(x).reshape(seq, 3, self.num_heads, -1)
-        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = segmented_attention(q, k, v, segments, self.scale)
-        return self.proj(out.reshape(seq, -1))
+    def rotated_qkv(self, x, cos, sin) -> tuple[mx.array, mx.array, mx.array]:
+        """q, k, v of shape (seq, heads, head_dim), q and k rotated."""
+        qkv = self.qkv(x).reshape(x.shape[0], 3, self.num_heads, -1)
+        return apply_rotary(qkv[:, 0], cos, sin), apply_rotary(qkv[:, 1], cos, sin), qkv[:, 2]
 
 
 class VisionBlock(nn.Module):
@@ -161,9 +162,30 @@ class VisionBlock(nn.Module):
         self.attn = VisionAttention(config.hidden_size, config.num_heads)
         self.mlp = MLP(config.hidden_size, config.intermediate_size, bias=True)
 
-    def __call__(self, x, cos, sin, segments: Segments) -> mx.array:
-        x = x + self.attn(self.norm1(x), cos, sin, segments)
-        return x + self.mlp(self.norm2(x))
+    def __call__(self, xs: list[mx.array], parts: list["WindowPart"], cos, sin,
+                 images: Segments | None) -> list[mx.array]:
+        """The block over the parts' rows, each part on its own lane (runtime.lanes). Window
+        attention stays within a part; full attention (images given) sees every part's rows."""
+        streams = lanes()
+        qkv = []
+        for stream, part, x in zip(streams, parts, xs):
+            with mx.stream(stream):
+                qkv.append(self.attn.rotated_qkv(self.norm1(x), cos[part.rows], sin[part.rows]))
+        if images is None:
+            outs = []
+            for stream, part, (q, k, v) in zip(streams, parts, qkv):
+                with mx.stream(stream):
+                    outs.append(segmented_attention(q, k, v, part.windows, self.attn.scale))
+        else:
+            q, k, v = (mx.concatenate(t) if len(parts) > 1 else t[0] for t in zip(*qkv))
+            out = segmented_attention(q, k, v, images, self.attn.scale)
+            outs = [out[part.rows] for part in parts]
+        results = []
+        for stream, x, out in zip(streams, xs, outs):
+            with mx.stream(stream):
+                x = x + self.attn.proj(out.reshape(x.shape[0], -1))
+                results.append(x + self.mlp(self.norm2(x)))
+        return results
 
 
 class PatchEmbed(nn.Module):
@@ -213,23 +235,32 @@ class VisionModel(nn.Module):
         return mx.cos(angles), mx.sin(angles)
 
     def __call__(self, pixel_values: mx.array, grid_thw: list[tuple[int, int, int]]) -> mx.array:
-        """Image features in prompt order: (sum of t*h*w/merge^2, out_hidden_size)."""
+        """Image features in prompt order: (sum of t*h*w/merge^2, out_hidden_size), evaluated:
+        on the CPU the lanes share OpenBLAS's threads while the tower runs."""
+        with blas_threads_shared_by_lanes():
+            features = self._features(pixel_values, grid_thw)
+            mx.eval(features)
+        return features
+
+    def _features(self, pixel_values: mx.array, grid_thw: list[tuple[int, int, int]]) -> mx.array:
         streams = lanes()
         layout = vision_layout(grid_thw, self.config, parts=len(streams))
         unit = self.config.spatial_merge_size**2
-        x = self.patch_embed(pixel_values)
-        x = x.reshape(-1, unit, x.shape[-1])[layout.window_index].reshape(-1, x.shape[-1])
+        # Window order from the start: every step up to the merger then works on rows of one part.
+        pixels = pixel_values.reshape(-1, unit, pixel_values.shape[-1])[layout.window_index]
+        pixels = pixels.reshape(-1, pixel_values.shape[-1])
         cos, sin = self.rotary(layout.rotary_positions)
-        cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
+        xs = []
+        for stream, part in zip(streams, layout.window_parts):
+            with mx.stream(stream):
+                xs.append(self.patch_embed(pixels[part.rows]))
+        cos, sin = cos.astype(xs[0].dtype), sin.astype(xs[0].dtype)
         full = set(self.config.fullatt_block_indexes)
         for index, block in enumerate(self.blocks):
-            if index in full:
-                x = block(x, cos, sin, layout.images)
-                continue
-            parts = []
-            for stream, part in zip(streams, layout.window_parts):
-                rows = slice(part.start, part.stop)
-                with mx.stream(stream):
-                    parts.append(block(x[rows], cos[rows], sin[rows], part.windows))
-            x = mx.concatenate(parts) if len(parts) > 1 else parts[0]
-        return self.merger(x)[layout.reverse_index]
+            xs = block(xs, layout.window_parts, cos, sin, layout.images if index in full else None)
+        merged = []
+        for stream, x in zip(streams, xs):  # parts hold whole merge units: windows are made of them
+            with mx.stream(stream):
+                merged.append(self.merger(x))
+        x = mx.concatenate(merged) if len(merged) > 1 else merged[0]
+        return x[layout.reverse_index]

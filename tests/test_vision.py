@@ -1,4 +1,5 @@
-"""The vision tower's window plan: parts cut between windows, and lanes that do not change results."""
+"""The vision tower's window plan: parts cut between windows, lanes that do not change results, and
+OpenBLAS threads shared by the lanes."""
 
 from concurrent.futures import ThreadPoolExecutor
 
@@ -6,9 +7,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from holo_mlx import vision
+from holo_mlx import runtime, vision
 from holo_mlx.config import VisionConfig
-from holo_mlx.runtime import on_gpu
 from holo_mlx.testing import root_layout_config
 from holo_mlx.vision import VisionModel, WindowPart, window_index
 
@@ -32,12 +32,12 @@ def test_window_parts_cover_the_sequence_and_cut_only_between_windows(parts):
     assert max(sizes) - min(sizes) <= 2 * np.diff(boundaries).max()
 
 
-@pytest.mark.skipif(on_gpu(), reason="Metal runs on one lane")
+@pytest.mark.skipif(runtime.on_gpu(), reason="Metal runs on one lane")
 def test_tower_output_is_the_same_on_one_lane_and_on_two(monkeypatch):
     model = VisionModel(CONFIG)
     pixels = mx.random.normal((sum(t * h * w for t, h, w in GRIDS), 3 * 2 * 14 * 14), key=mx.random.key(0))
     two_lanes = model(pixels, GRIDS)
-    assert len(vision.lanes()) == 2  # the CPU backend: window blocks ran as two parts
+    assert len(vision.lanes()) == 2  # the CPU backend: every block ran as two parts
     monkeypatch.setattr(vision, "lanes", lambda: [mx.default_stream(mx.default_device())])
     one_lane = model(pixels, GRIDS)
     assert mx.abs(two_lanes - one_lane).max().item() < 1e-6
@@ -52,3 +52,15 @@ def test_tower_runs_in_another_thread_after_this_one():
     with ThreadPoolExecutor(1) as pool:
         there = pool.submit(lambda: np.array(model(pixels, GRIDS))).result()
     assert np.abs(np.array(here) - there).max() < 1e-6
+
+
+def test_lanes_share_openblas_threads_while_the_tower_runs_and_give_them_back():
+    controls = runtime._openblas_threads()
+    if controls is None:
+        pytest.skip("OpenBLAS is not this process's BLAS")
+    get_threads, _ = controls
+    before = get_threads()
+    with pytest.raises(RuntimeError), runtime.blas_threads_shared_by_lanes():
+        assert get_threads() == max(1, before // len(runtime.lanes()))
+        raise RuntimeError("a failed encode")
+    assert get_threads() == before
