@@ -4,7 +4,7 @@ Random weights at a real Qwen2.5-VL vision shape (default: Holo1.5-7B's, 32 bloc
 1280), one synthetic screenshot resized by the normal pipeline. Prints seconds per encode (median
 of runs that alternate between the runtimes) and the max difference of the features against torch.
 
-    python benchmarks/bench_vision.py --width 1280 --height 720 --runs 1
+    python benchmarks/bench_vision.py --width 1280 --height 720 --runs 5 --skip-mlx-vlm
 """
 
 import argparse

@@ -16,7 +16,7 @@ from functools import cache
 import mlx.core as mx
 import mlx.nn as nn
 
-from .runtime import lanes, on_gpu
+from .runtime import joined, lanes, on_gpu
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +164,8 @@ def attention(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None)
                 weights = exp_nonpositive(scores - scores.max(axis=-1, keepdims=True))
                 head_rows.append((weights @ v[:, head:head + heads_step]) / weights.sum(axis=-1, keepdims=True))
             chunk += 1
-        outputs.append(mx.concatenate(head_rows, axis=-2) if len(head_rows) > 1 else head_rows[0])
-    out = mx.concatenate(outputs, axis=1) if len(outputs) > 1 else outputs[0]
+        outputs.append(joined(head_rows, axis=-2))
+    out = joined(outputs, axis=1)
     return out.reshape(batch, heads, length, dims)
 
 

@@ -94,6 +94,20 @@ def lanes() -> list[mx.Stream]:
     return [mx.default_stream(mx.cpu), *_thread_streams.cpu]
 
 
+def on_lanes(work, *per_part: list) -> list:
+    """work(*args) for each part's args (one list per argument), each part on its own lane."""
+    results = []
+    for stream, args in zip(lanes(), zip(*per_part)):
+        with mx.stream(stream):
+            results.append(work(*args))
+    return results
+
+
+def joined(parts: list[mx.array], axis: int = 0) -> mx.array:
+    """Parts concatenated along `axis`; a single part as it is, without a copy."""
+    return mx.concatenate(parts, axis=axis) if len(parts) > 1 else parts[0]
+
+
 @cache
 def _openblas_threads():
     """OpenBLAS's thread count getter and setter when it is the BLAS in this process, else None."""

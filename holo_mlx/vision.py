@@ -15,7 +15,7 @@ import numpy as np
 from .config import VisionConfig
 from .kernels import attention
 from .layers import MLP, apply_rotary
-from .runtime import blas_threads_shared_by_lanes, lanes
+from .runtime import blas_threads_shared_by_lanes, joined, lanes, on_lanes
 
 
 @dataclass
@@ -166,26 +166,20 @@ class VisionBlock(nn.Module):
                  images: Segments | None) -> list[mx.array]:
         """The block over the parts' rows, each part on its own lane (runtime.lanes). Window
         attention stays within a part; full attention (images given) sees every part's rows."""
-        streams = lanes()
-        qkv = []
-        for stream, part, x in zip(streams, parts, xs):
-            with mx.stream(stream):
-                qkv.append(self.attn.rotated_qkv(self.norm1(x), cos[part.rows], sin[part.rows]))
+        rotary = [(cos[part.rows], sin[part.rows]) for part in parts]
+        qkv = on_lanes(lambda x, angles: self.attn.rotated_qkv(self.norm1(x), *angles), xs, rotary)
         if images is None:
-            outs = []
-            for stream, part, (q, k, v) in zip(streams, parts, qkv):
-                with mx.stream(stream):
-                    outs.append(segmented_attention(q, k, v, part.windows, self.attn.scale))
+            outs = on_lanes(lambda part_qkv, windows: segmented_attention(*part_qkv, windows, self.attn.scale),
+                            qkv, [part.windows for part in parts])
         else:
-            q, k, v = (mx.concatenate(t) if len(parts) > 1 else t[0] for t in zip(*qkv))
+            q, k, v = (joined(list(t)) for t in zip(*qkv))
             out = segmented_attention(q, k, v, images, self.attn.scale)
             outs = [out[part.rows] for part in parts]
-        results = []
-        for stream, x, out in zip(streams, xs, outs):
-            with mx.stream(stream):
-                x = x + self.attn.proj(out.reshape(x.shape[0], -1))
-                results.append(x + self.mlp(self.norm2(x)))
-        return results
+        return on_lanes(self._residual_mlp, xs, outs)
+
+    def _residual_mlp(self, x: mx.array, attended: mx.array) -> mx.array:
+        x = x + self.attn.proj(attended.reshape(x.shape[0], -1))
+        return x + self.mlp(self.norm2(x))
 
 
 class PatchEmbed(nn.Module):
@@ -243,24 +237,16 @@ class VisionModel(nn.Module):
         return features
 
     def _features(self, pixel_values: mx.array, grid_thw: list[tuple[int, int, int]]) -> mx.array:
-        streams = lanes()
-        layout = vision_layout(grid_thw, self.config, parts=len(streams))
+        layout = vision_layout(grid_thw, self.config, parts=len(lanes()))
+        parts = layout.window_parts
         unit = self.config.spatial_merge_size**2
         # Window order from the start: every step up to the merger then works on rows of one part.
         pixels = pixel_values.reshape(-1, unit, pixel_values.shape[-1])[layout.window_index]
         pixels = pixels.reshape(-1, pixel_values.shape[-1])
-        cos, sin = self.rotary(layout.rotary_positions)
-        xs = []
-        for stream, part in zip(streams, layout.window_parts):
-            with mx.stream(stream):
-                xs.append(self.patch_embed(pixels[part.rows]))
-        cos, sin = cos.astype(xs[0].dtype), sin.astype(xs[0].dtype)
+        xs = on_lanes(self.patch_embed, [pixels[part.rows] for part in parts])
+        cos, sin = (angles.astype(xs[0].dtype) for angles in self.rotary(layout.rotary_positions))
         full = set(self.config.fullatt_block_indexes)
         for index, block in enumerate(self.blocks):
-            xs = block(xs, layout.window_parts, cos, sin, layout.images if index in full else None)
-        merged = []
-        for stream, x in zip(streams, xs):  # parts hold whole merge units: windows are made of them
-            with mx.stream(stream):
-                merged.append(self.merger(x))
-        x = mx.concatenate(merged) if len(merged) > 1 else merged[0]
-        return x[layout.reverse_index]
+            xs = block(xs, parts, cos, sin, layout.images if index in full else None)
+        # Parts hold whole merge units (windows are made of them), so the merger runs per part too.
+        return joined(on_lanes(self.merger, xs))[layout.reverse_index]
