@@ -14,7 +14,6 @@ from mlx_lm.models.base import create_attention_mask
 from .config import TextConfig
 from .kernels import attention
 from .layers import MLP, apply_rotary
-from .runtime import pad_rows
 
 
 @dataclass
@@ -80,8 +79,6 @@ class Attention(nn.Module):
                 k, v = group.cache.update_and_fetch(k, v)
             out = attention(q, k, v, scale=self.scale, mask=group.mask)
             outputs.append(out.transpose(0, 2, 1, 3).reshape(batch * length, -1))
-        if start < x.shape[0]:  # padding rows (see runtime.pad_rows)
-            outputs.append(mx.zeros((x.shape[0] - start, outputs[0].shape[-1]), outputs[0].dtype))
         return self.o_proj(mx.concatenate(outputs))
 
 
@@ -124,12 +121,10 @@ class Qwen2Model(nn.Module):
             groups.append((span.embeds.shape[:2], cos, sin, mask, cache))
         dim = spans[0].embeds.shape[-1]
         x = mx.concatenate([span.embeds.reshape(-1, dim) for span in spans])
-        tokens = x.shape[0]
-        x = pad_rows(x)  # rows past `tokens` only ride along through the GEMMs
         for index, layer in enumerate(self.layers):
             x = layer(x, [AttentionGroup(shape, cos, sin, mask, cache[index])
                           for shape, cos, sin, mask, cache in groups])
-        x = self.norm(x[:tokens])
+        x = self.norm(x)
         sizes = np.cumsum([span.embeds.shape[0] * span.embeds.shape[1] for span in spans])[:-1].tolist()
         return [part.reshape(*span.embeds.shape[:2], dim) for part, span in zip(mx.split(x, sizes), spans)]
 

@@ -62,22 +62,6 @@ def compute_dtype(stored: mx.Dtype) -> mx.Dtype:
     return stored if on_gpu() else mx.float32
 
 
-GEMM_ROW_BLOCK = 16  # rows per block of OpenBLAS's float32 GEMM kernel on x86-64
-
-
-def pad_rows(x: mx.array) -> mx.array:
-    """`x` (rows, ...) with zero rows added up to the next multiple of GEMM_ROW_BLOCK, on the CPU.
-
-    OpenBLAS runs a GEMM of 2-15 rows up to 2x slower than one of 16 (measured here, 896x4864
-    weight: 8 rows 3.0 ms, 12 rows 4.5 ms, 16 rows 2.2 ms), which is the shape of a batched decode
-    step. One row takes the GEMV path and is left alone, as is Metal.
-    """
-    rows = x.shape[0]
-    if on_gpu() or rows == 1 or rows % GEMM_ROW_BLOCK == 0:
-        return x
-    return mx.concatenate([x, mx.zeros((-rows % GEMM_ROW_BLOCK, *x.shape[1:]), x.dtype)])
-
-
 # MLX's CPU backend runs each stream's elementwise work on one thread, while OpenBLAS already
 # uses every core: two streams fed independent halves of the work run those passes side by side
 # (measured here on 2 cores: exp 31 -> 20 ms, GEMMs unchanged).

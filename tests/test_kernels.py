@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from holo_mlx import kernels
-from holo_mlx.runtime import GEMM_ROW_BLOCK, pad_rows
 
 
 def test_polynomial_exp_is_float32_accurate_down_to_the_normal_range():
@@ -85,15 +84,6 @@ def test_attention_rejects_an_unknown_mask_name():
     q, k, v = _qkv(1, 2, 2, 3, 3)
     with pytest.raises(ValueError, match="unknown attention mask"):
         kernels.attention(q, k, v, scale=1.0, mask="sliding")
-
-
-@pytest.mark.parametrize("rows", [1, 2, 8, 15, 16, 17, 40])
-def test_pad_rows_pads_small_batches_to_the_gemm_block(rows):
-    x = mx.ones((rows, 3))
-    padded = pad_rows(x)
-    expected = rows if rows == 1 else -(-rows // GEMM_ROW_BLOCK) * GEMM_ROW_BLOCK
-    assert padded.shape == (expected, 3)
-    assert mx.array_equal(padded[:rows], x).item() and mx.all(padded[rows:] == 0).item()
 
 
 def test_traced_shapes_stay_bounded(monkeypatch):

@@ -21,7 +21,6 @@ from ..generate import PREFILL_CHUNK, GenerationChunk, SamplingParams, TextStrea
 from ..language import Span
 from ..model import Model
 from ..rope import rope_index
-from ..runtime import pad_rows
 from .caches import PrefixCache, VisionCache, prefix_key, restore
 
 
@@ -175,7 +174,7 @@ class Scheduler:
         last = ([hidden[0][:, -1]] if finishing else []) + ([hidden[-1][:, -1]] if running else [])
         chosen = []
         if last:
-            logits = self.model.language_model.logits(pad_rows(mx.concatenate(last)))
+            logits = self.model.language_model.logits(mx.concatenate(last))
             chosen = [s.chooser(logits[row:row + 1]) for row, s in enumerate(sampled)]
         mx.eval(chosen, [c.state for c in prefilling.cache] if prefilling is not None else [])
         picks = [(token.item(), logprobs[0]) for token, logprobs in chosen]
