@@ -112,7 +112,7 @@ def prefill(model: Model, prompt, cache: list[KVCache]) -> tuple[mx.array, int]:
     decoder = model.language_model.model
     for start in range(0, embeds.shape[1], PREFILL_CHUNK):
         end = start + PREFILL_CHUNK
-        hidden = decoder(embeds[:, start:end], positions[:, :, start:end], cache)
+        hidden = decoder(embeds[:, start:end], positions[:, :, start:end], cache, last_only=True)
         mx.eval([c.state for c in cache])
     return model.language_model.logits(hidden[:, -1]), delta
 

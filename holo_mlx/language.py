@@ -36,6 +36,10 @@ class AttentionGroup:
     mask: mx.array | str | None
     cache: object | None
 
+    def last_query_mask(self) -> mx.array | None:
+        """The mask of each row's last query alone ("causal" lets the last query see every key)."""
+        return self.mask[..., -1:, :] if isinstance(self.mask, mx.array) else None
+
 
 class MRoPE:
     """cos/sin tables: frequency i rotates with the temporal, height or width position by mrope_section."""
@@ -63,22 +67,29 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, dim, bias=False)
 
-    def __call__(self, x: mx.array, groups: list["AttentionGroup"]) -> mx.array:
-        """x: (tokens, dim), the rows of each group one after the other."""
-        queries, keys, values = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        outputs, start = [], 0
+    def __call__(self, x: mx.array, groups: list["AttentionGroup"], last_rows: mx.array | None = None) -> mx.array:
+        """x: (tokens, dim), the rows of each group one after the other. With `last_rows` (the index
+        of each sequence's last row) every row still enters the KV cache, but only those rows query."""
+        keys, values = self.k_proj(x), self.v_proj(x)
+        queries = self.q_proj(x if last_rows is None else x[last_rows])
+        outputs, start, query_start = [], 0, 0
         for group in groups:
             batch, length = group.shape
+            queried = length if last_rows is None else 1
             rows = slice(start, start + batch * length)
-            start = rows.stop
-            q = queries[rows].reshape(batch, length, self.n_heads, -1).transpose(0, 2, 1, 3)
+            query_rows = slice(query_start, query_start + batch * queried)
+            start, query_start = rows.stop, query_rows.stop
+            q = queries[query_rows].reshape(batch, queried, self.n_heads, -1).transpose(0, 2, 1, 3)
             k = keys[rows].reshape(batch, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
             v = values[rows].reshape(batch, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-            q, k = apply_rotary(q, group.cos, group.sin), apply_rotary(k, group.cos, group.sin)
+            cos, sin = group.cos, group.sin
+            q = apply_rotary(q, cos[..., -queried:, :], sin[..., -queried:, :])
+            k = apply_rotary(k, cos, sin)
             if group.cache is not None:
                 k, v = group.cache.update_and_fetch(k, v)
-            out = attention(q, k, v, scale=self.scale, mask=group.mask)
-            outputs.append(out.transpose(0, 2, 1, 3).reshape(batch * length, -1))
+            mask = group.mask if last_rows is None else group.last_query_mask()
+            out = attention(q, k, v, scale=self.scale, mask=mask)
+            outputs.append(out.transpose(0, 2, 1, 3).reshape(batch * queried, -1))
         return self.o_proj(mx.concatenate(outputs))
 
 
@@ -90,8 +101,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def __call__(self, x: mx.array, groups: list["AttentionGroup"]) -> mx.array:
-        x = x + self.self_attn(self.input_layernorm(x), groups)
+    def __call__(self, x: mx.array, groups: list["AttentionGroup"], last_rows: mx.array | None = None) -> mx.array:
+        attended = self.self_attn(self.input_layernorm(x), groups, last_rows)
+        x = (x if last_rows is None else x[last_rows]) + attended
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -103,15 +115,19 @@ class Qwen2Model(nn.Module):
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rope = MRoPE(config)
 
-    def __call__(self, inputs_embeds: mx.array, positions: mx.array, cache=None, mask=None) -> mx.array:
+    def __call__(self, inputs_embeds: mx.array, positions: mx.array, cache=None, mask=None,
+                 last_only: bool = False) -> mx.array:
         """Final hidden states (after the last RMSNorm) for embeddings of shape (batch, length, dim)."""
-        return self.forward([Span(inputs_embeds, positions, cache, mask)])[0]
+        return self.forward([Span(inputs_embeds, positions, cache, mask)], last_only)[0]
 
-    def forward(self, spans: list[Span]) -> list[mx.array]:
-        """Final hidden states of independent spans run in one pass.
+    def forward(self, spans: list[Span], last_only: bool = False) -> list[mx.array]:
+        """Final hidden states of independent spans run in one pass: (batch, length, dim) per span,
+        or (batch, 1, dim) with `last_only`, which generation needs.
 
         The projections and MLPs see every span's tokens at once, so a prefill chunk and a decode
         batch cost one read of the weights; attention stays per span, with its own cache and mask.
+        With `last_only` the final layer runs attention's queries, o_proj and the MLP for each
+        sequence's last row alone (llama.cpp does the same): 4 % of a prompt's arithmetic on 0.5b.
         """
         groups = []
         for span in spans:
@@ -121,12 +137,21 @@ class Qwen2Model(nn.Module):
             groups.append((span.embeds.shape[:2], cos, sin, mask, cache))
         dim = spans[0].embeds.shape[-1]
         x = mx.concatenate([span.embeds.reshape(-1, dim) for span in spans])
+        last_rows = mx.array(self._last_rows([span.embeds.shape[:2] for span in spans])) if last_only else None
         for index, layer in enumerate(self.layers):
-            x = layer(x, [AttentionGroup(shape, cos, sin, mask, cache[index])
-                          for shape, cos, sin, mask, cache in groups])
+            x = layer(x, [AttentionGroup(shape, cos, sin, mask, cache[index]) for shape, cos, sin, mask, cache in groups],
+                      last_rows if index == len(self.layers) - 1 else None)
         x = self.norm(x)
-        sizes = np.cumsum([span.embeds.shape[0] * span.embeds.shape[1] for span in spans])[:-1].tolist()
-        return [part.reshape(*span.embeds.shape[:2], dim) for part, span in zip(mx.split(x, sizes), spans)]
+        shapes = [(span.embeds.shape[0], 1 if last_only else span.embeds.shape[1]) for span in spans]
+        sizes = np.cumsum([batch * length for batch, length in shapes])[:-1].tolist()
+        return [part.reshape(*shape, dim) for part, shape in zip(mx.split(x, sizes), shapes)]
+
+    @staticmethod
+    def _last_rows(shapes: list[tuple[int, int]]) -> np.ndarray:
+        """Index of each sequence's last row in the concatenated (tokens, dim) rows of these spans."""
+        ends = [np.arange(1, batch + 1) * length for batch, length in shapes]
+        offsets = np.cumsum([0] + [batch * length for batch, length in shapes])[:-1]
+        return np.concatenate([end + offset - 1 for end, offset in zip(ends, offsets)]).astype(np.int32)
 
 
 class LanguageModel(nn.Module):

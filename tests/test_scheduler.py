@@ -93,6 +93,34 @@ def test_one_decoder_pass_over_two_spans_equals_two_passes(loaded):
         assert mx.abs(hidden - alone).max().item() < 1e-5
 
 
+def test_last_only_pass_equals_the_last_rows_of_a_full_pass(loaded):
+    """Generation's pass skips the final layer's work for all but each sequence's last row: same
+    last hidden states and the same KV caches, for a cached span and a batch of two sequences
+    under an array mask."""
+    model, prompts = loaded
+    decoder = model.language_model.model
+    first = prompts.build(user("Click the blue button.")).input_ids
+    second = prompts.build(user("Where is the search field on this page?")).input_ids
+    length = min(len(first), len(second))
+
+    def spans():
+        cached = Span(model.embed(second), mx.broadcast_to(mx.arange(len(second))[None, None], (3, 1, len(second))),
+                      make_cache(model))
+        causal = mx.arange(length)[None, :] <= mx.arange(length)[:, None]  # as an array mask
+        pair = Span(mx.concatenate([model.embed(first[:length]), model.embed(second[:length])]),
+                    mx.broadcast_to(mx.arange(length)[None, None], (3, 2, length)), mask=causal)
+        return [cached, pair]
+
+    full_spans, last_spans = spans(), spans()
+    full = decoder.forward(full_spans)
+    last = decoder.forward(last_spans, last_only=True)
+    for whole, part in zip(full, last):
+        assert part.shape == (whole.shape[0], 1, whole.shape[2])
+        assert mx.abs(whole[:, -1:] - part).max().item() < 1e-5
+    for full_layer, last_layer in zip(full_spans[0].cache, last_spans[0].cache):
+        assert all(mx.array_equal(a, b).item() for a, b in zip(full_layer.state, last_layer.state))
+
+
 def test_max_num_seqs_bounds_the_batch(loaded):
     requests = mixed_requests(loaded)
     model, prompts = loaded

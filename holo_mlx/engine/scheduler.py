@@ -167,7 +167,7 @@ class Scheduler:
             tokens = mx.array([[s.last_token] for s in running])
             positions = np.broadcast_to(np.array([[s.next_position] for s in running]), (3, len(running), 1))
             spans.append(Span(decoder.embed_tokens(tokens), mx.array(positions), self.batch_cache))
-        hidden = decoder.forward(spans)
+        hidden = decoder.forward(spans, last_only=True)
 
         # One lm_head pass for the newcomer's last prompt position (when its prompt ends here) and the batch.
         sampled = ([prefilling] if finishing else []) + running
