@@ -148,10 +148,10 @@ class Qwen2Model(nn.Module):
 
     @staticmethod
     def _last_rows(shapes: list[tuple[int, int]]) -> np.ndarray:
-        """Index of each sequence's last row in the concatenated (tokens, dim) rows of these spans."""
-        ends = [np.arange(1, batch + 1) * length for batch, length in shapes]
-        offsets = np.cumsum([0] + [batch * length for batch, length in shapes])[:-1]
-        return np.concatenate([end + offset - 1 for end, offset in zip(ends, offsets)]).astype(np.int32)
+        """Index of each sequence's last row in the concatenated (tokens, dim) rows of these spans:
+        the sequences lie back to back, so it is the running sum of their lengths, minus one."""
+        lengths = [length for batch, length in shapes for _ in range(batch)]
+        return (np.cumsum(lengths) - 1).astype(np.int32)
 
 
 class LanguageModel(nn.Module):
