@@ -65,6 +65,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="memory for reusable prompt KV (system prompts, history, screenshots); 0 disables")
     parser.add_argument("--vision-cache-mb", type=at_least(0), default=env_int("HOLO_VISION_CACHE_MB", 256),
                         help="memory for encoded screenshots, reused when the same image comes again; 0 disables")
+    parser.add_argument("--default-max-tokens", type=at_least(1), default=env_int("HOLO_DEFAULT_MAX_TOKENS", 4096),
+                        help="max_tokens of a request that sets none (env HOLO_DEFAULT_MAX_TOKENS); requests may "
+                             "ask for more, up to the context")
+    parser.add_argument("--allowed-hosts", default=os.environ.get("HOLO_ALLOWED_HOSTS", ""),
+                        help="comma-separated Host names accepted besides localhost, 127.0.0.1, [::1] and --host "
+                             "(env HOLO_ALLOWED_HOSTS); '*' accepts any (guards against DNS rebinding)")
+    parser.add_argument("--enable-docs", action="store_true", default=os.environ.get("HOLO_ENABLE_DOCS") == "1",
+                        help="serve /openapi.json, /docs and /redoc (env HOLO_ENABLE_DOCS=1); they need the API "
+                             "key when one is set")
+    parser.add_argument("--max-embedding-tokens", type=at_least(1),
+                        default=env_int("HOLO_MAX_EMBEDDING_TOKENS", 300_000),
+                        help="most tokens of all inputs of one embeddings request together; beyond it: 400 "
+                             "(env HOLO_MAX_EMBEDDING_TOKENS). Each input must also fit the context")
+    parser.add_argument("--embedding-chunk", type=at_least(1), default=env_int("HOLO_EMBEDDING_CHUNK", 512),
+                        help="tokens per embedding work unit, a chunk of a long input or a batch of short ones; "
+                             "generation steps run between units (env HOLO_EMBEDDING_CHUNK)")
     parser.add_argument("--log-level", default=os.environ.get("HOLO_LOG_LEVEL", "info"))
     return parser.parse_args(argv)
 
@@ -142,7 +158,10 @@ def main(argv=None) -> None:
         max_model_len=args.max_model_len, max_body_bytes=int(args.max_request_mb * 2**20),
         max_image_bytes=int(args.max_image_mb * 2**20), max_num_seqs=args.max_num_seqs,
         max_queue=args.max_queue, prefix_cache_bytes=args.prefix_cache_mb << 20,
-        vision_cache_bytes=args.vision_cache_mb << 20,
+        vision_cache_bytes=args.vision_cache_mb << 20, default_max_tokens=args.default_max_tokens,
+        allowed_hosts=[name.strip() for name in args.allowed_hosts.split(",") if name.strip()],
+        enable_docs=args.enable_docs, max_embedding_tokens=args.max_embedding_tokens,
+        embedding_chunk=args.embedding_chunk,
     )
     sock = bind(args.host, args.port, args.next_free_port)
     host, port = sock.getsockname()[:2]

@@ -28,6 +28,11 @@ class SchemaError(ValueError):
     """The schema is not valid JSON Schema, or uses something the grammar engine does not support."""
 
 
+def first_line(message: str) -> str:
+    """llguidance's errors carry a dump of the parser state after the first line."""
+    return message.strip().splitlines()[0] if message.strip() else "unknown grammar error"
+
+
 class JsonConstraint:
     """One request's grammar state (generate.Constraint): a mask before each token, then the token."""
 
@@ -48,7 +53,7 @@ class JsonConstraint:
         if self.matcher.is_stopped():
             return
         if not self.matcher.consume_token(token):
-            raise RuntimeError(f"token {token} violates the grammar: {self.matcher.get_error()}")
+            raise SchemaError(f"the grammar engine cannot follow this schema: {first_line(self.matcher.get_error())}")
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,18 @@ class Grammars:
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(text, self.tokenizer)
         if is_error:
             raise SchemaError(messages[0])
+        self._probe(text)
         return Grammar(text, self)
+
+    def _probe(self, grammar: str) -> None:
+        """Walk the grammar's forced opening, as decoding will: a schema that can only recurse forever
+        (`{"$ref": "#"}` as a required property) fails here, before any request is admitted."""
+        matcher = llguidance.LLMatcher(self.tokenizer, grammar)
+        forced = matcher.compute_ff_tokens()
+        if not matcher.is_error() and forced:
+            matcher.consume_tokens(forced)
+        if matcher.is_error():
+            raise SchemaError(f"the grammar engine cannot follow this schema: {first_line(matcher.get_error())}")
 
     def json_object(self) -> Grammar:
         """Any JSON object (OpenAI's `json_object` mode)."""

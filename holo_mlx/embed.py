@@ -1,50 +1,134 @@
 """Sentence and screenshot embeddings from the generative model itself.
 
 Embedding = mean over the input's tokens of the decoder's final hidden states (after the final
-RMSNorm), L2-normalized. Sequences are right-padded into one batch: with causal attention a real
-token never attends to the padding after it, so no extra mask is needed.
+RMSNorm), L2-normalized. The work comes in units of at most `chunk` tokens, so a caller can run
+other work between them and memory stays linear in the input's length:
+
+- short inputs (at most `chunk` tokens) are right-padded into one batch per unit: with causal
+  attention a real token never attends to the padding after it, so no extra mask is needed;
+- a longer input is prefilled `chunk` tokens per unit through a KV cache, as generation does, and
+  its hidden states are summed as they come.
 """
+
+from collections.abc import Iterator
 
 import mlx.core as mx
 import numpy as np
 
+from .generate import PREFILL_CHUNK, make_cache
 from .model import Model
 from .rope import rope_index
 
-MAX_BATCH_TOKENS = 8192  # padded tokens per forward pass: bounds activation memory for long lists
+
+class EmbeddingJob:
+    """Embeds a list of prompts one work unit at a time; `vectors` is complete once step() says so."""
+
+    def __init__(self, model: Model, prompts: list, chunk: int = PREFILL_CHUNK):
+        self.model, self.prompts, self.chunk = model, prompts, chunk
+        self.vectors = np.zeros((len(prompts), model.config.text_config.hidden_size), dtype=np.float32)
+        self.tokens_done, self.total_tokens = 0, sum(len(prompt.input_ids) for prompt in prompts)
+        self._units = self._work()
+
+    @property
+    def done(self) -> bool:
+        return self.tokens_done == self.total_tokens
+
+    def step(self) -> bool:
+        """Run the next work unit; True once every vector is done."""
+        if not self.done:
+            next(self._units)
+        return self.done
+
+    def _work(self) -> Iterator[None]:
+        # Shortest first: similar lengths batch well, and long inputs come last, a chunk per unit.
+        order = sorted(range(len(self.prompts)), key=lambda i: len(self.prompts[i].input_ids))
+        short = [i for i in order if len(self.prompts[i].input_ids) <= self.chunk]
+        batch: list[int] = []
+        for index in short + [None]:
+            longest = len(self.prompts[index].input_ids) if index is not None else 0
+            if batch and (index is None or longest * (len(batch) + 1) > self.chunk):
+                self.vectors[batch] = self._embed_batch(batch)
+                yield
+                batch = []
+            if index is not None:
+                batch.append(index)
+        for index in order[len(short):]:
+            yield from self._embed_chunked(index)
+
+    def _embed_batch(self, indices: list[int]) -> np.ndarray:
+        inputs = [_Input(self.model, self.prompts[i]) for i in indices]
+        length = max(item.length for item in inputs)
+        embeds = mx.concatenate([mx.pad(item.embeds(0, item.length), [(0, 0), (0, length - item.length), (0, 0)])
+                                 for item in inputs])
+        positions = np.zeros((3, len(inputs), length), dtype=np.int64)
+        valid = np.zeros((len(inputs), length), dtype=np.float32)
+        for row, item in enumerate(inputs):
+            positions[:, row, :item.length] = item.positions
+            valid[row, :item.length] = 1.0
+        hidden = self.model.language_model.model(embeds, mx.array(positions))
+        weights = mx.array(valid)[..., None]
+        pooled = (hidden.astype(mx.float32) * weights).sum(axis=1) / weights.sum(axis=1)
+        self.tokens_done += int(valid.sum())
+        return np.array(_normalized(pooled))
+
+    def _embed_chunked(self, index: int) -> Iterator[None]:
+        item = _Input(self.model, self.prompts[index])
+        decoder, cache = self.model.language_model.model, make_cache(self.model)
+        for layer in cache:
+            # One allocation of the whole length: growing 256 tokens at a time would copy the KV
+            # at every step and leave a trail of ever larger freed buffers behind.
+            layer.step = item.length
+        positions = mx.array(item.positions)[:, None, :]
+        total = mx.zeros((self.model.config.text_config.hidden_size,), dtype=mx.float32)
+        for start in range(0, item.length, self.chunk):
+            end = min(start + self.chunk, item.length)
+            hidden = decoder(item.embeds(start, end), positions[:, :, start:end], cache)
+            total = total + hidden[0].astype(mx.float32).sum(axis=0)
+            mx.eval(total, [c.state for c in cache])
+            if end == item.length:
+                self.vectors[index] = np.array(_normalized(total / item.length))
+            self.tokens_done += end - start
+            yield
 
 
-def embed_prompts(model: Model, prompts: list) -> np.ndarray:
-    """(len(prompts), hidden_size) float32 unit vectors, in input order."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].input_ids))  # similar lengths batch well
-    result = np.zeros((len(prompts), model.config.text_config.hidden_size), dtype=np.float32)
-    batch: list[int] = []
-    for index in order + [None]:
-        longest = len(prompts[index].input_ids) if index is not None else 0
-        if batch and (index is None or longest * (len(batch) + 1) > MAX_BATCH_TOKENS):
-            result[batch] = _embed_batch(model, [prompts[i] for i in batch])
-            batch = []
-        if index is not None:
-            batch.append(index)
-    return result
+def embed_prompts(model: Model, prompts: list, chunk: int = PREFILL_CHUNK) -> np.ndarray:
+    """(len(prompts), hidden_size) float32 unit vectors, in input order, all units at once."""
+    job = EmbeddingJob(model, prompts, chunk)
+    while not job.step():
+        pass
+    return job.vectors
 
 
-def _embed_batch(model: Model, prompts: list) -> np.ndarray:
-    length = max(len(prompt.input_ids) for prompt in prompts)
-    embeds, positions = [], np.zeros((3, len(prompts), length), dtype=np.int64)
-    valid = np.zeros((len(prompts), length), dtype=np.float32)
-    for row, prompt in enumerate(prompts):
+class _Input:
+    """One prompt's M-RoPE positions and its token embeddings by slice; each image is encoded once,
+    when the first slice that reaches it is asked for, and dropped once the slices have passed it."""
+
+    def __init__(self, model: Model, prompt):
+        self.model, self.prompt = model, prompt
+        self.length = len(prompt.input_ids)
         grids = [image.grid_thw for image in prompt.images]
-        features = model.encode_images([image.pixel_values for image in prompt.images], grids) if grids else None
-        sequence = model.embed(prompt.input_ids, features)[0]
-        size = sequence.shape[0]
-        embeds.append(mx.pad(sequence, [(0, length - size), (0, 0)]))
-        positions[:, row, :size], _ = rope_index(
-            prompt.input_ids, grids, image_token_id=model.config.image_token_id,
-            spatial_merge_size=model.config.vision_config.spatial_merge_size)
-        valid[row, :size] = 1.0
-    hidden = model.language_model.model(mx.stack(embeds), mx.array(positions))
-    weights = mx.array(valid)[..., None]
-    pooled = (hidden.astype(mx.float32) * weights).sum(axis=1) / weights.sum(axis=1)
-    pooled = pooled / mx.linalg.norm(pooled, axis=-1, keepdims=True)
-    return np.array(pooled)
+        self.positions, _ = rope_index(prompt.input_ids, grids, image_token_id=model.config.image_token_id,
+                                       spatial_merge_size=model.config.vision_config.spatial_merge_size)
+        ids = np.asarray(prompt.input_ids)
+        is_image = np.concatenate([[0], ids == model.config.image_token_id, [0]]).astype(np.int8)
+        edges = np.flatnonzero(np.diff(is_image))
+        self.spans = list(zip(edges[::2].tolist(), edges[1::2].tolist()))  # [start, end) of each image's tokens
+        self.features: dict[int, mx.array] = {}
+
+    def embeds(self, start: int, end: int) -> mx.array:
+        """Token embeddings (1, end - start, hidden) of input_ids[start:end], image features in place."""
+        pieces = []
+        for number, (first, last) in enumerate(self.spans):
+            if first < end and last > start:
+                if number not in self.features:
+                    image = self.prompt.images[number]
+                    self.features[number] = self.model.encode_images([image.pixel_values], [image.grid_thw])
+                pieces.append(self.features[number][max(start, first) - first:min(end, last) - first])
+            if last <= end:
+                self.features.pop(number, None)
+        features = mx.concatenate(pieces) if pieces else None
+        return self.model.embed(self.prompt.input_ids[start:end], features)
+
+
+def _normalized(vectors: mx.array) -> mx.array:
+    return vectors / mx.linalg.norm(vectors, axis=-1, keepdims=True)

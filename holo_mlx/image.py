@@ -103,8 +103,9 @@ def load_image(source: bytes | Image.Image, *, max_decoded_pixels: int = MAX_DEC
             image = Image.open(io.BytesIO(source))  # lazy: reads the header only
     except Image.DecompressionBombError as error:
         raise ImageTooLarge(f"image too large to decode: {error}") from error
-    except Exception as error:  # PIL raises many types for garbage input
-        raise ImageError(f"could not decode image ({len(source)} bytes): {error}") from error
+    except Exception as error:  # PIL raises many types for garbage input; their texts name its internals
+        raise ImageError(f"could not decode image ({len(source):,} bytes): not a PNG, JPEG, WebP or GIF file") \
+            from error
     width, height = image.size
     if width * height > max_decoded_pixels:
         raise ImageTooLarge(f"image is {width}x{height} pixels, more than the {max_decoded_pixels:,} allowed")
@@ -113,7 +114,7 @@ def load_image(source: bytes | Image.Image, *, max_decoded_pixels: int = MAX_DEC
         # Browsers show photos rotated by their EXIF tag, and so does transformers' load_image.
         ImageOps.exif_transpose(image, in_place=True)
     except Exception as error:
-        raise ImageError(f"could not decode {image.format} image: {error}") from error
+        raise ImageError(f"could not decode {image.format} image: its data is truncated or corrupt") from error
     return image
 
 

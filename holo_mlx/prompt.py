@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from holo_mlx.image import MAX_PIXELS, MAX_SIDE, ImageProcessorConfig, ProcessedImage, preprocess_image
@@ -85,17 +86,17 @@ class PromptBuilder:
             text += rendered["text"] if rendered["type"] == "text" else VISION_PLACEHOLDER
         return self._expand(self.tokenizer.encode(text, add_special_tokens=False), images)
 
+    def process_image(self, image: "bytes | Image.Image") -> ProcessedImage:
+        """Decode and resize one image with this checkpoint's settings; ImageError when it cannot."""
+        return preprocess_image(image, self.image_config, max_side=self.max_side, max_pixels=self.max_pixels)
+
     def _template_part(self, part: dict, images: list[ProcessedImage]) -> dict:
         """The part as the chat template expects it; images are preprocessed and collected in order."""
         if part.get("type") == "text":
             return {"type": "text", "text": part["text"]}
         if part.get("type") == "image":
             image = part["image"]
-            if not isinstance(image, ProcessedImage):
-                image = preprocess_image(
-                    image, self.image_config, max_side=self.max_side, max_pixels=self.max_pixels
-                )
-            images.append(image)
+            images.append(image if isinstance(image, ProcessedImage) else self.process_image(image))
             return {"type": "image"}
         raise ValueError(f"unsupported content part type {part.get('type')!r}; expected 'text' or 'image'")
 

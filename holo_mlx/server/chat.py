@@ -7,9 +7,10 @@ from fastapi.responses import StreamingResponse
 
 from ..coordinates import map_answer
 from .common import (SSE_DONE, build_prompt, check_top_logprobs, collect, holo_info, ready_engine,
-                     requested_grammar, sampling_params, sse)
+                     reject_lone_surrogates, requested_grammar, sampling_params, sse)
 from .content import to_messages
 from .errors import APIError
+from .openapi import API_ERRORS, responses
 from .protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
                        ChatCompletionRequest, ChatDelta, ChoiceLogprobs, PromptTokensDetails, TokenLogprobEntry, Usage, dump,
                        new_id)
@@ -17,21 +18,24 @@ from .protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatComple
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses=responses(ChatCompletion, *API_ERRORS, stream=ChatCompletionChunk))
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = request.app.state
+    reject_lone_surrogates(body)
     engine = ready_engine(request, body.model)
     check_top_logprobs(body.top_logprobs, "top_logprobs")
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     grammar = await requested_grammar(engine, body)
     # Image fetching and decoding run in the worker thread with the rest of prompt building.
-    prompt = await build_prompt(lambda: engine.prompts.build(to_messages(body.messages, state.image_policy)),
-                                "messages")
+    prompts = engine.prompts
+    prompt = await build_prompt(lambda: prompts.build(to_messages(body.messages, state.image_policy,
+                                                                  prompts.process_image)), "messages")
     params = sampling_params(
-        body, max_tokens=body.max_completion_tokens or body.max_tokens, prompt_tokens=len(prompt.input_ids),
-        context=engine.max_model_len, logprobs=(body.top_logprobs or 0) if body.logprobs else None,
-        prompt_param="messages", grammar=grammar)
+        body, max_tokens=body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens,
+        prompt_tokens=len(prompt.input_ids), context=engine.max_model_len,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None, prompt_param="messages",
+        default_max_tokens=state.default_max_tokens, grammar=grammar)
     map_coordinates = body.holo is not None and body.holo.map_coordinates
     if map_coordinates:
         check_coordinate_mapping(body, prompt, grammar)

@@ -5,6 +5,7 @@ import json
 from collections.abc import AsyncIterable, Callable
 
 from fastapi import Request
+from pydantic import BaseModel
 
 from ..constrain import Grammar, SchemaError
 from ..generate import GenerationChunk, SamplingParams
@@ -28,6 +29,26 @@ def ready_engine(request: Request, model: str | None):
     return state.engine
 
 
+def reject_lone_surrogates(value, param: str = "") -> None:
+    """400 for text that cannot be UTF-8 (JSON's "\\ud800" escapes decode to lone surrogates): the
+    tokenizer, the template and the response encoder would all fail on it."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(by_alias=True)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise APIError(400, f"{param or 'body'} contains a lone UTF-16 surrogate at character {error.start}; "
+                           "send text as valid Unicode", param=param or None, code="invalid_text") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            reject_lone_surrogates(key, param)
+            reject_lone_surrogates(item, f"{param}.{key}" if param else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            reject_lone_surrogates(item, f"{param}.{index}")
+
+
 def split_inputs(value) -> list:
     """One entry per input: a string, a token-id list or a content-part list."""
     if isinstance(value, str) or (value and all(isinstance(item, int) for item in value)):
@@ -37,23 +58,30 @@ def split_inputs(value) -> list:
     return list(value)
 
 
-async def input_prompts(engine, inputs: list, policy: ImagePolicy, param: str) -> list[Prompt]:
+async def input_prompts(engine, value, policy: ImagePolicy, param: str) -> list[Prompt]:
     """Prompts for raw inputs (no chat template): text as is, token ids as given, content parts in order."""
+    inputs = split_inputs(value)
     if not inputs or any(len(item) == 0 for item in inputs):
         raise APIError(400, f"{param} must not be empty", param=param)
-    vocab = engine.model.config.text_config.vocab_size
+    single = len(inputs) == 1 and inputs[0] is value  # the field is one input, not a list of them
+    vocab, image_token = engine.model.config.text_config.vocab_size, engine.model.config.image_token_id
     prompts = []
     for index, item in enumerate(inputs):
+        where = param if single else f"{param}.{index}"
         if isinstance(item, str):
-            prompts.append(await build_prompt(lambda text=item: engine.prompts.build_text(text), param))
+            prompts.append(await build_prompt(lambda text=item: engine.prompts.build_text(text), where))
         elif isinstance(item[0], int):
             if any(not 0 <= token < vocab for token in item):
-                raise APIError(400, f"token ids must be in [0, {vocab})", param=param)
+                raise APIError(400, f"token ids must be in [0, {vocab})", param=where)
+            if image_token in item:
+                raise APIError(400, f"token id {image_token} (<|image_pad|>) stands for image features: send the "
+                               "image as a content part instead", param=where)
             prompts.append(Prompt(input_ids=list(item), images=[]))
         else:
             prompts.append(await build_prompt(
-                lambda item=item, index=index: engine.prompts.build_parts(to_parts(item, policy, f"{param}[{index}]")),
-                param))
+                lambda item=item, where=where: engine.prompts.build_parts(to_parts(item, policy, where,
+                                                                                   engine.prompts.process_image)),
+                where))
     return prompts
 
 
@@ -110,8 +138,10 @@ async def requested_grammar(engine, body: SamplingFields) -> Grammar | None:
 
 
 def sampling_params(body: SamplingFields, *, max_tokens: int | None, prompt_tokens: int, context: int,
-                    logprobs: int | None, prompt_param: str, grammar: Grammar | None = None) -> SamplingParams:
-    """Validated sampling settings for one sequence; with a grammar, its own constraint."""
+                    logprobs: int | None, prompt_param: str, default_max_tokens: int,
+                    grammar: Grammar | None = None) -> SamplingParams:
+    """Validated sampling settings for one sequence; with a grammar, its own constraint. Without
+    max_tokens a request gets the server's default, capped by what is left of the context."""
     if (body.model_extra or {}).get("tools"):
         raise APIError(400, "tools (function calling) are not supported by this server", param="tools")
     if grammar is not None and (body.ignore_eos or body.min_tokens):
@@ -126,7 +156,7 @@ def sampling_params(body: SamplingFields, *, max_tokens: int | None, prompt_toke
         raise APIError(400, f"the prompt has {prompt_tokens} tokens; this model's context is {context} tokens",
                        param=prompt_param, code="context_length_exceeded")
     if max_tokens is None:
-        max_tokens = context - prompt_tokens
+        max_tokens = min(default_max_tokens, context - prompt_tokens)
     elif max_tokens <= 0:
         raise APIError(400, f"max_tokens must be at least 1, got {max_tokens}", param="max_tokens")
     elif prompt_tokens + max_tokens > context:
@@ -145,11 +175,14 @@ def sampling_params(body: SamplingFields, *, max_tokens: int | None, prompt_toke
     if body.min_tokens < 0 or body.min_tokens > max_tokens:
         raise APIError(400, f"min_tokens must be in [0, max_tokens={max_tokens}], got {body.min_tokens}",
                        param="min_tokens")
+    seed = None if body.seed == -1 else body.seed  # -1: clients' usual "random"
+    if seed is not None and not 0 <= seed < 2**64:
+        raise APIError(400, f"seed must be in [0, 2^64) or -1 (random), got {seed}", param="seed")
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if any(not s for s in stop):
         raise APIError(400, "stop strings must not be empty", param="stop")
     return SamplingParams(
-        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=max(top_k, 0), seed=body.seed,
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=max(top_k, 0), seed=seed,
         stop=stop, logprobs=logprobs, min_tokens=body.min_tokens, ignore_eos=body.ignore_eos,
         constraint=grammar.constraint() if grammar is not None else None,
     )

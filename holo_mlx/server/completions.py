@@ -5,18 +5,20 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from .common import (SSE_DONE, check_top_logprobs, collect, input_prompts, ready_engine, requested_grammar,
-                     sampling_params, split_inputs, sse)
+from .common import (SSE_DONE, check_top_logprobs, collect, input_prompts, ready_engine,
+                     reject_lone_surrogates, requested_grammar, sampling_params, split_inputs, sse)
 from .errors import APIError
+from .openapi import API_ERRORS, responses
 from .protocol import (Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, PromptTokensDetails,
                        Usage, dump, new_id)
 
 router = APIRouter()
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses=responses(Completion, *API_ERRORS, stream=Completion))
 async def completions(body: CompletionRequest, request: Request):
     state = request.app.state
+    reject_lone_surrogates(body)
     engine = ready_engine(request, body.model)
     check_top_logprobs(body.logprobs, "logprobs")
     if body.suffix:
@@ -26,11 +28,14 @@ async def completions(body: CompletionRequest, request: Request):
     tokenizer = engine.prompts.tokenizer
     grammar = await requested_grammar(engine, body)
     inputs = split_inputs(body.prompt)
-    prompts = await input_prompts(engine, inputs, state.image_policy, "prompt")
+    if len(inputs) > engine.max_waiting:  # could never all be queued: retrying would not help
+        raise APIError(400, f"{len(inputs)} prompts in one request; this server queues at most {engine.max_waiting} "
+                       "(--max-queue): split the request", param="prompt", code="too_many_prompts")
+    prompts = await input_prompts(engine, body.prompt, state.image_policy, "prompt")
     # One constraint per prompt: each sequence walks the grammar on its own.
     params = [sampling_params(body, max_tokens=body.max_tokens, prompt_tokens=len(p.input_ids),
                               context=engine.max_model_len, logprobs=body.logprobs, prompt_param="prompt",
-                              grammar=grammar)
+                              default_max_tokens=state.default_max_tokens, grammar=grammar)
               for p in prompts]
     completion_id, model_name, strings = new_id("cmpl"), state.served_model_name, engine.token_strings
     echoes = [(item if isinstance(item, str) else tokenizer.decode(item)) if body.echo else "" for item in inputs]

@@ -7,12 +7,18 @@ default would let any client make the server issue requests (server-side request
 
 import base64
 import binascii
+import logging
+import stat
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..image import ImageError, ImageTooLarge
 from .errors import APIError
 from .protocol import ChatMessage, ContentPart, HoloImagePart, ImageURLPart, TextPart
+
+log = logging.getLogger("holo_mlx.server")
 
 
 @dataclass(frozen=True)
@@ -45,40 +51,63 @@ def image_bytes(url: str, policy: ImagePolicy, param: str) -> bytes:
         try:
             with urllib.request.urlopen(url, timeout=policy.fetch_timeout_s) as response:
                 raw = response.read(policy.max_bytes + 1)
-        except OSError as error:
-            raise APIError(400, f"could not fetch image {url}: {error}", param=param, code="invalid_image") from None
+        except (OSError, ValueError) as error:
+            # The reason (refused, timed out, no such host) would let a client map the server's network.
+            log.info("could not fetch image %s: %s", url, error)
+            raise APIError(400, "could not fetch the image URL", param=param, code="invalid_image") from None
     else:
         if not policy.allow_local:
             raise APIError(400, "local image paths are disabled on this server (start it with "
                            "--allow-local-images); send the image as a base64 data URL", param=param,
                            code="local_images_disabled")
-        path = Path(url.removeprefix("file://"))
-        if not path.is_file():
-            raise APIError(400, f"no image file at {path}", param=param, code="invalid_image")
-        raw = path.read_bytes()[: policy.max_bytes + 1]
+        raw = read_local_image(Path(url.removeprefix("file://")), policy.max_bytes, param)
     if len(raw) > policy.max_bytes:
         raise APIError(413, f"image larger than {policy.max_bytes:,} bytes", param=param, code="image_too_large")
     return raw
 
 
-def to_part(part: ContentPart, policy: ImagePolicy, param: str) -> dict:
+def read_local_image(path: Path, max_bytes: int, param: str) -> bytes:
+    """The file's bytes, its size checked before reading; one message whether it is missing, unreadable or
+    not a file, so the answer says no more about the file system than that."""
+    try:
+        info = path.stat()  # before opening: a FIFO or a device would block or never end
+        if not stat.S_ISREG(info.st_mode):
+            raise IsADirectoryError(f"not a regular file: {path}")
+        if info.st_size > max_bytes:
+            raise APIError(413, f"image larger than {max_bytes:,} bytes", param=param, code="image_too_large")
+        with path.open("rb") as file:
+            return file.read(max_bytes + 1)
+    except OSError as error:
+        log.info("could not read image file %s: %s", path, error)
+        raise APIError(400, "could not read the image file", param=param, code="invalid_image") from None
+
+
+def to_part(part: ContentPart, policy: ImagePolicy, param: str, prepare: Callable[[bytes], object]) -> dict:
+    """One content part in the runtime's format; images are fetched and prepared (decoded, resized)
+    here, so a bad one is reported by its own place in the request."""
     if isinstance(part, TextPart):
         return {"type": "text", "text": part.text}
     if isinstance(part, ImageURLPart):
-        return {"type": "image", "image": image_bytes(part.image_url.url, policy, param)}
-    if isinstance(part, HoloImagePart):
+        raw = image_bytes(part.image_url.url, policy, param)
+    elif isinstance(part, HoloImagePart):
         raw = decode_base64(part.image.b64, param)
         if len(raw) > policy.max_bytes:
             raise APIError(413, f"image larger than {policy.max_bytes:,} bytes", param=param, code="image_too_large")
-        return {"type": "image", "image": raw}
-    raise APIError(400, f"unsupported content part {part!r}", param=param)
+    else:
+        raise APIError(400, f"unsupported content part type {part.type!r}", param=param)
+    try:
+        return {"type": "image", "image": prepare(raw)}
+    except ImageTooLarge as error:
+        raise APIError(413, str(error), param=param, code="image_too_large") from None
+    except ImageError as error:
+        raise APIError(400, f"invalid image: {error}", param=param, code="invalid_image") from None
 
 
-def to_parts(parts: list[ContentPart], policy: ImagePolicy, param: str) -> list[dict]:
-    return [to_part(part, policy, f"{param}[{index}]") for index, part in enumerate(parts)]
+def to_parts(parts: list[ContentPart], policy: ImagePolicy, param: str, prepare: Callable[[bytes], object]) -> list[dict]:
+    return [to_part(part, policy, f"{param}.{index}", prepare) for index, part in enumerate(parts)]
 
 
-def to_messages(messages: list[ChatMessage], policy: ImagePolicy) -> list[dict]:
+def to_messages(messages: list[ChatMessage], policy: ImagePolicy, prepare: Callable[[bytes], object]) -> list[dict]:
     if not messages:
         raise APIError(400, "messages must not be empty", param="messages")
     converted = []
@@ -88,6 +117,6 @@ def to_messages(messages: list[ChatMessage], policy: ImagePolicy) -> list[dict]:
         if content is None:
             content = ""
         elif not isinstance(content, str):
-            content = to_parts(content, policy, f"messages[{index}].content")
+            content = to_parts(content, policy, f"messages.{index}.content", prepare)
         converted.append({"role": role, "content": content})
     return converted

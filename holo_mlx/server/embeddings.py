@@ -2,35 +2,45 @@
 
 Text is tokenized as is (no chat template, no special tokens). A list of content parts is one
 multimodal input: its text and images in order, each image as <|vision_start|>, its visual tokens
-and <|vision_end|>; every one of those tokens is pooled.
+and <|vision_end|>; every one of those tokens is pooled. Each input must fit the context, and
+all of a request's inputs together at most --max-embedding-tokens.
 """
 
 import base64
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
-from .common import input_prompts, ready_engine, split_inputs
+from .common import input_prompts, ready_engine, reject_lone_surrogates
 from .errors import APIError
+from .openapi import API_ERRORS, responses
 from .protocol import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage, dump
 
 router = APIRouter()
 
 
-@router.post("/v1/embeddings")
+@router.post("/v1/embeddings", responses=responses(EmbeddingList, *API_ERRORS))
 async def embeddings(body: EmbeddingRequest, request: Request):
     state = request.app.state
+    reject_lone_surrogates(body)
     engine = ready_engine(request, body.model)
     hidden_size = engine.model.config.text_config.hidden_size
     if body.dimensions is not None and not 1 <= body.dimensions <= hidden_size:
         raise APIError(400, f"dimensions must be in [1, {hidden_size}]", param="dimensions")
-    prompts = await input_prompts(engine, split_inputs(body.input), state.image_policy, "input")
+    prompts = await input_prompts(engine, body.input, state.image_policy, "input")
     for index, prompt in enumerate(prompts):
         if len(prompt.input_ids) > engine.max_model_len:
             raise APIError(400, f"input[{index}] has {len(prompt.input_ids)} tokens; this model's context is "
                            f"{engine.max_model_len} tokens", param="input", code="context_length_exceeded")
+    tokens = sum(len(prompt.input_ids) for prompt in prompts)
+    if tokens > state.max_embedding_tokens:
+        raise APIError(400, f"the inputs have {tokens} tokens in all; at most {state.max_embedding_tokens} are "
+                       "allowed per request (--max-embedding-tokens): split them over several requests",
+                       param="input", code="max_tokens_per_request")
 
-    vectors = await engine.embed(prompts)
+    vectors = await engine.embed(prompts, client_gone=request.is_disconnected)
+    if vectors is None:
+        return Response(status_code=499)  # nobody reads it; nginx's "client closed request" in the counts
     if body.dimensions is not None:
         vectors = vectors[:, : body.dimensions]
         vectors = vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
@@ -39,6 +49,5 @@ async def embeddings(body: EmbeddingRequest, request: Request):
                   if body.encoding_format == "base64" else vector.tolist())
         for index, vector in enumerate(vectors)
     ]
-    tokens = sum(len(prompt.input_ids) for prompt in prompts)
     return dump(EmbeddingList(data=data, model=state.served_model_name,
                               usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)))

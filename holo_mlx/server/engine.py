@@ -1,9 +1,11 @@
 """The one object that owns the model: all MLX work runs on a dedicated thread.
 
 The event loop only enqueues work and awaits results, so it never blocks on MLX. Generations go
-to the continuous-batching scheduler; embeddings run between its steps on the same model. When a
-consumer goes away (client disconnect, error) its sequence is cancelled and leaves the batch at
-the next step. The waiting queue is bounded: beyond it, requests get 429 at once.
+to the continuous-batching scheduler; embedding jobs wait in a FIFO, and each engine iteration runs
+one unit of the first (a chunk of a long input, or a batch of short ones) and then one scheduler
+step, so a long embedding never holds generation up for more than a unit. When a consumer goes
+away (client disconnect, error) its sequence or embedding job is cancelled and stops at the next
+step or unit. The waiting queue is bounded: beyond it, requests get 429 at once.
 """
 
 import asyncio
@@ -11,15 +13,16 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from .. import load
 from ..constrain import Grammars
-from ..embed import embed_prompts
+from ..embed import EmbeddingJob
 from ..engine.caches import PrefixCache, VisionCache
 from ..engine.scheduler import Scheduler, Sequence
-from ..generate import SamplingParams
+from ..generate import PREFILL_CHUNK, SamplingParams
 from ..runtime import device_name, release_freed_memory
 from .common import TokenStrings
 from .errors import APIError
@@ -27,6 +30,7 @@ from .metrics import Metrics
 
 log = logging.getLogger("holo_mlx.server")
 _DONE = None  # what a sequence emits after its last chunk
+DISCONNECT_POLL_S = 0.5  # how often a waiting embeddings request checks whether its client left
 
 
 class Generation:
@@ -68,30 +72,42 @@ class Generation:
 
 
 class _EmbedJob:
-    def __init__(self, prompts: list, emit: Callable[[object], None]):
-        self.prompts, self.emit = prompts, emit
+    """One embeddings request in the engine's FIFO; it emits its vectors or its error at the end."""
 
-    def run(self, model) -> None:
+    def __init__(self, work: EmbeddingJob, emit: Callable[[object], None]):
+        self.work, self.emit = work, emit
+        self.cancelled = threading.Event()
+
+    def step(self) -> bool:
+        """Run the next work unit; True once the job has ended (done, failed or cancelled)."""
+        if self.cancelled.is_set():
+            return True
         try:
-            self.emit(embed_prompts(model, self.prompts))
-        except Exception as error:
+            if not self.work.step():
+                return False
+            self.emit(self.work.vectors)
+        except Exception as error:  # fails this job only
             self.emit(error)
+        return True
 
 
 class Engine:
     def __init__(self, model_path: str | Path, *, max_side: int | None, max_pixels: int | None,
                  max_model_len: int | None = None, max_num_seqs: int = 8, max_waiting: int = 64,
-                 prefix_cache_bytes: int = 1 << 30, vision_cache_bytes: int = 256 << 20):
+                 prefix_cache_bytes: int = 1 << 30, vision_cache_bytes: int = 256 << 20,
+                 embedding_chunk: int = PREFILL_CHUNK):
         self.model_path = str(model_path)
         self.max_side, self.max_pixels = max_side, max_pixels
         self.requested_max_model_len = max_model_len
         self.max_num_seqs, self.max_waiting = max_num_seqs, max_waiting
+        self.embedding_chunk = embedding_chunk
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
         self.vision_cache = VisionCache(vision_cache_bytes)
         self.status, self.load_error = "loading", None
         self.model = self.prompts = self.token_strings = self.scheduler = self.grammars = None
         self.metrics = Metrics(self)
         self._inbox: queue.Queue = queue.Queue()
+        self._embeddings: deque[_EmbedJob] = deque()  # the first one is running
         self._thread = threading.Thread(target=self._serve, name="mlx-engine", daemon=True)
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -121,7 +137,7 @@ class Engine:
         worked = False
         while True:
             # Block only when idle; otherwise take what has arrived and keep stepping.
-            block = not self.scheduler.has_work()
+            block = not (self.scheduler.has_work() or self._embeddings)
             if block and worked and self._inbox.empty():
                 release_freed_memory()  # idle again: give this burst's freed buffers back
                 worked = False
@@ -133,10 +149,12 @@ class Engine:
                 if item is _DONE:
                     return
                 if isinstance(item, _EmbedJob):
-                    item.run(self.model)
+                    self._embeddings.append(item)
                 else:
                     self.scheduler.add(item)
                 block, worked = False, True
+            if self._embeddings and self._embeddings[0].step():
+                self._embeddings.popleft()
             if self.scheduler.has_work():
                 try:
                     self.scheduler.step()
@@ -161,9 +179,10 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        """Queued work not yet cancelled (cancelled sequences linger until the next step drops them)."""
-        queued = list(self._inbox.queue) + (list(self.scheduler.waiting) if self.scheduler else [])
-        return sum(not (isinstance(item, Sequence) and item.cancelled.is_set()) for item in queued)
+        """Queued work not yet cancelled (cancelled work lingers until the engine reaches it)."""
+        queued = list(self._inbox.queue) + list(self._embeddings)[1:] + \
+            (list(self.scheduler.waiting) if self.scheduler else [])
+        return sum(not (isinstance(item, (Sequence, _EmbedJob)) and item.cancelled.is_set()) for item in queued)
 
     @property
     def running(self) -> int:
@@ -210,11 +229,22 @@ class Engine:
             raise
         return generations
 
-    async def embed(self, prompts: list):
+    async def embed(self, prompts: list, client_gone: Callable[[], Awaitable[bool]] | None = None):
+        """The prompts' vectors, or None when `client_gone` says so first; either way, and when the
+        caller is cancelled, the job stops at its next unit. 429 at once when the queue is full."""
         self._admit()
         results, emit = self._results()
-        self._inbox.put(_EmbedJob(prompts, emit))
-        vectors = await results.get()
+        job = _EmbedJob(EmbeddingJob(self.model, prompts, self.embedding_chunk), emit)
+        self._inbox.put(job)
+        outcome = asyncio.ensure_future(results.get())
+        try:
+            while not (await asyncio.wait({outcome}, timeout=DISCONNECT_POLL_S))[0]:
+                if client_gone is not None and await client_gone():
+                    return None
+        finally:
+            job.cancelled.set()  # no-op once it has ended
+            outcome.cancel()
+        vectors = outcome.result()
         if isinstance(vectors, Exception):
             raise vectors
         return vectors

@@ -11,9 +11,10 @@ from fastapi import APIRouter, Request
 
 from ..agent import localization_prompt, localization_schema
 from ..coordinates import map_point
-from .common import build_prompt, collect, ready_engine, sampling_params
+from .common import build_prompt, collect, ready_engine, reject_lone_surrogates, sampling_params
 from .content import to_part
 from .errors import APIError
+from .openapi import API_ERRORS, responses
 from .protocol import (HoloImage, HoloImagePart, ImageSize, ImageURL, ImageURLPart, Localization, LocalizeRequest,
                        OriginalClick, SamplingFields, dump)
 
@@ -23,15 +24,16 @@ router = APIRouter()
 MAX_TOKENS = 64
 
 
-@router.post("/v1/localize")
+@router.post("/v1/localize", responses=responses(Localization, *API_ERRORS))
 async def localize(body: LocalizeRequest, request: Request):
     state = request.app.state
+    reject_lone_surrogates(body)
     engine = ready_engine(request, body.model)
     if not body.target.strip():
         raise APIError(400, "target must not be empty", param="target")
 
     def build():
-        screenshot = to_part(screenshot_part(body.image), state.image_policy, "image")
+        screenshot = to_part(screenshot_part(body.image), state.image_policy, "image", engine.prompts.process_image)
         return engine.prompts.build([{"role": "user", "content": [
             screenshot, {"type": "text", "text": localization_prompt(body.target)}]}])
 
@@ -40,7 +42,8 @@ async def localize(body: LocalizeRequest, request: Request):
     width, height = image.resized_size
     grammar = await asyncio.to_thread(engine.grammars.json_schema, localization_schema(width, height))
     params = sampling_params(SamplingFields(temperature=0), max_tokens=MAX_TOKENS, prompt_tokens=len(prompt.input_ids),
-                             context=engine.max_model_len, logprobs=None, prompt_param="image", grammar=grammar)
+                             context=engine.max_model_len, logprobs=None, prompt_param="image",
+                             default_max_tokens=MAX_TOKENS, grammar=grammar)
     chunks = await collect(request, engine.generate(prompt, params))
     click = json.loads("".join(chunk.text for chunk in chunks))  # complete: the grammar ends well within MAX_TOKENS
     original_x, original_y = map_point(click["x"], click["y"], image.resized_size, image.original_size)

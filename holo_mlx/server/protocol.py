@@ -321,3 +321,33 @@ def dump(model: BaseModel) -> dict[str, Any]:
     if data.get("holo", ...) is None:
         del data["holo"]
     return data
+
+
+# --- error envelope, health ----------------------------------------------------------------------
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error envelope: every 4xx and 5xx body (see errors.envelope)."""
+
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    """GET /health, 200 once the model is ready and 503 before (or if it failed to load)."""
+
+    status: Literal["loading", "ready", "error"]
+    model: str
+    model_path: str
+    device: str
+    dtype: str | None
+    max_side: int | None
+    max_pixels: int | None
+    load_error: str | None
+    requests_running: int
+    requests_waiting: int
