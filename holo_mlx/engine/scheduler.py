@@ -85,14 +85,15 @@ class Scheduler:
             sequence.emit(error)
         self.waiting, self.prefilling, self.running, self.batch_cache = deque(), None, [], None
 
-    def _guard(self, sequence: Sequence, work, *args) -> None:
-        """Run one request's own work; a failure ends that request only."""
+    def _guard(self, sequence: Sequence, work, *args) -> bool:
+        """Run one request's own work; a failure ends that request only (and counts as finished)."""
         try:
-            work(*args)
+            return work(*args)
         except Exception as error:
             if self.prefilling is sequence:
                 self.prefilling = None
             sequence.emit(error)
+            return True
 
     def _drop_cancelled(self) -> None:
         self.waiting = deque(s for s in self.waiting if not s.cancelled.is_set())
@@ -172,17 +173,24 @@ class Scheduler:
         # One lm_head pass for the newcomer's last prompt position (when its prompt ends here) and the batch.
         sampled = ([prefilling] if finishing else []) + running
         last = ([hidden[0][:, -1]] if finishing else []) + ([hidden[-1][:, -1]] if running else [])
-        chosen = []
+        chosen = {}
         if last:
             logits = self.model.language_model.logits(mx.concatenate(last))
-            chosen = [s.chooser(logits[row:row + 1]) for row, s in enumerate(sampled)]
-        mx.eval(chosen, [c.state for c in prefilling.cache] if prefilling is not None else [])
-        picks = [(token.item(), logprobs[0]) for token, logprobs in chosen]
+            for row, sequence in enumerate(sampled):  # a row's own failure (its grammar) ends that row only
+                self._guard(sequence, lambda s=sequence, row=row: chosen.setdefault(
+                    id(s), s.chooser(logits[row:row + 1])))
+        mx.eval(list(chosen.values()), [c.state for c in prefilling.cache] if prefilling is not None else [])
+        picks = {key: (token.item(), logprobs[0]) for key, (token, logprobs) in chosen.items()}
 
-        finished = [self._emit(s, *pick) for s, pick in zip(running, picks[len(sampled) - len(running):])]
-        self._keep([s for s, done in zip(running, finished) if not done])
-        if finishing:
-            self._join(prefilling, *picks[0])
+        kept = []
+        for sequence in running:
+            if id(sequence) in picks and not self._guard(sequence, self._emit, sequence, *picks[id(sequence)]):
+                kept.append(sequence)
+        self._keep(kept)
+        if finishing and id(prefilling) in picks:
+            self._guard(prefilling, self._join, prefilling, *picks[id(prefilling)])
+        elif finishing:
+            self.prefilling = None
 
     def _join(self, sequence: Sequence, token: int, logprobs: mx.array) -> None:
         """A prefilled newcomer: cache its prompt, hand out its first token, move it into the batch."""

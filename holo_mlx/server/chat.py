@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ..coordinates import map_answer
-from .common import (SSE_DONE, build_prompt, check_top_logprobs, collect, holo_info, ready_engine,
-                     reject_lone_surrogates, requested_grammar, sampling_params, sse)
+from .common import (SSE_DONE, build_prompt, check_top_logprobs, collect, ending_with_error_event, holo_info,
+                     ready_engine, reject_lone_surrogates, requested_grammar, sampling_params, sse)
 from .content import to_messages
 from .errors import APIError
 from .openapi import API_ERRORS, responses
@@ -84,7 +84,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             yield sse(dump(ChatCompletionChunk(id=completion_id, model=model_name, choices=[], usage=usage(count))))
         yield SSE_DONE
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return StreamingResponse(ending_with_error_event(events()), media_type="text/event-stream")
 
 
 def check_coordinate_mapping(body: ChatCompletionRequest, prompt, grammar) -> None:

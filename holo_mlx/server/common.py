@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterable, Callable
 
 from fastapi import Request
@@ -13,9 +14,10 @@ from ..image import ImageError, ImageTooLarge
 from ..prompt import Prompt
 from ..tokens import token_bytes
 from .content import ImagePolicy, to_parts
-from .errors import APIError
+from .errors import APIError, envelope
 from .protocol import HoloInfo, ImageResize, ImageSize, SamplingFields, TopLogprob
 
+log = logging.getLogger("holo_mlx.server")
 DISCONNECT_POLL_TOKENS = 8  # non-streaming requests check for a gone client every few tokens
 
 
@@ -82,6 +84,8 @@ async def input_prompts(engine, value, policy: ImagePolicy, param: str) -> list[
                 lambda item=item, where=where: engine.prompts.build_parts(to_parts(item, policy, where,
                                                                                    engine.prompts.process_image)),
                 where))
+        if not prompts[-1].input_ids:  # e.g. only empty text parts: nothing to pool or to continue
+            raise APIError(400, f"{where} has no tokens", param=where)
     return prompts
 
 
@@ -219,6 +223,21 @@ def sse(payload: dict) -> str:
 
 
 SSE_DONE = "data: [DONE]\n\n"
+
+
+async def ending_with_error_event(events: AsyncIterable[str]) -> AsyncIterable[str]:
+    """SSE events; a failure after the 200 was sent ends the stream with an error event and [DONE]
+    (as vLLM does) instead of a cut connection."""
+    try:
+        async for event in events:
+            yield event
+    except APIError as error:
+        yield sse(envelope(error.status, error.message, error.param, error.code))
+        yield SSE_DONE
+    except Exception as error:
+        log.exception("stream failed")
+        yield sse(envelope(500, f"internal error: {type(error).__name__}"))
+        yield SSE_DONE
 
 
 class TokenStrings:

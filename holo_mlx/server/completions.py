@@ -5,7 +5,7 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from .common import (SSE_DONE, check_top_logprobs, collect, input_prompts, ready_engine,
+from .common import (SSE_DONE, check_top_logprobs, collect, ending_with_error_event, input_prompts, ready_engine,
                      reject_lone_surrogates, requested_grammar, sampling_params, split_inputs, sse)
 from .errors import APIError
 from .openapi import API_ERRORS, responses
@@ -98,4 +98,4 @@ async def completions(body: CompletionRequest, request: Request):
                                       usage=usage(completion_tokens))))
         yield SSE_DONE
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return StreamingResponse(ending_with_error_event(events()), media_type="text/event-stream")

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from .. import load
-from ..constrain import Grammars
+from ..constrain import Grammars, SchemaError
 from ..embed import EmbeddingJob
 from ..engine.caches import PrefixCache, VisionCache
 from ..engine.scheduler import Scheduler, Sequence
@@ -57,6 +57,8 @@ class Generation:
         last = None
         try:
             while (item := await self.results.get()) is not _DONE:
+                if isinstance(item, SchemaError):  # met mid-answer: still the request's own schema
+                    raise APIError(400, str(item), code="invalid_json_schema")
                 if isinstance(item, Exception):
                     raise item
                 now = time.perf_counter()
