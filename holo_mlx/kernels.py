@@ -118,6 +118,7 @@ def log_softmax(logits: mx.array) -> mx.array:
 
 SCORES_PER_CHUNK = 1 << 23  # attention scores computed at once (32 MB)
 QUERY_ROWS_PER_CHUNK = 1024
+MIN_QUERY_ROWS = 32
 
 
 def attention(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None) -> mx.array:
@@ -150,7 +151,9 @@ def attention(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None)
     streams = lanes()
     # Chunks of whole query rows of one or a few KV heads: long rows keep the GEMMs efficient, a
     # bounded chunk keeps the scores in cache, and chunks alternate between the lanes.
-    rows = min(length, QUERY_ROWS_PER_CHUNK)
+    # Against a long cache (a long prompt's later chunks) fewer rows keep the scores within budget.
+    budget_rows = SCORES_PER_CHUNK // (batch * (heads // kv_heads) * keys)
+    rows = min(length, QUERY_ROWS_PER_CHUNK, max(MIN_QUERY_ROWS, budget_rows))
     heads_step = max(1, SCORES_PER_CHUNK // (batch * (heads // kv_heads) * rows * keys))
     heads_step = min(heads_step, -(-kv_heads // len(streams)))  # one chunk per lane where heads allow
     outputs, chunk = [], 0

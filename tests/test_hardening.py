@@ -182,3 +182,11 @@ def test_image_errors_name_the_part_and_no_python_internals(server):
     error = error_of(response)
     assert response.status_code == 400 and error["param"] == "messages.0.content.1"
     assert "<" not in error["message"] and "0x" not in error["message"], error["message"]
+
+
+def test_a_body_that_is_not_json_names_no_field(server):
+    response = httpx.post(f"{server.url}{CHAT}", content=b'{"messages": [}', timeout=30,
+                          headers={"Content-Type": "application/json"})
+    error = error_of(response)
+    assert response.status_code == 422 and error["code"] == "invalid_json" and error["param"] is None
+    assert "character 14" in error["message"], error["message"]

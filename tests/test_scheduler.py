@@ -214,3 +214,40 @@ def test_identical_requests_are_separate_rows_when_one_is_cancelled(loaded):
     assert sequences[0] not in scheduler.running
     for output in outputs[1:]:
         assert output[-1] is None and tokens(output[:-1]) == expected
+
+
+class FailingConstraint:
+    """A request's own constraint that gives up after a few tokens, as a grammar the engine cannot
+    follow does mid-answer."""
+
+    def __init__(self, vocab_size: int, fail_at: int):
+        self.vocab_size, self.fail_at, self.seen = vocab_size, fail_at, 0
+
+    def allowed(self) -> mx.array:
+        return mx.ones((self.vocab_size,), dtype=mx.bool_)
+
+    def advance(self, token: int) -> None:
+        self.seen += 1
+        if self.seen == self.fail_at:
+            raise ValueError("grammar gave up")
+
+
+@pytest.mark.parametrize("fail_at", [1, 3])  # 1: while joining from prefill; 3: inside the decode batch
+def test_a_row_whose_constraint_fails_ends_alone(loaded, fail_at):
+    requests = mixed_requests(loaded)
+    model, _ = loaded
+    expected = [tokens(sequential(loaded, prompt, params)) for prompt, params in requests]
+    failing = SamplingParams(max_tokens=12, ignore_eos=True,
+                             constraint=FailingConstraint(model.config.text_config.vocab_size, fail_at))
+    outputs = [[] for _ in range(len(requests) + 1)]
+    sequences = [Sequence(p, params, o.append) for (p, params), o in zip(requests, outputs)]
+    sequences.insert(1, Sequence(requests[0][0], failing, outputs[-1].append))
+    model, prompts = loaded
+    scheduler = Scheduler(model, prompts.tokenizer, set(model.config.eos_token_id))
+    for sequence in sequences:
+        scheduler.add(sequence)
+    while scheduler.has_work():
+        scheduler.step()
+    assert isinstance(outputs[-1][-1], ValueError) and len(outputs[-1]) == fail_at
+    for output, want in zip(outputs[:-1], expected):
+        assert output[-1] is None and tokens(output[:-1]) == want

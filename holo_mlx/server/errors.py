@@ -47,6 +47,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError):
         first = error.errors()[0]
+        if first["type"] == "json_invalid":  # its location is a character offset, not a field
+            reason = first.get("ctx", {}).get("error", "decode error")
+            return error_response(422, f"the body is not valid JSON ({reason} at character {first['loc'][-1]})",
+                                  code="invalid_json")
         location = [str(part) for part in first["loc"] if part != "body"]
         message = f"{'.'.join(location) or 'body'}: {first['msg']}"
         return error_response(422, message, param=".".join(location) or None, code="invalid_schema")
