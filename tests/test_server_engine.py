@@ -115,7 +115,7 @@ def test_non_streaming_disconnect_frees_the_slot(server):
                        "ignore_eos": True}).encode()
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as client:  # a client that gives up after 2 s
-        client.sendall(b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        client.sendall(b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         assert wait_for_metric(server, "holo_running_sequences", 1)
         time.sleep(2)
