@@ -36,10 +36,12 @@ def text_responses(*errors: int) -> dict:
 
 
 def sse_event(chunk: type[BaseModel]) -> dict:
-    """One server-sent event of a stream: `data:` holding a chunk as JSON, or the closing `[DONE]`."""
+    """One server-sent event of a stream: `data:` holding a chunk as JSON, the error envelope (a
+    failure after the stream started), or the closing `[DONE]`."""
     return {"type": "object", "required": ["data"], "properties": {"data": {"anyOf": [
         {"const": "[DONE]"},
-        {"type": "string", "contentMediaType": "application/json", "contentSchema": inline_schema(chunk)},
+        {"type": "string", "contentMediaType": "application/json",
+         "contentSchema": {"anyOf": [inline_schema(chunk), inline_schema(ErrorResponse)]}},
     ]}}}
 
 
