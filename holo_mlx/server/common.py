@@ -10,7 +10,6 @@ from pydantic import BaseModel
 
 from ..constrain import Grammar, SchemaError
 from ..generate import GenerationChunk, SamplingParams
-from ..image import ImageError, ImageTooLarge
 from ..prompt import Prompt
 from ..tokens import token_bytes
 from .content import ImagePolicy, to_parts
@@ -90,13 +89,10 @@ async def input_prompts(engine, value, policy: ImagePolicy, param: str) -> list[
 
 
 async def build_prompt(build: Callable[[], Prompt], param: str) -> Prompt:
-    """Run prompt building (image fetching, decoding, resizing) off the event loop; bad input -> 400/413."""
+    """Run prompt building (image fetching, decoding, resizing) off the event loop; bad input -> 400.
+    Image errors are raised per content part (content.to_part), with the part's own param."""
     try:
         return await asyncio.to_thread(build)
-    except ImageTooLarge as error:
-        raise APIError(413, str(error), param=param, code="image_too_large") from None
-    except ImageError as error:
-        raise APIError(400, f"invalid image: {error}", param=param, code="invalid_image") from None
     except ValueError as error:
         raise APIError(400, str(error), param=param) from None
 
