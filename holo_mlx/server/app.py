@@ -64,14 +64,15 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._refuse(scope, receive, send)
-        body, more = [], True
+        body, received, more = [], 0, True
         while more:
             message = await receive()
             if message["type"] != "http.request":  # the client left before sending it all
                 return
             body.append(message.get("body", b""))
+            received += len(body[-1])
             more = message.get("more_body", False)
-            if sum(map(len, body)) > self.max_bytes:
+            if received > self.max_bytes:
                 return await self._refuse(scope, receive, send)
         replayed = False
 
