@@ -70,7 +70,7 @@ def main() -> None:
     from holo_mlx import load
     from holo_mlx.agent import NavigationStep, bounded_schema, localization_schema
     from holo_mlx.constrain import Grammars
-    from holo_mlx.generate import SamplingParams
+    from holo_mlx.engine.sampling import SamplingParams
     from holo_mlx.testing import build_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -111,7 +111,7 @@ def embed_with_a_chat_during(base: str, tokens: int, seed: int, figures: dict) -
 
 
 def context_length(folder: Path, requested: int | None) -> int:
-    from holo_mlx.config import ModelConfig
+    from holo_mlx.models.qwen2_5_vl.config import ModelConfig
     from holo_mlx.loading import read_config
 
     limit = ModelConfig.from_dict(read_config(folder)).text_config.max_position_embeddings

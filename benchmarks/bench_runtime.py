@@ -259,7 +259,8 @@ class HoloMLX(MLXBackend):
         return prompt
 
     def generate(self, prompt, max_tokens: int, on_token) -> None:
-        from holo_mlx.generate import SamplingParams, stream_generate
+        from holo_mlx.engine.sampling import SamplingParams
+        from holo_mlx.generate import stream_generate
 
         params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
         for _ in stream_generate(self.model, self.tokenizer, prompt, params, set(self.model.config.eos_token_id)):

@@ -23,11 +23,11 @@ def main() -> None:
     from transformers import Qwen2_5_VLConfig
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
-    from holo_mlx.config import VisionConfig
+    from holo_mlx.models.qwen2_5_vl.config import VisionConfig
     from holo_mlx.image import ImageProcessorConfig, preprocess_image
     from holo_mlx.testing import PREPROCESSOR_CONFIG, PRESETS, root_layout_config
-    from holo_mlx.vision import VisionModel
-    from holo_mlx.weights import sanitize
+    from holo_mlx.models.qwen2_5_vl.vision import VisionModel
+    from holo_mlx.models.qwen2_5_vl.weights import sanitize
     from PIL import Image
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

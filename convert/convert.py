@@ -17,8 +17,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 from tqdm import tqdm
 
-from holo_mlx.config import ConfigError, ModelConfig
-from holo_mlx.weights import sanitize
+from holo_mlx.models import ConfigError, Family, family_for
 
 DEFAULT_HF_PATH = "Hcompany/Holo1.5-7B"
 DTYPES = ("float16", "bfloat16", "float32")
@@ -63,16 +62,16 @@ def convert(
         raise ConversionError(f"{destination} already exists; pass --force to overwrite it")
 
     source = fetch(hf_path)
-    raw_config, config = read_config(source)
+    raw_config, family, config = read_config(source)
     if "quantization" in raw_config or "quantization_config" in raw_config:
         raise ConversionError(f"{source} is already quantized; convert from a float checkpoint")
     dtype = dtype or checkpoint_dtype(raw_config)
-    plan = plan_tensors(weight_files(source), config)
+    plan = plan_tensors(weight_files(source), family, config)
     quantization = {"group_size": q_group_size, "bits": q_bits, "mode": "affine"} if quantize else None
 
     with staging(destination) as folder:
-        write_weights(folder, plan, getattr(mx, dtype), quantization, quantize_vision)
-        write_config(folder, raw_config, config, dtype, quantization)
+        write_weights(folder, plan, family, getattr(mx, dtype), quantization, quantize_vision)
+        write_config(folder, family.mlx_config(raw_config, config), dtype, quantization)
         for name in SIDE_FILES:
             if (source / name).exists():
                 shutil.copyfile(source / name, folder / name)  # follows the hub cache's symlinks
@@ -111,13 +110,15 @@ def fetch(hf_path: str) -> Path:
         raise ConversionError(f"cannot download {hf_path}: {first_line}") from None
 
 
-def read_config(folder: Path) -> tuple[dict, ModelConfig]:
+def read_config(folder: Path) -> tuple[dict, Family, object]:
+    """The raw config.json, its family and the family's config of it."""
     path = folder / "config.json"
     if not path.exists():
         raise ConversionError(f"{folder} has no config.json")
     try:
         raw = json.loads(path.read_text())
-        return raw, ModelConfig.from_dict(raw)
+        family = family_for(raw)
+        return raw, family, family.config(raw)
     except (json.JSONDecodeError, ConfigError) as error:
         raise ConversionError(f"{path}: {error}") from None
 
@@ -136,29 +137,27 @@ def weight_files(folder: Path) -> list[Path]:
     return files
 
 
-def read_shard(file: Path) -> dict[str, mx.array]:
+def read_shard(file: Path, family: Family) -> dict[str, mx.array]:
     """mlx-vlm-named tensors of one shard; lazy, so nothing is read from disk yet."""
     try:
-        return sanitize(mx.load(str(file)))
+        return family.sanitize(mx.load(str(file)))
     except (RuntimeError, ValueError) as error:  # not a safetensors file, truncated header
         raise ConversionError(f"cannot read {file}: {error}") from None
     except KeyError as error:
         raise ConversionError(f"{file}: {error.args[0]}") from None
 
 
-def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+def expected_shapes(family: Family, config) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of the holo-mlx model (never evaluated, so nothing is allocated)."""
-    from holo_mlx.model import Model
-
-    return {name: tuple(value.shape) for name, value in tree_flatten(Model(config).parameters())}
+    return {name: tuple(value.shape) for name, value in tree_flatten(family.model(config).parameters())}
 
 
-def plan_tensors(files: list[Path], config: ModelConfig) -> list[tuple[Path, list[str]]]:
+def plan_tensors(files: list[Path], family: Family, config) -> list[tuple[Path, list[str]]]:
     """Which tensors to take from each shard; fails before anything is written if the set is wrong."""
-    expected = expected_shapes(config)
+    expected = expected_shapes(family, config)
     plan, seen = [], {}
     for file in files:
-        shapes = {name: tuple(value.shape) for name, value in read_shard(file).items()}
+        shapes = {name: tuple(value.shape) for name, value in read_shard(file, family).items()}
         # A tied checkpoint may still store lm_head; it duplicates embed_tokens, which the model uses.
         if config.text_config.tie_word_embeddings and LM_HEAD not in expected:
             shapes.pop(LM_HEAD, None)
@@ -257,6 +256,7 @@ class ShardWriter:
 def write_weights(
     folder: Path,
     plan: list[tuple[Path, list[str]]],
+    family: Family,
     dtype: mx.Dtype,
     quantization: dict | None,
     quantize_vision: bool,
@@ -264,7 +264,7 @@ def write_weights(
     writer = ShardWriter(folder)
     with tqdm(total=sum(len(names) for _, names in plan), unit="tensor", desc="Converting") as progress:
         for file, names in plan:
-            tensors = read_shard(file)
+            tensors = read_shard(file, family)
             for name in names:
                 # pop: once evaluated the source tensor is no longer referenced, so it is freed.
                 converted = convert_tensor(name, tensors.pop(name), dtype, quantization, quantize_vision)
@@ -277,35 +277,7 @@ def write_weights(
     writer.finish()
 
 
-def root_layout(raw: dict, config: ModelConfig) -> dict:
-    """config.json in the transformers 4.x layout, the only one mlx-vlm 0.7.10 reads.
-
-    Text fields go to the root (a transformers 5 `text_config` is flattened, root keys winning
-    as in ModelConfig), M-RoPE goes to `rope_scaling`, and the vision config names its fields
-    both ways.
-    """
-    text = raw.get("text_config") or {}
-    out = {**text, **{key: value for key, value in raw.items() if key != "text_config"}}
-    for key in ("rope_parameters", "dtype"):
-        out.pop(key, None)
-    out["model_type"] = "qwen2_5_vl"
-    out["rope_scaling"] = {"type": "mrope", "mrope_section": config.text_config.mrope_section}
-    out["rope_theta"] = config.text_config.rope_theta
-    out["tie_word_embeddings"] = config.text_config.tie_word_embeddings  # mlx-vlm defaults to True
-    vision = config.vision_config
-    out["vision_config"] = {
-        **raw["vision_config"],
-        "model_type": "qwen2_5_vl",
-        "in_chans": vision.in_channels,
-        "in_channels": vision.in_channels,
-        "spatial_patch_size": vision.patch_size,
-        "patch_size": vision.patch_size,
-    }
-    return out
-
-
-def write_config(folder: Path, raw: dict, config: ModelConfig, dtype: str, quantization: dict | None) -> None:
-    out = root_layout(raw, config)
+def write_config(folder: Path, out: dict, dtype: str, quantization: dict | None) -> None:
     out["torch_dtype"] = dtype
     if quantization:
         # mlx-vlm writes both; mlx-lm and mlx-vlm loaders read "quantization".

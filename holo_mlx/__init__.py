@@ -1,4 +1,4 @@
-"""holo-mlx: Holo1.5 (Qwen2.5-VL) in MLX."""
+"""holo-mlx: Hcompany's Holo vision-language models in MLX (families under holo_mlx/models/)."""
 
 from pathlib import Path
 
@@ -15,13 +15,10 @@ def load(path_or_repo: str | Path, **prompt_options):
 def __getattr__(name: str):
     # MLX, mlx-lm and transformers take seconds to import: only on use, so that light modules
     # (holo_mlx.agent in a client, holo_mlx.coordinates) import at once.
-    if name == "Model":
-        from .model import Model
-        return Model
     if name == "load_model":
         from .loading import load_model
         return load_model
     raise AttributeError(f"module 'holo_mlx' has no attribute {name!r}")
 
 
-__all__ = ["Model", "load", "load_model"]
+__all__ = ["load", "load_model"]

@@ -15,15 +15,15 @@ from collections.abc import Iterator
 import mlx.core as mx
 import numpy as np
 
-from .generate import PREFILL_CHUNK, make_cache
-from .model import Model
-from .rope import rope_index
+from .models import VisionLanguageModel as Model
+from .models.base import Span
+from .runtime import prefill_chunk
 
 
 class EmbeddingJob:
     """Embeds a list of prompts one work unit at a time; `vectors` is complete once step() says so."""
 
-    def __init__(self, model: Model, prompts: list, chunk: int = PREFILL_CHUNK):
+    def __init__(self, model: Model, prompts: list, chunk: int):
         self.model, self.prompts, self.chunk = model, prompts, chunk
         self.vectors = np.zeros((len(prompts), model.config.text_config.hidden_size), dtype=np.float32)
         self.tokens_done, self.total_tokens = 0, sum(len(prompt.input_ids) for prompt in prompts)
@@ -65,7 +65,7 @@ class EmbeddingJob:
         for row, item in enumerate(inputs):
             positions[:, row, :item.length] = item.positions
             valid[row, :item.length] = 1.0
-        hidden = self.model.language_model.model(embeds, mx.array(positions))
+        hidden = self.model.hidden([Span(embeds, mx.array(positions))])[0]
         weights = mx.array(valid)[..., None]
         pooled = (hidden.astype(mx.float32) * weights).sum(axis=1) / weights.sum(axis=1)
         self.tokens_done += int(valid.sum())
@@ -73,7 +73,7 @@ class EmbeddingJob:
 
     def _embed_chunked(self, index: int) -> Iterator[None]:
         item = _Input(self.model, self.prompts[index])
-        decoder, cache = self.model.language_model.model, make_cache(self.model)
+        cache = self.model.make_cache()
         for layer in cache:
             # One allocation of the whole length: growing 256 tokens at a time would copy the KV
             # at every step and leave a trail of ever larger freed buffers behind.
@@ -82,7 +82,7 @@ class EmbeddingJob:
         total = mx.zeros((self.model.config.text_config.hidden_size,), dtype=mx.float32)
         for start in range(0, item.length, self.chunk):
             end = min(start + self.chunk, item.length)
-            hidden = decoder(item.embeds(start, end), positions[:, :, start:end], cache)
+            hidden = self.model.hidden([Span(item.embeds(start, end), positions[:, :, start:end], cache)])[0]
             total = total + hidden[0].astype(mx.float32).sum(axis=0)
             mx.eval(total, [c.state for c in cache])
             if end == item.length:
@@ -91,9 +91,9 @@ class EmbeddingJob:
             yield
 
 
-def embed_prompts(model: Model, prompts: list, chunk: int = PREFILL_CHUNK) -> np.ndarray:
+def embed_prompts(model: Model, prompts: list, chunk: int | None = None) -> np.ndarray:
     """(len(prompts), hidden_size) float32 unit vectors, in input order, all units at once."""
-    job = EmbeddingJob(model, prompts, chunk)
+    job = EmbeddingJob(model, prompts, chunk or prefill_chunk())
     while not job.step():
         pass
     return job.vectors
@@ -107,8 +107,7 @@ class _Input:
         self.model, self.prompt = model, prompt
         self.length = len(prompt.input_ids)
         grids = [image.grid_thw for image in prompt.images]
-        self.positions, _ = rope_index(prompt.input_ids, grids, image_token_id=model.config.image_token_id,
-                                       spatial_merge_size=model.config.vision_config.spatial_merge_size)
+        self.positions, _ = model.positions(prompt.input_ids, grids)
         ids = np.asarray(prompt.input_ids)
         is_image = np.concatenate([[0], ids == model.config.image_token_id, [0]]).astype(np.int8)
         edges = np.flatnonzero(np.diff(is_image))

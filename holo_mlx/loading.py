@@ -6,10 +6,8 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from .config import ModelConfig
-from .model import Model
+from .models import Family, VisionLanguageModel, family_for
 from .runtime import keep_freed_buffers, on_gpu
-from .weights import sanitize
 
 
 class LoadError(RuntimeError):
@@ -41,25 +39,28 @@ def read_config(path: Path) -> dict:
     return json.loads(file.read_text())
 
 
-def load_model(path_or_repo: str | Path) -> Model:
-    """Build the model and load its weights, in float32 on the CPU backend (see runtime.py)."""
+def load_model(path_or_repo: str | Path) -> VisionLanguageModel:
+    """Build the model of the folder's family and load its weights, in float32 on the CPU backend
+    (see runtime.py); `model.family` is the Family."""
     keep_freed_buffers()
     path = resolve_path(path_or_repo)
     raw_config = read_config(path)
-    config = ModelConfig.from_dict(raw_config)
+    family: Family = family_for(raw_config)
+    config = family.config(raw_config)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise LoadError(f"{path}: no *.safetensors weights")
     weights = {}
     for file in files:
         weights.update(mx.load(str(file)))
-    weights = sanitize(weights)
+    weights = family.sanitize(weights)
 
     generation = path / "generation_config.json"
     if generation.exists():
         extra = json.loads(generation.read_text()).get("eos_token_id") or []
         config.eos_token_id = sorted(set(config.eos_token_id) | set(extra if isinstance(extra, list) else [extra]))
-    model = Model(config)
+    model = family.model(config)
+    model.family = family
     if quantization := raw_config.get("quantization"):
         nn.quantize(
             model,

@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from holo_mlx.image import MAX_PIXELS, MAX_SIDE, ImageProcessorConfig, ProcessedImage, preprocess_image
+from .image import MAX_PIXELS, MAX_SIDE, ImageProcessorConfig, ProcessedImage, preprocess_image
 
 IMAGE_TOKEN_ID = 151655  # <|image_pad|>
 VISION_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"  # what the chat template writes per image
@@ -58,7 +58,14 @@ class PromptBuilder:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> "PromptBuilder":
-        return cls(load_tokenizer(path), ImageProcessorConfig.from_pretrained(path), **kwargs)
+        """The folder's tokenizer and its family's image processor settings and image token."""
+        from .loading import read_config
+        from .models import family_for
+
+        raw = read_config(Path(path))
+        family = family_for(raw)
+        kwargs.setdefault("image_token_id", family.config(raw).image_token_id)
+        return cls(load_tokenizer(path), family.image_processor(Path(path)), **kwargs)
 
     def build(self, messages: list[dict], *, add_generation_prompt: bool = True) -> Prompt:
         template_messages, images = [], []

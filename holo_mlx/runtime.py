@@ -57,6 +57,12 @@ def on_gpu() -> bool:
     return mx.default_device() == mx.gpu
 
 
+def prefill_chunk() -> int:
+    """Prompt tokens per decoder pass: bounds activation memory on long screenshots; a GPU keeps
+    busy on longer chunks (mlx-lm's prefill step is 2048)."""
+    return 2048 if on_gpu() else 512
+
+
 def compute_dtype(stored: mx.Dtype) -> mx.Dtype:
     """Keep the stored float dtype on a GPU; float32 on the CPU backend."""
     return stored if on_gpu() else mx.float32

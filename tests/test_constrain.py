@@ -9,7 +9,8 @@ import pytest
 from holo_mlx import load
 from holo_mlx.agent import NavigationStep, bounded_schema, localization_schema
 from holo_mlx.constrain import Grammars, SchemaError
-from holo_mlx.generate import SamplingParams, stream_generate
+from holo_mlx.engine.sampling import SamplingParams
+from holo_mlx.generate import stream_generate
 
 VOCAB = 152064  # the model's; the tokenizer has about 151.6k tokens
 EOS = {151645, 151643}

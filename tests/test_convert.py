@@ -12,9 +12,9 @@ import pytest
 
 import convert.convert as converter
 from convert.convert import SIDE_FILES, ConversionError, convert
-from holo_mlx.config import ModelConfig
+from holo_mlx.models.qwen2_5_vl.config import ModelConfig
 from holo_mlx.loading import load_model
-from holo_mlx.weights import PATCH_EMBED_KEY, sanitize, to_mlx_name
+from holo_mlx.models.qwen2_5_vl.weights import PATCH_EMBED_KEY, sanitize, to_mlx_name
 
 REPO = Path(__file__).resolve().parent.parent
 DOWN_PROJ = "language_model.model.layers.1.mlp.down_proj.weight"

@@ -17,7 +17,7 @@ import pytest
 from holo_mlx import load
 from holo_mlx.embed import EmbeddingJob, embed_prompts
 from holo_mlx.prompt import Prompt
-from holo_mlx.server.engine import Engine
+from holo_mlx.engine.worker import Engine
 from holo_mlx.testing import synthetic_screenshot
 from test_server import ROOT, Server, error_of
 

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from holo_mlx import load
-from holo_mlx.generate import SamplingParams, stream_generate
+from holo_mlx.engine.sampling import SamplingParams
+from holo_mlx.generate import stream_generate
 from holo_mlx.testing import synthetic_screenshot
 
 MESSAGES = [{"role": "user", "content": "Describe the screen."}]

@@ -8,8 +8,9 @@ import pytest
 
 from convert.convert import convert
 from holo_mlx import load, load_model
-from holo_mlx.generate import SamplingParams, prefill, make_cache, stream_generate
-from holo_mlx.rope import rope_index
+from holo_mlx.engine.sampling import SamplingParams
+from holo_mlx.generate import prefill, stream_generate
+from holo_mlx.models.qwen2_5_vl.rope import rope_index
 from holo_mlx.testing import synthetic_screenshot
 
 MESSAGES = [{"role": "user", "content": [
@@ -104,5 +105,5 @@ def test_quantized_models_load_generate_and_stay_close(hf_nested_checkpoint, tmp
 def test_bfloat16_checkpoint_runs_in_float32_on_cpu(hf_bf16_checkpoint):
     model, prompts = load(hf_bf16_checkpoint)
     assert model.dtype == mx.float32  # cast at load: bf16 matmuls are slow on the CPU backend
-    logits, _ = prefill(model, prompts.build(MESSAGES), make_cache(model))
+    logits, _ = prefill(model, prompts.build(MESSAGES), model.make_cache())
     assert np.isfinite(np.array(logits)).all()

@@ -8,8 +8,9 @@ from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from holo_mlx import load
-from holo_mlx.generate import SamplingParams, stream_generate
-from holo_mlx.rope import rope_index
+from holo_mlx.engine.sampling import SamplingParams
+from holo_mlx.generate import stream_generate
+from holo_mlx.models.qwen2_5_vl.rope import rope_index
 from holo_mlx.testing import synthetic_screenshot
 
 IMAGE_TOKEN = 151655

@@ -7,8 +7,9 @@ import pytest
 from holo_mlx import load
 from holo_mlx.engine.caches import PrefixCache, VisionCache
 from holo_mlx.engine.scheduler import Scheduler, Sequence
-from holo_mlx.generate import SamplingParams, make_cache, stream_generate
-from holo_mlx.language import Span
+from holo_mlx.engine.sampling import SamplingParams
+from holo_mlx.generate import stream_generate
+from holo_mlx.models.base import Span
 from holo_mlx.testing import synthetic_screenshot
 
 SYSTEM = {"role": "system", "content": "You are Holo, a GUI agent. " * 8}
@@ -85,7 +86,7 @@ def test_one_decoder_pass_over_two_spans_equals_two_passes(loaded):
     for text in ("Click the blue button.", "Where is the search field on this page?"):
         ids = prompts.build(user(text)).input_ids
         positions = mx.broadcast_to(mx.arange(len(ids))[None, None], (3, 1, len(ids)))
-        spans.append(lambda ids=ids, positions=positions: Span(model.embed(ids), positions, make_cache(model)))
+        spans.append(lambda ids=ids, positions=positions: Span(model.embed(ids), positions, model.make_cache()))
     together = decoder.forward([make() for make in spans])
     for make, hidden in zip(spans, together):
         alone = decoder.forward([make()])[0]
@@ -105,7 +106,7 @@ def test_last_only_pass_equals_the_last_rows_of_a_full_pass(loaded):
 
     def spans():
         cached = Span(model.embed(second), mx.broadcast_to(mx.arange(len(second))[None, None], (3, 1, len(second))),
-                      make_cache(model))
+                      model.make_cache())
         causal = mx.arange(length)[None, :] <= mx.arange(length)[:, None]  # as an array mask
         pair = Span(mx.concatenate([model.embed(first[:length]), model.embed(second[:length])]),
                     mx.broadcast_to(mx.arange(length)[None, None], (3, 2, length)), mask=causal)

@@ -7,10 +7,11 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from holo_mlx import runtime, vision
-from holo_mlx.config import VisionConfig
+from holo_mlx import runtime
+from holo_mlx.models.qwen2_5_vl import vision
+from holo_mlx.models.qwen2_5_vl.config import VisionConfig
 from holo_mlx.testing import root_layout_config
-from holo_mlx.vision import VisionModel, WindowPart, window_index
+from holo_mlx.models.qwen2_5_vl.vision import VisionModel, WindowPart, window_index
 
 CONFIG = VisionConfig.from_dict(root_layout_config("tiny")["vision_config"])
 # Two images whose sides are not multiples of the window: windows of several lengths.

@@ -17,10 +17,11 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.models.cache import BatchKVCache
 
-from ..generate import PREFILL_CHUNK, GenerationChunk, SamplingParams, TextStream, TokenChooser, make_cache
-from ..language import Span
-from ..model import Model
-from ..rope import rope_index
+from ..runtime import prefill_chunk
+from .sampling import SamplingParams, TokenChooser
+from .stream import GenerationChunk, TextStream
+from ..models import VisionLanguageModel as Model
+from ..models.base import Span
 from .caches import PrefixCache, VisionCache, prefix_key, restore
 
 
@@ -45,6 +46,15 @@ class Sequence:
     last_token: int = 0
 
 
+@dataclass
+class StepStats:
+    """Where the scheduler's time goes, summed over steps (the server exports them on /metrics)."""
+
+    steps: int = 0
+    host_seconds: float = 0.0  # building the next graph, sampling bookkeeping, detokenizing, emitting
+    wait_seconds: float = 0.0  # blocked on the device for a step's results
+
+
 class Scheduler:
     def __init__(self, model: Model, tokenizer, eos_token_ids: set[int], *, max_num_seqs: int = 8,
                  prefix_cache: PrefixCache | None = None, vision_cache: VisionCache | None = None):
@@ -56,6 +66,7 @@ class Scheduler:
         self.prefilling: Sequence | None = None
         self.running: list[Sequence] = []
         self.batch_cache: list[BatchKVCache] | None = None
+        self.stats = StepStats()
 
     # --- queue -------------------------------------------------------------------------------------
 
@@ -122,12 +133,11 @@ class Scheduler:
         sequence.chooser = TokenChooser(sequence.params, self.eos_token_ids | set(sequence.params.stop_token_ids))
         sequence.stream = TextStream(self.tokenizer, sequence.params, self.eos_token_ids, len(ids))
         grids = [image.grid_thw for image in prompt.images]
-        positions, delta = rope_index(ids, grids, image_token_id=config.image_token_id,
-                                      spatial_merge_size=config.vision_config.spatial_merge_size)
+        positions, delta = model.positions(ids, grids)
         sequence.key = prefix_key(ids, prompt.images, config.image_token_id)
         reused, entry = self.prefix_cache.lookup(sequence.key)
         reused = self._reusable(ids, min(reused, len(ids) - 1), config.image_token_id)
-        sequence.cache = restore(entry, reused) if reused else make_cache(model)
+        sequence.cache = restore(entry, reused) if reused else model.make_cache()
         sequence.cached_tokens = reused
 
         # Only images that start after the reused prefix are encoded (or fetched from the cache).
@@ -156,26 +166,26 @@ class Scheduler:
 
     def _forward(self) -> None:
         """The newcomer's next prefill chunk and one token for every running row, in one pass."""
-        decoder = self.model.language_model.model
+        model = self.model
         prefilling, running = self.prefilling, self.running
         spans, finishing = [], False
         if prefilling is not None:
-            start, end = prefilling.prefilled, prefilling.prefilled + PREFILL_CHUNK
+            start, end = prefilling.prefilled, prefilling.prefilled + prefill_chunk()
             spans.append(Span(prefilling.embeds[:, start:end], prefilling.positions[:, :, start:end], prefilling.cache))
             prefilling.prefilled = min(end, prefilling.embeds.shape[1])
             finishing = prefilling.prefilled == prefilling.embeds.shape[1]
         if running:
             tokens = mx.array([[s.last_token] for s in running])
             positions = np.broadcast_to(np.array([[s.next_position] for s in running]), (3, len(running), 1))
-            spans.append(Span(decoder.embed_tokens(tokens), mx.array(positions), self.batch_cache))
-        hidden = decoder.forward(spans, last_only=True)
+            spans.append(Span(model.embed_tokens(tokens), mx.array(positions), self.batch_cache))
+        hidden = model.hidden(spans, last_only=True)
 
         # One lm_head pass for the newcomer's last prompt position (when its prompt ends here) and the batch.
         sampled = ([prefilling] if finishing else []) + running
         last = ([hidden[0][:, -1]] if finishing else []) + ([hidden[-1][:, -1]] if running else [])
         chosen = {}
         if last:
-            logits = self.model.language_model.logits(mx.concatenate(last))
+            logits = model.logits(mx.concatenate(last))
             for row, sequence in enumerate(sampled):  # a row's own failure (its grammar) ends that row only
                 self._guard(sequence, lambda s=sequence, row=row: chosen.setdefault(
                     id(s), s.chooser(logits[row:row + 1])))

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ..runtime import device_name
 from . import chat, completions, embeddings, localize, playground
 from .content import ImagePolicy
-from .engine import Engine
+from ..engine.worker import Engine
 from .errors import error_response, install_error_handlers
 from .openapi import responses, text_responses
 from .protocol import Health, ModelCard, ModelList, dump

@@ -9,7 +9,8 @@ from fastapi import Request
 from pydantic import BaseModel
 
 from ..constrain import Grammar, SchemaError
-from ..generate import GenerationChunk, SamplingParams
+from ..engine.sampling import SamplingParams
+from ..engine.stream import GenerationChunk
 from ..prompt import Prompt
 from ..tokens import token_bytes
 from .content import ImagePolicy, to_parts

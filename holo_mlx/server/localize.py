@@ -1,6 +1,6 @@
 """POST /v1/localize (extension): screenshot + target -> click position, in the resized and the original image.
 
-Holo1.5's own localization prompt, decoded under a schema that keeps x and y inside the resized
+The model family's own localization prompt, decoded under its schema that keeps x and y inside the resized
 image, so the answer is always a position on the screenshot.
 """
 
@@ -9,7 +9,6 @@ import json
 
 from fastapi import APIRouter, Request
 
-from ..agent import localization_prompt, localization_schema
 from ..coordinates import map_point
 from .common import build_prompt, collect, ready_engine, reject_lone_surrogates, sampling_params
 from .content import to_part
@@ -29,18 +28,19 @@ async def localize(body: LocalizeRequest, request: Request):
     state = request.app.state
     reject_lone_surrogates(body)
     engine = ready_engine(request, body.model)
+    family = engine.model.family
     if not body.target.strip():
         raise APIError(400, "target must not be empty", param="target")
 
     def build():
         screenshot = to_part(screenshot_part(body.image), state.image_policy, "image", engine.prompts.process_image)
         return engine.prompts.build([{"role": "user", "content": [
-            screenshot, {"type": "text", "text": localization_prompt(body.target)}]}])
+            screenshot, {"type": "text", "text": family.localization_prompt(body.target)}]}])
 
     prompt = await build_prompt(build, "image")
     image = prompt.images[0]
     width, height = image.resized_size
-    grammar = await asyncio.to_thread(engine.grammars.json_schema, localization_schema(width, height))
+    grammar = await asyncio.to_thread(engine.grammars.json_schema, family.localization_schema(width, height))
     params = sampling_params(SamplingFields(temperature=0), max_tokens=MAX_TOKENS, prompt_tokens=len(prompt.input_ids),
                              context=engine.max_model_len, logprobs=None, prompt_param="image",
                              default_max_tokens=MAX_TOKENS, grammar=grammar)

@@ -13,9 +13,9 @@ import mlx.nn as nn
 import numpy as np
 
 from .config import VisionConfig
-from .kernels import attention
-from .layers import MLP, apply_rotary
-from .runtime import blas_threads_shared_by_lanes, joined, lanes, on_lanes
+from ...kernels import attention
+from ..layers import MLP, apply_rotary
+from ...runtime import blas_threads_shared_by_lanes, joined, lanes, on_lanes
 
 
 @dataclass

@@ -3,7 +3,7 @@
 import mlx.core as mx
 import mlx.nn as nn
 
-from .kernels import silu_gate
+from ..kernels import silu_gate
 
 
 def rotate_half(x: mx.array) -> mx.array:

@@ -8,9 +8,7 @@ vision `in_channels` / `patch_size`. Field names follow Hugging Face's.
 import inspect
 from dataclasses import dataclass, field
 
-
-class ConfigError(ValueError):
-    pass
+from ..base import ConfigError
 
 
 def _pick(cls, values: dict) -> dict:
@@ -122,3 +120,30 @@ class ModelConfig:
         top.pop("vision_config", None)
         top["eos_token_id"] = eos if isinstance(eos, list) else [eos]
         return cls(text_config=text_config, vision_config=vision_config, **top)
+
+
+def mlx_vlm_layout(raw: dict, config: "ModelConfig") -> dict:
+    """config.json in the transformers 4.x layout, the only one mlx-vlm 0.7.10 reads.
+
+    Text fields go to the root (a transformers 5 `text_config` is flattened, root keys winning
+    as in ModelConfig), M-RoPE goes to `rope_scaling`, and the vision config names its fields
+    both ways.
+    """
+    text = raw.get("text_config") or {}
+    out = {**text, **{key: value for key, value in raw.items() if key != "text_config"}}
+    for key in ("rope_parameters", "dtype"):
+        out.pop(key, None)
+    out["model_type"] = "qwen2_5_vl"
+    out["rope_scaling"] = {"type": "mrope", "mrope_section": config.text_config.mrope_section}
+    out["rope_theta"] = config.text_config.rope_theta
+    out["tie_word_embeddings"] = config.text_config.tie_word_embeddings  # mlx-vlm defaults to True
+    vision = config.vision_config
+    out["vision_config"] = {
+        **raw["vision_config"],
+        "model_type": "qwen2_5_vl",
+        "in_chans": vision.in_channels,
+        "in_channels": vision.in_channels,
+        "spatial_patch_size": vision.patch_size,
+        "patch_size": vision.patch_size,
+    }
+    return out

@@ -20,13 +20,13 @@ from pathlib import Path
 from .. import load
 from ..constrain import Grammars, SchemaError
 from ..embed import EmbeddingJob
-from ..engine.caches import PrefixCache, VisionCache
-from ..engine.scheduler import Scheduler, Sequence
-from ..generate import PREFILL_CHUNK, SamplingParams
+from .sampling import SamplingParams
 from ..runtime import device_name, release_freed_memory
-from .common import TokenStrings
-from .errors import APIError
-from .metrics import Metrics
+from ..server.common import TokenStrings
+from ..server.errors import APIError
+from ..server.metrics import Metrics
+from .caches import PrefixCache, VisionCache
+from .scheduler import Scheduler, Sequence
 
 log = logging.getLogger("holo_mlx.server")
 _DONE = None  # what a sequence emits after its last chunk
@@ -97,7 +97,7 @@ class Engine:
     def __init__(self, model_path: str | Path, *, max_side: int | None, max_pixels: int | None,
                  max_model_len: int | None = None, max_num_seqs: int = 8, max_waiting: int = 64,
                  prefix_cache_bytes: int = 1 << 30, vision_cache_bytes: int = 256 << 20,
-                 embedding_chunk: int = PREFILL_CHUNK):
+                 embedding_chunk: int = 512):
         self.model_path = str(model_path)
         self.max_side, self.max_pixels = max_side, max_pixels
         self.requested_max_model_len = max_model_len

@@ -7,9 +7,12 @@ model serves many requests at once.
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx_lm.models.cache import KVCache
 
 from .config import ModelConfig
+from ..base import Span
 from .language import LanguageModel
+from .rope import rope_index
 from .vision import VisionModel
 
 
@@ -43,6 +46,22 @@ class Model(nn.Module):
         if len(slots):
             embeds[mx.array(slots)] = image_features.astype(embeds.dtype)
         return embeds[None]
+
+    def embed_tokens(self, tokens: mx.array) -> mx.array:
+        return self.language_model.model.embed_tokens(tokens)
+
+    def positions(self, input_ids: list[int], grids: list[tuple[int, int, int]]) -> tuple[np.ndarray, int]:
+        return rope_index(input_ids, grids, image_token_id=self.config.image_token_id,
+                          spatial_merge_size=self.config.vision_config.spatial_merge_size)
+
+    def make_cache(self) -> list[KVCache]:
+        return [KVCache() for _ in self.language_model.model.layers]
+
+    def hidden(self, spans: list[Span], last_only: bool = False) -> list[mx.array]:
+        return self.language_model.model.forward(spans, last_only)
+
+    def logits(self, hidden: mx.array) -> mx.array:
+        return self.language_model.logits(hidden)
 
     def __call__(self, inputs_embeds: mx.array, positions: mx.array, cache=None) -> mx.array:
         """Logits (batch, length, vocab) for embeddings at M-RoPE positions (3, batch, length)."""

@@ -11,19 +11,10 @@ import mlx.nn as nn
 import numpy as np
 from mlx_lm.models.base import create_attention_mask
 
+from ..base import Span
 from .config import TextConfig
-from .kernels import attention
-from .layers import MLP, apply_rotary
-
-
-@dataclass
-class Span:
-    """Rows that attend together in a decoder pass: a prefill chunk, or the decode batch."""
-
-    embeds: mx.array  # (batch, length, dim)
-    positions: mx.array  # (3, batch, length) M-RoPE positions
-    cache: list | None = None  # one KV cache per layer
-    mask: mx.array | str | None = None  # None: causal over the cache
+from ...kernels import attention
+from ..layers import MLP, apply_rotary
 
 
 @dataclass

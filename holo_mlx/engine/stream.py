@@ -1,0 +1,85 @@
+"""Sampled tokens -> text chunks for the requester: exact UTF-8, stop strings held back, the end."""
+
+import time
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+from ..tokens import StreamingDecoder
+from .sampling import SamplingParams, TokenLogprob, token_logprob
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int
+    generation_tokens: int
+    prompt_tps: float
+    generation_tps: float
+    peak_memory_gb: float
+
+
+@dataclass
+class GenerationChunk:
+    text: str  # new text; may be empty while a possible stop string is held back
+    token: int | None
+    logprob: TokenLogprob | None = None
+    finish_reason: str | None = None  # "stop" or "length" on the last chunk
+    stats: GenerationStats | None = None  # on the last chunk
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest suffix of `text` that could still grow into a stop string."""
+    return max((n for stop in stops for n in range(min(len(stop) - 1, len(text)), 0, -1)
+                if stop.startswith(text[-n:])), default=0)
+
+
+class TextStream:
+    """Sampled tokens -> text chunks: detokenizes, holds back possible stop strings, decides the end."""
+
+    def __init__(self, tokenizer, params: SamplingParams, eos_token_ids: set[int], prompt_tokens: int):
+        self.params = params
+        self.decoder = StreamingDecoder(tokenizer)
+        self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else eos_token_ids)
+        self.prompt_tokens = prompt_tokens
+        self.text, self.emitted, self.count = "", 0, 0
+        self.started = time.perf_counter()
+        self.first_token_time: float | None = None
+
+    def add(self, token: int, logprobs: mx.array) -> GenerationChunk:
+        """The chunk for one more token; its finish_reason is set when generation must end."""
+        params = self.params
+        self.count += 1
+        if self.first_token_time is None:
+            self.first_token_time = time.perf_counter()
+        logprob = token_logprob(token, logprobs, params.logprobs)
+        finish = None
+        if token in self.stop_ids:
+            finish, piece = "stop", ""
+        else:
+            self.text += self.decoder.add(token)
+            text, emitted = self.text, self.emitted
+            hit = min((i for i in (text.find(s, max(0, emitted - len(s))) for s in params.stop) if i >= 0),
+                      default=-1)
+            if hit >= 0:
+                finish, piece = "stop", text[emitted:hit]
+            else:
+                if self.count >= params.max_tokens:
+                    self.text += self.decoder.finish()
+                    finish = "length"
+                safe = len(self.text) if finish else len(self.text) - _held_back(self.text, params.stop)
+                piece = self.text[emitted:safe]
+            self.emitted += len(piece)
+        return GenerationChunk(piece, token, logprob, finish, self.stats() if finish else None)
+
+    def stats(self) -> GenerationStats:
+        prompt_time = max(self.first_token_time - self.started, 1e-9)
+        decode_time = max(time.perf_counter() - self.first_token_time, 1e-9)
+        return GenerationStats(
+            prompt_tokens=self.prompt_tokens,
+            generation_tokens=self.count,
+            prompt_tps=self.prompt_tokens / prompt_time,
+            generation_tps=(self.count - 1) / decode_time if self.count > 1 else 0.0,
+            peak_memory_gb=mx.get_peak_memory() / 1e9,
+        )
+
+
