@@ -263,7 +263,7 @@ class HoloMLX(MLXBackend):
         from holo_mlx.generate import stream_generate
 
         params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
-        for _ in stream_generate(self.model, self.tokenizer, prompt, params, set(self.model.config.eos_token_id)):
+        for _ in stream_generate(self.model, self.tokenizer, prompt, params):
             on_token()
 
 

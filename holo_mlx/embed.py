@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import mlx.core as mx
 import numpy as np
 
+from .engine.prepare import PreparedPrompt
 from .models import VisionLanguageModel as Model
 from .models.base import Span
 from .runtime import prefill_chunk
@@ -56,11 +57,11 @@ class EmbeddingJob:
             yield from self._embed_chunked(index)
 
     def _embed_batch(self, indices: list[int]) -> np.ndarray:
-        inputs = [_Input(self.model, self.prompts[i]) for i in indices]
+        inputs = [PreparedPrompt(self.model, self.prompts[i]) for i in indices]
         length = max(item.length for item in inputs)
         embeds = mx.concatenate([mx.pad(item.embeds(0, item.length), [(0, 0), (0, length - item.length), (0, 0)])
                                  for item in inputs])
-        positions = np.zeros((3, len(inputs), length), dtype=np.int64)
+        positions = np.zeros((inputs[0].positions.shape[0], len(inputs), length), dtype=np.int64)
         valid = np.zeros((len(inputs), length), dtype=np.float32)
         for row, item in enumerate(inputs):
             positions[:, row, :item.length] = item.positions
@@ -72,17 +73,16 @@ class EmbeddingJob:
         return np.array(_normalized(pooled))
 
     def _embed_chunked(self, index: int) -> Iterator[None]:
-        item = _Input(self.model, self.prompts[index])
+        item = PreparedPrompt(self.model, self.prompts[index])
         cache = self.model.make_cache()
         for layer in cache:
             # One allocation of the whole length: growing 256 tokens at a time would copy the KV
             # at every step and leave a trail of ever larger freed buffers behind.
             layer.step = item.length
-        positions = mx.array(item.positions)[:, None, :]
         total = mx.zeros((self.model.config.text_config.hidden_size,), dtype=mx.float32)
         for start in range(0, item.length, self.chunk):
             end = min(start + self.chunk, item.length)
-            hidden = self.model.hidden([Span(item.embeds(start, end), positions[:, :, start:end], cache)])[0]
+            hidden = self.model.hidden([Span(item.embeds(start, end), item.position_slice(start, end), cache)])[0]
             total = total + hidden[0].astype(mx.float32).sum(axis=0)
             mx.eval(total, [c.state for c in cache])
             if end == item.length:
@@ -97,36 +97,6 @@ def embed_prompts(model: Model, prompts: list, chunk: int | None = None) -> np.n
     while not job.step():
         pass
     return job.vectors
-
-
-class _Input:
-    """One prompt's M-RoPE positions and its token embeddings by slice; each image is encoded once,
-    when the first slice that reaches it is asked for, and dropped once the slices have passed it."""
-
-    def __init__(self, model: Model, prompt):
-        self.model, self.prompt = model, prompt
-        self.length = len(prompt.input_ids)
-        grids = [image.grid_thw for image in prompt.images]
-        self.positions, _ = model.positions(prompt.input_ids, grids)
-        ids = np.asarray(prompt.input_ids)
-        is_image = np.concatenate([[0], ids == model.config.image_token_id, [0]]).astype(np.int8)
-        edges = np.flatnonzero(np.diff(is_image))
-        self.spans = list(zip(edges[::2].tolist(), edges[1::2].tolist()))  # [start, end) of each image's tokens
-        self.features: dict[int, mx.array] = {}
-
-    def embeds(self, start: int, end: int) -> mx.array:
-        """Token embeddings (1, end - start, hidden) of input_ids[start:end], image features in place."""
-        pieces = []
-        for number, (first, last) in enumerate(self.spans):
-            if first < end and last > start:
-                if number not in self.features:
-                    image = self.prompt.images[number]
-                    self.features[number] = self.model.encode_images([image.pixel_values], [image.grid_thw])
-                pieces.append(self.features[number][max(start, first) - first:min(end, last) - first])
-            if last <= end:
-                self.features.pop(number, None)
-        features = mx.concatenate(pieces) if pieces else None
-        return self.model.embed(self.prompt.input_ids[start:end], features)
 
 
 def _normalized(vectors: mx.array) -> mx.array:

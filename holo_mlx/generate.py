@@ -1,69 +1,48 @@
-"""Prefill, decode and text streaming for one request; `python -m holo_mlx.generate` CLI.
+"""`python -m holo_mlx.generate`: one prompt through the engine's scheduler, as the server runs it.
 
-All per-request state (KV cache, M-RoPE delta, sampler key, stop strings) lives in the
-generator's frame; the model stays stateless.
+stream_generate steps a scheduler of its own for one request, as vLLM's offline API drives the
+same engine as its server: there is one generation path.
 """
 
 import argparse
+from collections import deque
 from collections.abc import Iterator
 
 import mlx.core as mx
 
-from .engine.sampling import SamplingParams, TokenChooser
-from .engine.stream import GenerationChunk, TextStream
-from .models import VisionLanguageModel as Model
+from .engine.prepare import PreparedPrompt
+from .engine.sampling import SamplingParams
+from .engine.scheduler import Scheduler, Sequence
+from .engine.stream import GenerationChunk
+from .models import VisionLanguageModel
 from .models.base import Span
 from .runtime import prefill_chunk
 
 
-def prefill(model: Model, prompt, cache: list) -> tuple[mx.array, int]:
-    """Run the prompt through the model; returns the last position's logits (1, vocab) and the rope delta."""
-    images = prompt.images
-    grids = [image.grid_thw for image in images]
-    features = model.encode_images([image.pixel_values for image in images], grids) if images else None
-    embeds = model.embed(prompt.input_ids, features)
-    positions, delta = model.positions(prompt.input_ids, grids)
-    positions = mx.array(positions)[:, None, :]
-    chunk = prefill_chunk()
-    for start in range(0, embeds.shape[1], chunk):
-        end = start + chunk
-        hidden = model.hidden([Span(embeds[:, start:end], positions[:, :, start:end], cache)], last_only=True)[0]
-        mx.eval([c.state for c in cache])
-    return model.logits(hidden[:, -1]), delta
-
-
-def generate_tokens(model: Model, prompt, chooser: TokenChooser) -> Iterator[tuple[int, mx.array]]:
-    """Yield (token, log-probabilities) forever for one prompt."""
-    cache = model.make_cache()
-    logits, delta = prefill(model, prompt, cache)
-
-    def forward(token: mx.array) -> mx.array:
-        positions = mx.broadcast_to(mx.array(cache[0].offset + delta), (3, 1, 1))
-        embeds = model.embed_tokens(token.reshape(1, 1))
-        hidden = model.hidden([Span(embeds, positions, cache)])[0]
-        return model.logits(hidden[:, -1])
-
-    token, logprobs = chooser(logits)
-    mx.async_eval(token, logprobs)
-    while True:
-        # Queue the next step before handing this token out, so the device never idles.
-        next_token, next_logprobs = chooser(forward(token))
-        mx.async_eval(next_token, next_logprobs)
-        yield token.item(), logprobs[0]
-        token, logprobs = next_token, next_logprobs
-
-
-def stream_generate(model: Model, tokenizer, prompt, params: SamplingParams,
-                    eos_token_ids: set[int]) -> Iterator[GenerationChunk]:
+def stream_generate(model: VisionLanguageModel, tokenizer, prompt, params: SamplingParams) -> Iterator[GenerationChunk]:
     """Decoded text as it is generated; stop strings are never emitted."""
     mx.reset_peak_memory()
-    stream = TextStream(tokenizer, params, eos_token_ids, len(prompt.input_ids))
-    chooser = TokenChooser(params, eos_token_ids | set(params.stop_token_ids))
-    for token, logprobs in generate_tokens(model, prompt, chooser):
-        chunk = stream.add(token, logprobs)
-        yield chunk
-        if chunk.finish_reason:
+    scheduler, outputs = Scheduler(model, tokenizer, max_num_seqs=1), deque()
+    scheduler.add(Sequence(prompt, params, outputs.append))
+    while True:
+        while not outputs:
+            scheduler.step()
+        item = outputs.popleft()
+        if item is None:
             return
+        if isinstance(item, Exception):
+            raise item
+        yield item
+
+
+def prompt_logits(model: VisionLanguageModel, prompt) -> mx.array:
+    """Logits (vocab,) of the token after the prompt, prefilled chunk by chunk as generation does."""
+    prepared, cache = PreparedPrompt(model, prompt), model.make_cache()
+    for start in range(0, prepared.length, prefill_chunk()):
+        end = min(start + prefill_chunk(), prepared.length)
+        hidden = model.hidden([Span(prepared.embeds(start, end), prepared.position_slice(start, end), cache)],
+                              last_only=True)[0]
+    return model.logits(hidden[0, -1])
 
 
 def main() -> None:
@@ -91,7 +70,7 @@ def main() -> None:
     ]
     prompt = prompts.build(messages)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temp, top_p=args.top_p, seed=args.seed)
-    for chunk in stream_generate(model, prompts.tokenizer, prompt, params, set(model.config.eos_token_id)):
+    for chunk in stream_generate(model, prompts.tokenizer, prompt, params):
         print(chunk.text, end="", flush=True)
     stats = chunk.stats
     print(

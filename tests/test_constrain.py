@@ -63,7 +63,7 @@ def test_generation_stops_at_the_end_of_the_grammar(grammars, loaded):
     schema = localization_schema(640, 480)
     prompt = prompts.build([{"role": "user", "content": "Click OK."}])
     params = SamplingParams(max_tokens=64, temperature=1.0, seed=3, constraint=grammars.json_schema(schema).constraint())
-    chunks = list(stream_generate(model, prompts.tokenizer, prompt, params, EOS))
+    chunks = list(stream_generate(model, prompts.tokenizer, prompt, params))
     assert chunks[-1].finish_reason == "stop" and chunks[-1].token in EOS
     jsonschema.validate(json.loads("".join(chunk.text for chunk in chunks)), schema)
 

@@ -21,8 +21,7 @@ def loaded(hf_root_checkpoint):
 
 def run(loaded, params: SamplingParams, messages=MESSAGES):
     model, prompts = loaded
-    return list(stream_generate(model, prompts.tokenizer, prompts.build(messages), params,
-                                set(model.config.eos_token_id)))
+    return list(stream_generate(model, prompts.tokenizer, prompts.build(messages), params))
 
 
 def text_of(chunks) -> str:

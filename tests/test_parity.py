@@ -120,8 +120,7 @@ def test_greedy_decoding_matches_transformers(models, name):
     reference_tokens = output[0, ids.shape[1]:].tolist()
 
     params = SamplingParams(max_tokens=32, min_tokens=32)
-    chunks = list(stream_generate(model, prompts.tokenizer, prompts.build(messages), params,
-                                  set(model.config.eos_token_id)))
+    chunks = list(stream_generate(model, prompts.tokenizer, prompts.build(messages), params))
     assert [chunk.token for chunk in chunks] == reference_tokens
     assert chunks[-1].finish_reason == "length"
     assert "".join(chunk.text for chunk in chunks) == prompts.tokenizer.decode(reference_tokens)

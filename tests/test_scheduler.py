@@ -7,7 +7,7 @@ import pytest
 from holo_mlx import load
 from holo_mlx.engine.caches import PrefixCache, VisionCache
 from holo_mlx.engine.scheduler import Scheduler, Sequence
-from holo_mlx.engine.sampling import SamplingParams
+from holo_mlx.engine.sampling import SamplingParams, TokenChooser, choose
 from holo_mlx.generate import stream_generate
 from holo_mlx.models.base import Span
 from holo_mlx.testing import synthetic_screenshot
@@ -29,13 +29,13 @@ def loaded(hf_root_checkpoint):
 
 def sequential(loaded, prompt, params):
     model, prompts = loaded
-    return list(stream_generate(model, prompts.tokenizer, prompt, params, set(model.config.eos_token_id)))
+    return list(stream_generate(model, prompts.tokenizer, prompt, params))
 
 
 def run_batched(loaded, requests, *, max_num_seqs=8, stagger=0, prefix_bytes=0, vision_bytes=0):
     """Run (prompt, params) requests through one scheduler; each `stagger` steps one more joins."""
     model, prompts = loaded
-    scheduler = Scheduler(model, prompts.tokenizer, set(model.config.eos_token_id), max_num_seqs=max_num_seqs,
+    scheduler = Scheduler(model, prompts.tokenizer, max_num_seqs=max_num_seqs,
                           prefix_cache=PrefixCache(prefix_bytes, min_tokens=1), vision_cache=VisionCache(vision_bytes))
     outputs = [[] for _ in requests]
     sequences = [Sequence(prompt, params, outputs[i].append) for i, (prompt, params) in enumerate(requests)]
@@ -125,7 +125,7 @@ def test_last_only_pass_equals_the_last_rows_of_a_full_pass(loaded):
 def test_max_num_seqs_bounds_the_batch(loaded):
     requests = mixed_requests(loaded)
     model, prompts = loaded
-    scheduler = Scheduler(model, prompts.tokenizer, set(model.config.eos_token_id), max_num_seqs=2)
+    scheduler = Scheduler(model, prompts.tokenizer, max_num_seqs=2)
     outputs = [[] for _ in requests]
     for (prompt, params), output in zip(requests, outputs):
         scheduler.add(Sequence(prompt, params, output.append))
@@ -182,7 +182,7 @@ def test_vision_cache_reuses_features(loaded):
 def test_cancelled_sequence_leaves_the_batch(loaded):
     requests = mixed_requests(loaded)
     model, prompts = loaded
-    scheduler = Scheduler(model, prompts.tokenizer, set(model.config.eos_token_id))
+    scheduler = Scheduler(model, prompts.tokenizer)
     outputs = [[] for _ in requests]
     sequences = [Sequence(p, SamplingParams(max_tokens=200, ignore_eos=True), o.append)
                  for (p, _), o in zip(requests, outputs)]
@@ -202,7 +202,7 @@ def test_identical_requests_are_separate_rows_when_one_is_cancelled(loaded):
     messages = user("Where is the search field?", synthetic_screenshot(160, 120, seed=3))
     params = SamplingParams(max_tokens=10, ignore_eos=True)
     expected = tokens(sequential(loaded, prompts.build(messages), params))
-    scheduler = Scheduler(model, prompts.tokenizer, set(model.config.eos_token_id))
+    scheduler = Scheduler(model, prompts.tokenizer)
     outputs = [[] for _ in range(3)]
     sequences = [Sequence(prompts.build(messages), params, output.append) for output in outputs]
     for sequence in sequences:
@@ -244,7 +244,7 @@ def test_a_row_whose_constraint_fails_ends_alone(loaded, fail_at):
     sequences = [Sequence(p, params, o.append) for (p, params), o in zip(requests, outputs)]
     sequences.insert(1, Sequence(requests[0][0], failing, outputs[-1].append))
     model, prompts = loaded
-    scheduler = Scheduler(model, prompts.tokenizer, set(model.config.eos_token_id))
+    scheduler = Scheduler(model, prompts.tokenizer)
     for sequence in sequences:
         scheduler.add(sequence)
     while scheduler.has_work():
@@ -252,3 +252,58 @@ def test_a_row_whose_constraint_fails_ends_alone(loaded, fail_at):
     assert isinstance(outputs[-1][-1], ValueError) and len(outputs[-1]) == fail_at
     for output, want in zip(outputs[:-1], expected):
         assert output[-1] is None and tokens(output[:-1]) == want
+
+
+def test_each_step_is_queued_before_the_previous_one_is_handed_out(loaded):
+    """Pipelining, by an observable: when a token's chunk reaches the requester, the step that
+    computes the next token has already been queued on the device (free text and a grammar row)."""
+    model, prompts = loaded
+    for constraint in (None, FailingConstraint(model.config.text_config.vocab_size, fail_at=0)):  # 0: never fails
+        scheduler = Scheduler(model, prompts.tokenizer)
+        queued_at_emit = []
+        sequence = Sequence(prompts.build(user("Say hello.")),
+                            SamplingParams(max_tokens=6, ignore_eos=True, constraint=constraint),
+                            lambda chunk: queued_at_emit.append(scheduler.stats.steps) if chunk else None)
+        scheduler.add(sequence)
+        while scheduler.has_work():
+            scheduler.step()
+        # One prefill step gives the first token; token k is handed out once step k + 1 is queued.
+        assert queued_at_emit == [k + 1 for k in range(1, 7)]
+        assert scheduler.stats.wait_seconds >= 0 and scheduler.stats.host_seconds > 0
+
+
+def test_sampled_rows_of_a_batch_equal_their_runs_alone(loaded):
+    """One sampling call per step for the whole batch: greedy rows, seeded rows in groups of equal
+    top-p/top-k, and an unseeded row; a seeded row's tokens do not depend on its batch-mates."""
+    _, prompts = loaded
+    seeded = [SamplingParams(max_tokens=8, temperature=0.8, top_p=0.9, seed=5, ignore_eos=True),
+              SamplingParams(max_tokens=8, temperature=1.3, top_p=0.9, seed=6, ignore_eos=True),
+              SamplingParams(max_tokens=8, temperature=1.0, top_k=7, seed=7, ignore_eos=True),
+              SamplingParams(max_tokens=8, ignore_eos=True)]
+    requests = [(prompts.build(user(text)), params)
+                for text, params in zip(["Say hello.", "Count to three.", "Where is OK?", "Describe."], seeded)]
+    requests.append((prompts.build(user("Anything.")), SamplingParams(max_tokens=8, temperature=1.0, ignore_eos=True)))
+    batched, _, _ = run_batched(loaded, requests)
+    for (prompt, params), chunks in zip(requests[:4], batched):
+        assert tokens(chunks) == tokens(sequential(loaded, prompt, params))
+    assert len(batched[4]) == 8
+
+
+def test_log_probabilities_only_for_the_rows_that_ask(loaded):
+    model, prompts = loaded
+    asks = [None, 0, 3, None]
+    requests = [(prompts.build(user(f"Question {n}.")), SamplingParams(max_tokens=4, logprobs=ask, ignore_eos=True))
+                for n, ask in enumerate(asks)]
+    batched, _, _ = run_batched(loaded, requests)
+    for (prompt, params), chunks, ask in zip(requests, batched, asks):
+        if ask is None:
+            assert all(chunk.logprob is None for chunk in chunks)
+            continue
+        alone = sequential(loaded, prompt, params)
+        for chunk, reference in zip(chunks, alone):
+            assert len(chunk.logprob.top) == ask
+            assert chunk.logprob.logprob == pytest.approx(reference.logprob.logprob, abs=1e-5)
+    # The step computes them for the asking rows only, and only the largest top-k asked for.
+    choosers = [TokenChooser(params, set(), model.config.text_config.vocab_size) for _, params in requests]
+    choice = choose(mx.zeros((4, model.config.text_config.vocab_size)), choosers, [None] * 4)
+    assert choice.asking == [1, 2] and choice.chosen.shape == (2,) and choice.top_ids.shape == (2, 3)

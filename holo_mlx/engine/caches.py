@@ -100,7 +100,7 @@ class PrefixCache(LRUBytes):
         if length < self.min_tokens:
             return
         layers = [(c.keys[..., :length, :], c.values[..., :length, :]) for c in cache]
-        mx.eval(layers)
+        mx.async_eval(layers)  # copies of the prefix, made while the device runs the next step
         size = sum(k.nbytes + v.nbytes for k, v in layers)
         self.put(key[:length].tobytes(), PrefixEntry(key[:length].copy(), layers), size)
 

@@ -1,28 +1,32 @@
-"""Continuous batching: requests join and leave one running decode batch between steps.
+"""Continuous batching, pipelined: the only place tokens are generated.
 
-Each step: drop cancelled requests, then one decoder pass that advances the prefill of at most one
-newcomer by one chunk (so a 1.2k-token screenshot never freezes the batch for its whole prefill)
-and decodes one token for every running request: the chunk and the batch share one read of the
-weights. A request's KV lives in its own cache while it prefills and in a row of
-the shared left-padded BatchKVCache once it decodes; its rope delta, sampler and text stream stay
-on its Sequence.
+Each step is one decoder pass that advances the prefill of at most one newcomer by one chunk (so a
+long screenshot never freezes the batch) and decodes one token for every running request: the
+chunk and the batch share one read of the weights. The step is queued (mx.async_eval) before the
+host reads the previous step's tokens, detokenizes, checks stop strings and emits them, so the
+device works on step N+1 while the host handles step N, as mlx-lm's generate does. A row that
+ends at step N was already computed in step N+1; that result is dropped.
+
+A request's KV lives in its own cache while it prefills and in a row of the shared left-padded
+BatchKVCache once it decodes; its positions, sampler and text stream stay on its Sequence.
 """
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import mlx.core as mx
-import numpy as np
 from mlx_lm.models.cache import BatchKVCache
 
-from ..runtime import prefill_chunk
-from .sampling import SamplingParams, TokenChooser
-from .stream import GenerationChunk, TextStream
-from ..models import VisionLanguageModel as Model
+from ..models import VisionLanguageModel
 from ..models.base import Span
-from .caches import PrefixCache, VisionCache, prefix_key, restore
+from ..runtime import prefill_chunk
+from .caches import PrefixCache, VisionCache, restore
+from .prepare import PreparedPrompt
+from .sampling import Choice, SamplingParams, TokenChooser, choose
+from .stream import GenerationChunk, TextStream
 
 
 @dataclass(eq=False)  # identity: two identical requests are still two rows of the batch
@@ -35,15 +39,25 @@ class Sequence:
     cancelled: threading.Event = field(default_factory=threading.Event)
     cached_tokens: int = 0
     # set when the sequence starts
+    prepared: PreparedPrompt | None = None
     chooser: TokenChooser | None = None
     stream: TextStream | None = None
-    cache: list | None = None
-    key: np.ndarray | None = None
-    embeds: mx.array | None = None
-    positions: mx.array | None = None
-    prefilled: int = 0
-    next_position: int = 0  # M-RoPE position of last_token (all three axes), from the request's rope delta
-    last_token: int = 0
+    cache: list | None = None  # its own caches while it prefills
+    prefilled: int = 0  # prompt tokens in its cache
+    generated: int = 0  # tokens sampled so far, read or still in flight
+    finished: bool = False
+
+    @property
+    def live(self) -> bool:
+        return not (self.finished or self.cancelled.is_set())
+
+
+@dataclass
+class Step:
+    """A queued step: the sequences it sampled, in row order, and their lazy choices."""
+
+    rows: list[Sequence]
+    choice: Choice
 
 
 @dataclass
@@ -56,9 +70,10 @@ class StepStats:
 
 
 class Scheduler:
-    def __init__(self, model: Model, tokenizer, eos_token_ids: set[int], *, max_num_seqs: int = 8,
+    def __init__(self, model: VisionLanguageModel, tokenizer, *, max_num_seqs: int = 8,
                  prefix_cache: PrefixCache | None = None, vision_cache: VisionCache | None = None):
-        self.model, self.tokenizer, self.eos_token_ids = model, tokenizer, eos_token_ids
+        self.model, self.tokenizer = model, tokenizer
+        self.eos_token_ids = set(model.config.eos_token_id)
         self.max_num_seqs = max_num_seqs
         self.prefix_cache = prefix_cache or PrefixCache(0)
         self.vision_cache = vision_cache or VisionCache(0)
@@ -66,6 +81,7 @@ class Scheduler:
         self.prefilling: Sequence | None = None
         self.running: list[Sequence] = []
         self.batch_cache: list[BatchKVCache] | None = None
+        self.pending: Step | None = None  # queued, not yet read
         self.stats = StepStats()
 
     # --- queue -------------------------------------------------------------------------------------
@@ -74,141 +90,161 @@ class Scheduler:
         self.waiting.append(sequence)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.prefilling or self.running)
+        return bool(self.waiting or self.prefilling or self.running or self.pending)
 
     def step(self) -> None:
+        started, waited = time.perf_counter(), self.stats.wait_seconds
         self._drop_cancelled()
         if self.prefilling is None and self.waiting and len(self.running) < self.max_num_seqs:
             sequence = self.waiting.popleft()
             self._guard(sequence, self._start, sequence)
-        if self.prefilling is None and not self.running:
-            return
         try:
-            self._forward()
+            self._step()
         except Exception as error:  # a failed pass fails the requests in it, not the engine
-            for sequence in [*filter(None, [self.prefilling]), *self.running]:
+            for sequence in {id(s): s for s in self._in_flight()}.values():
                 sequence.emit(error)
-            self.prefilling, self.running, self.batch_cache = None, [], None
+            self.prefilling, self.running, self.batch_cache, self.pending = None, [], None, None
+        self.stats.host_seconds += time.perf_counter() - started - (self.stats.wait_seconds - waited)
 
     def fail_all(self, error: Exception) -> None:
         """End every request with `error` and start empty: for a failure outside one request's work."""
-        for sequence in [*self.waiting, *filter(None, [self.prefilling]), *self.running]:
+        for sequence in {id(s): s for s in [*self.waiting, *self._in_flight()]}.values():
             sequence.emit(error)
-        self.waiting, self.prefilling, self.running, self.batch_cache = deque(), None, [], None
+        self.waiting, self.prefilling, self.running, self.batch_cache, self.pending = deque(), None, [], None, None
 
-    def _guard(self, sequence: Sequence, work, *args) -> bool:
-        """Run one request's own work; a failure ends that request only (and counts as finished)."""
+    def _in_flight(self) -> list[Sequence]:
+        rows = self.pending.rows if self.pending else []
+        return [s for s in [*filter(None, [self.prefilling]), *self.running, *rows] if s.live]
+
+    def _guard(self, sequence: Sequence, work, *args) -> None:
+        """Run one request's own work; a failure ends that request only."""
         try:
-            return work(*args)
+            work(*args)
         except Exception as error:
-            if self.prefilling is sequence:
-                self.prefilling = None
-            sequence.emit(error)
-            return True
+            self._fail(sequence, error)
+
+    def _fail(self, sequence: Sequence, error: Exception) -> None:
+        if self.prefilling is sequence:
+            self.prefilling = None
+        sequence.finished = True
+        sequence.emit(error)
 
     def _drop_cancelled(self) -> None:
         self.waiting = deque(s for s in self.waiting if not s.cancelled.is_set())
         if self.prefilling is not None and self.prefilling.cancelled.is_set():
             self.prefilling = None
-        self._keep([s for s in self.running if not s.cancelled.is_set()])
+        self._keep_live()
 
-    def _keep(self, sequences: list[Sequence]) -> None:
-        if len(sequences) == len(self.running):
+    def _keep_live(self) -> None:
+        """Drop the batch rows whose sequence ended or was cancelled."""
+        kept = [row for row, s in enumerate(self.running) if s.live]
+        if len(kept) == len(self.running):
             return
-        if not sequences:
+        if not kept:
             self.running, self.batch_cache = [], None
             return
-        kept = set(map(id, sequences))
-        rows = mx.array([row for row, s in enumerate(self.running) if id(s) in kept])
         for cache in self.batch_cache:
-            cache.filter(rows)
-        self.running = sequences
+            cache.filter(mx.array(kept))
+        self.running = [self.running[row] for row in kept]
 
     # --- prefill -----------------------------------------------------------------------------------
 
     def _start(self, sequence: Sequence) -> None:
-        model, prompt = self.model, sequence.prompt
-        config = model.config
-        ids = prompt.input_ids
-        sequence.chooser = TokenChooser(sequence.params, self.eos_token_ids | set(sequence.params.stop_token_ids))
-        sequence.stream = TextStream(self.tokenizer, sequence.params, self.eos_token_ids, len(ids))
-        grids = [image.grid_thw for image in prompt.images]
-        positions, delta = model.positions(ids, grids)
-        sequence.key = prefix_key(ids, prompt.images, config.image_token_id)
-        reused, entry = self.prefix_cache.lookup(sequence.key)
-        reused = self._reusable(ids, min(reused, len(ids) - 1), config.image_token_id)
+        model, params = self.model, sequence.params
+        prepared = PreparedPrompt(model, sequence.prompt, self.vision_cache)
+        sequence.prepared = prepared
+        sequence.chooser = TokenChooser(params, self.eos_token_ids, model.config.text_config.vocab_size)
+        sequence.stream = TextStream(self.tokenizer, params, self.eos_token_ids, prepared.length)
+        reused, entry = self.prefix_cache.lookup(prepared.key)
+        reused = prepared.reusable(reused)
         sequence.cache = restore(entry, reused) if reused else model.make_cache()
-        sequence.cached_tokens = reused
-
-        # Only images that start after the reused prefix are encoded (or fetched from the cache).
-        image_starts = np.flatnonzero(np.diff(np.concatenate([[0], np.asarray(ids) == config.image_token_id])) == 1)
-        fresh = [image for image, start in zip(prompt.images, image_starts) if start >= reused]
-        features = None
-        if fresh:
-            features = mx.concatenate([self.vision_cache.features(image, self._encode) for image in fresh])
-        sequence.embeds = model.embed(ids[reused:], features)
-        sequence.positions = mx.array(positions[:, reused:])[:, None, :]
-        sequence.prefilled = 0
-        sequence.next_position = len(ids) + delta - 1  # advanced as each sampled token is fed back
+        sequence.cached_tokens = sequence.prefilled = reused
         self.prefilling = sequence
 
-    def _encode(self, image) -> mx.array:
-        return self.model.encode_images([image.pixel_values], [image.grid_thw])
+    # --- one step -----------------------------------------------------------------------------------
 
-    @staticmethod
-    def _reusable(ids: list[int], length: int, image_token_id: int) -> int:
-        """Back a prefix match off to an image boundary: images are encoded whole."""
-        while 0 < length < len(ids) and ids[length] == image_token_id and ids[length - 1] == image_token_id:
-            length -= 1
-        return length
+    def _step(self) -> None:
+        """Queue the next pass, then hand out the previous one's tokens while the device runs."""
+        previous, self.pending = self.pending, None
+        if previous is not None:
+            self._join(previous)
+        finishing, spans = self._spans(previous)
+        sampled = finishing + self.running
+        if spans:
+            hidden = self.model.hidden(spans, last_only=True)
+            states = [c.state for c in self.prefilling.cache] if self.prefilling is not None else []
+            if not sampled:  # a prefill chunk alone
+                self._queue(states)
+            elif any(s.params.constraint is not None for s in sampled):
+                # A grammar's next mask needs the previous token on the host: the pass runs meanwhile.
+                logits = self._logits(hidden, finishing)
+                self._queue(logits, states)
+                if previous is not None:
+                    self._hand_out(previous)
+                    previous = None
+                self.pending = Step(sampled, self._choose(logits, sampled))
+                mx.async_eval(self.pending.choice.arrays())
+            else:
+                self.pending = Step(sampled, self._choose(self._logits(hidden, finishing), sampled))
+                self._queue(self.pending.choice.arrays(), states)
+        if previous is not None:
+            self._hand_out(previous)
 
-    # --- one decoder pass ---------------------------------------------------------------------------
+    def _queue(self, *arrays) -> None:
+        mx.async_eval(*arrays)
+        self.stats.steps += 1
 
-    def _forward(self) -> None:
-        """The newcomer's next prefill chunk and one token for every running row, in one pass."""
-        model = self.model
-        prefilling, running = self.prefilling, self.running
-        spans, finishing = [], False
-        if prefilling is not None:
-            start, end = prefilling.prefilled, prefilling.prefilled + prefill_chunk()
-            spans.append(Span(prefilling.embeds[:, start:end], prefilling.positions[:, :, start:end], prefilling.cache))
-            prefilling.prefilled = min(end, prefilling.embeds.shape[1])
-            finishing = prefilling.prefilled == prefilling.embeds.shape[1]
-        if running:
-            tokens = mx.array([[s.last_token] for s in running])
-            positions = np.broadcast_to(np.array([[s.next_position] for s in running]), (3, len(running), 1))
-            spans.append(Span(model.embed_tokens(tokens), mx.array(positions), self.batch_cache))
-        hidden = model.hidden(spans, last_only=True)
+    def _spans(self, previous: Step | None) -> tuple[list[Sequence], list[Span]]:
+        """The newcomer's next prefill chunk and the running batch's next token as decoder spans,
+        and the newcomer when its prompt ends in this chunk."""
+        spans, finishing = [], []
+        if (sequence := self.prefilling) is not None:
+            prepared = sequence.prepared
+            start, end = sequence.prefilled, min(sequence.prefilled + prefill_chunk(), prepared.length)
+            spans.append(Span(prepared.embeds(start, end), prepared.position_slice(start, end), sequence.cache))
+            sequence.prefilled = end
+            if end == prepared.length:
+                finishing.append(sequence)
+        if self.running:
+            axes = self.running[0].prepared.positions.shape[0]
+            positions = mx.array([[s.prepared.next_position(s.generated)] for s in self.running])
+            embeds = self.model.embed_tokens(self._fed_back(previous)[:, None])
+            spans.append(Span(embeds, mx.broadcast_to(positions[None], (axes, len(self.running), 1)), self.batch_cache))
+        return finishing, spans
 
-        # One lm_head pass for the newcomer's last prompt position (when its prompt ends here) and the batch.
-        sampled = ([prefilling] if finishing else []) + running
-        last = ([hidden[0][:, -1]] if finishing else []) + ([hidden[-1][:, -1]] if running else [])
-        chosen = {}
-        if last:
-            logits = model.logits(mx.concatenate(last))
-            for row, sequence in enumerate(sampled):  # a row's own failure (its grammar) ends that row only
-                self._guard(sequence, lambda s=sequence, row=row: chosen.setdefault(
-                    id(s), s.chooser(logits[row:row + 1])))
-        mx.eval(list(chosen.values()), [c.state for c in prefilling.cache] if prefilling is not None else [])
-        picks = {key: (token.item(), logprobs[0]) for key, (token, logprobs) in chosen.items()}
+    def _logits(self, hidden: list[mx.array], finishing: list[Sequence]) -> mx.array:
+        """One lm_head pass over the newcomer's last prompt position (when its prompt ends here)
+        and the batch's rows, in that order."""
+        last = ([hidden[0][:, -1]] if finishing else []) + ([hidden[-1][:, -1]] if self.running else [])
+        return self.model.logits(mx.concatenate(last))
 
-        kept = []
-        for sequence in running:
-            if id(sequence) in picks and not self._guard(sequence, self._emit, sequence, *picks[id(sequence)]):
-                kept.append(sequence)
-        self._keep(kept)
-        if finishing and id(prefilling) in picks:
-            self._guard(prefilling, self._join, prefilling, *picks[id(prefilling)])
-        elif finishing:
-            self.prefilling = None
+    def _fed_back(self, previous: Step) -> mx.array:
+        """Each running row's last sampled token, still lazy: one gather from the previous step."""
+        index = {id(s): row for row, s in enumerate(previous.rows)}
+        rows = [index[id(s)] for s in self.running]
+        tokens = previous.choice.tokens
+        return tokens if rows == list(range(len(previous.rows))) else tokens[mx.array(rows)]
 
-    def _join(self, sequence: Sequence, token: int, logprobs: mx.array) -> None:
-        """A prefilled newcomer: cache its prompt, hand out its first token, move it into the batch."""
-        self.prefilling = None
-        self.prefix_cache.store(sequence.key, sequence.cache)
-        sequence.embeds = sequence.positions = None
-        if self._emit(sequence, token, logprobs):
+    def _choose(self, logits: mx.array, sampled: list[Sequence]) -> Choice:
+        masks = []
+        for sequence in sampled:  # a row's own failure (its grammar) ends that row only
+            mask = None
+            if sequence.live:
+                try:
+                    mask = sequence.chooser.allowed()
+                except Exception as error:
+                    self._fail(sequence, error)
+            masks.append(mask)
+            sequence.generated += 1
+        return choose(logits, [s.chooser for s in sampled], masks)
+
+    def _join(self, previous: Step) -> None:
+        """A newcomer whose prompt ended in the previous step joins the batch for this one."""
+        sequence = self.prefilling
+        if sequence is None or sequence not in previous.rows:
             return
+        self.prefilling = None
+        self.prefix_cache.store(sequence.prepared.key, sequence.cache)
         rows = [BatchKVCache.merge([layer]) for layer in sequence.cache]
         sequence.cache = None
         if self.batch_cache is None:
@@ -218,13 +254,24 @@ class Scheduler:
                 cache.extend(row)
         self.running.append(sequence)
 
-    def _emit(self, sequence: Sequence, token: int, logprobs: mx.array) -> bool:
-        """Hand one token's chunk to the requester; True when the sequence has finished."""
-        chunk: GenerationChunk = sequence.stream.add(token, logprobs)
+    # --- handing out ---------------------------------------------------------------------------------
+
+    def _hand_out(self, step: Step) -> None:
+        """Read a step's tokens and give each live row its chunk; rows that end leave the batch."""
+        waited = time.perf_counter()
+        picks = step.choice.read([s.chooser for s in step.rows])
+        self.stats.wait_seconds += time.perf_counter() - waited
+        for sequence, (token, logprob) in zip(step.rows, picks):
+            if sequence.live:
+                self._guard(sequence, self._emit, sequence, token, logprob)
+        self._keep_live()
+
+    def _emit(self, sequence: Sequence, token: int, logprob) -> None:
+        """Hand one token's chunk to the requester; the last one ends the sequence."""
+        if sequence.params.constraint is not None:
+            sequence.params.constraint.advance(token)
+        chunk: GenerationChunk = sequence.stream.add(token, logprob)
         sequence.emit(chunk)
-        sequence.last_token = token
-        sequence.next_position += 1
         if chunk.finish_reason:
+            sequence.finished = True
             sequence.emit(None)
-            return True
-        return False

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from ..tokens import StreamingDecoder
-from .sampling import SamplingParams, TokenLogprob, token_logprob
+from .sampling import SamplingParams, TokenLogprob
 
 
 @dataclass
@@ -39,19 +39,18 @@ class TextStream:
     def __init__(self, tokenizer, params: SamplingParams, eos_token_ids: set[int], prompt_tokens: int):
         self.params = params
         self.decoder = StreamingDecoder(tokenizer)
-        self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else eos_token_ids)
+        self.stop_ids = params.stop_ids(eos_token_ids)
         self.prompt_tokens = prompt_tokens
         self.text, self.emitted, self.count = "", 0, 0
         self.started = time.perf_counter()
         self.first_token_time: float | None = None
 
-    def add(self, token: int, logprobs: mx.array) -> GenerationChunk:
+    def add(self, token: int, logprob: TokenLogprob | None) -> GenerationChunk:
         """The chunk for one more token; its finish_reason is set when generation must end."""
         params = self.params
         self.count += 1
         if self.first_token_time is None:
             self.first_token_time = time.perf_counter()
-        logprob = token_logprob(token, logprobs, params.logprobs)
         finish = None
         if token in self.stop_ids:
             finish, piece = "stop", ""
