@@ -1,0 +1,79 @@
+"""The interface between a model family and the rest of holo-mlx.
+
+`Family` says how to read a checkpoint (config, weight names, image processor) and how its
+checkpoints expect to be prompted (localization prompt and schema, coordinate convention).
+`VisionLanguageModel` is what the engine calls on a built model: nothing else of a family's
+modules is reached from outside holo_mlx/models/.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import mlx.core as mx
+import numpy as np
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class Span:
+    """Rows that attend together in a decoder pass: a prefill chunk, or the decode batch."""
+
+    embeds: mx.array  # (batch, length, dim)
+    positions: mx.array  # (3, batch, length) M-RoPE positions
+    cache: list | None = None  # one KV cache per layer
+    mask: mx.array | str | None = None  # None: causal over the cache
+
+
+class VisionLanguageModel(Protocol):
+    """A built model: weights only, every per-request state (caches, positions) is the caller's.
+
+    `config` has `text_config.vocab_size`, `text_config.hidden_size`,
+    `text_config.max_position_embeddings`, `image_token_id` and `eos_token_id` (a list).
+    """
+
+    config: Any
+    dtype: mx.Dtype
+
+    def encode_images(self, pixel_values: list[np.ndarray], grids: list[tuple[int, int, int]]) -> mx.array:
+        """Features for every image token of these images, in order: (tokens, hidden_size)."""
+
+    def embed(self, input_ids: list[int], image_features: mx.array | None) -> mx.array:
+        """Token embeddings (1, length, hidden) with image features placed at the image tokens."""
+
+    def embed_tokens(self, tokens: mx.array) -> mx.array:
+        """Embeddings of token ids of any shape (decode steps feed sampled tokens back)."""
+
+    def positions(self, input_ids: list[int], grids: list[tuple[int, int, int]]) -> tuple[np.ndarray, int]:
+        """Rotary positions (axes, length) of a prompt and the delta that maps a cache offset to the
+        next decode position (every axis advances together while decoding)."""
+
+    def make_cache(self) -> list:
+        """Fresh per-layer caches for one sequence (mlx-lm cache objects)."""
+
+    def hidden(self, spans: list, last_only: bool = False) -> list[mx.array]:
+        """Final hidden states of independent `Span`s in one decoder pass."""
+
+    def logits(self, hidden: mx.array) -> mx.array:
+        """Vocabulary logits of hidden states."""
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # the registry key, e.g. "qwen2_5_vl"
+    description: str  # for people: "Holo1.5 / Qwen2.5-VL"
+    model_types: tuple[str, ...]  # config.json model_type values it reads
+    architectures: tuple[str, ...]  # config.json architectures it reads
+    config: Callable[[dict], Any]  # config.json -> the family's config dataclass (ConfigError if unusable)
+    model: Callable[[Any], VisionLanguageModel]  # config -> modules whose attribute names are checkpoint keys
+    sanitize: Callable[[dict], dict]  # checkpoint tensors -> tensors under the modules' names
+    mlx_config: Callable[[dict, Any], dict]  # (config.json, config) -> the config.json a converted folder gets
+    image_processor: Callable[[Path], Any]  # model folder -> holo_mlx.image.ImageProcessorConfig
+    localization_prompt: Callable[[str], str]  # target description -> the instruction it was trained on
+    localization_schema: Callable[[int, int], dict]  # (width, height) of the image seen -> answer schema
+    # How the answer's coordinates relate to the image the model saw: "pixels" of the resized image.
+    coordinates: str = "pixels"
