@@ -78,7 +78,7 @@ class Grammars:
 
     @property
     def tokenizer(self) -> llguidance.LLTokenizer:
-        """Built on first use: it walks the whole vocabulary (about 2 s for Qwen's 151k tokens)."""
+        """Built on first use: it walks the whole vocabulary."""
         with self._lock:
             if self._tokenizer is None:
                 # The model's vocabulary is padded past the tokenizer's: the grammar never allows the padding.

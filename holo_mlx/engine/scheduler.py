@@ -66,7 +66,9 @@ class StepStats:
 
     steps: int = 0
     host_seconds: float = 0.0  # building the next graph, sampling bookkeeping, detokenizing, emitting
-    wait_seconds: float = 0.0  # blocked on the device for a step's results
+    # Blocked on the device: reading a step's results, and inside async_eval where the backend
+    # runs the work on the calling thread (MLX's CPU backend does).
+    wait_seconds: float = 0.0
 
 
 class Scheduler:
@@ -95,26 +97,30 @@ class Scheduler:
     def step(self) -> None:
         started, waited = time.perf_counter(), self.stats.wait_seconds
         self._drop_cancelled()
-        if self.prefilling is None and self.waiting and len(self.running) < self.max_num_seqs:
-            sequence = self.waiting.popleft()
-            self._guard(sequence, self._start, sequence)
         try:
+            if self.pending is not None:
+                self._join(self.pending)
+            if self.prefilling is None and self.waiting and len(self.running) < self.max_num_seqs:
+                sequence = self.waiting.popleft()
+                self._guard(sequence, self._start, sequence)
             self._step()
         except Exception as error:  # a failed pass fails the requests in it, not the engine
-            for sequence in {id(s): s for s in self._in_flight()}.values():
+            for sequence in self._in_flight():
                 sequence.emit(error)
             self.prefilling, self.running, self.batch_cache, self.pending = None, [], None, None
         self.stats.host_seconds += time.perf_counter() - started - (self.stats.wait_seconds - waited)
 
     def fail_all(self, error: Exception) -> None:
         """End every request with `error` and start empty: for a failure outside one request's work."""
-        for sequence in {id(s): s for s in [*self.waiting, *self._in_flight()]}.values():
+        for sequence in [*self.waiting, *self._in_flight()]:
             sequence.emit(error)
         self.waiting, self.prefilling, self.running, self.batch_cache, self.pending = deque(), None, [], None, None
 
     def _in_flight(self) -> list[Sequence]:
+        """Live sequences past the queue, each once (the newcomer may also be a row of the pending step)."""
         rows = self.pending.rows if self.pending else []
-        return [s for s in [*filter(None, [self.prefilling]), *self.running, *rows] if s.live]
+        found = {id(s): s for s in [*filter(None, [self.prefilling]), *self.running, *rows] if s.live}
+        return list(found.values())
 
     def _guard(self, sequence: Sequence, work, *args) -> None:
         """Run one request's own work; a failure ends that request only."""
@@ -166,11 +172,10 @@ class Scheduler:
     def _step(self) -> None:
         """Queue the next pass, then hand out the previous one's tokens while the device runs."""
         previous, self.pending = self.pending, None
-        if previous is not None:
-            self._join(previous)
         finishing, spans = self._spans(previous)
         sampled = finishing + self.running
         if spans:
+            self.stats.steps += 1
             hidden = self.model.hidden(spans, last_only=True)
             states = [c.state for c in self.prefilling.cache] if self.prefilling is not None else []
             if not sampled:  # a prefill chunk alone
@@ -183,7 +188,7 @@ class Scheduler:
                     self._hand_out(previous)
                     previous = None
                 self.pending = Step(sampled, self._choose(logits, sampled))
-                mx.async_eval(self.pending.choice.arrays())
+                self._queue(self.pending.choice.arrays())
             else:
                 self.pending = Step(sampled, self._choose(self._logits(hidden, finishing), sampled))
                 self._queue(self.pending.choice.arrays(), states)
@@ -191,8 +196,9 @@ class Scheduler:
             self._hand_out(previous)
 
     def _queue(self, *arrays) -> None:
+        started = time.perf_counter()
         mx.async_eval(*arrays)
-        self.stats.steps += 1
+        self.stats.wait_seconds += time.perf_counter() - started
 
     def _spans(self, previous: Step | None) -> tuple[list[Sequence], list[Span]]:
         """The newcomer's next prefill chunk and the running batch's next token as decoder spans,
@@ -239,7 +245,7 @@ class Scheduler:
         return choose(logits, [s.chooser for s in sampled], masks)
 
     def _join(self, previous: Step) -> None:
-        """A newcomer whose prompt ended in the previous step joins the batch for this one."""
+        """A newcomer whose prompt ended in the previous step joins the batch for the next one."""
         sequence = self.prefilling
         if sequence is None or sequence not in previous.rows:
             return
