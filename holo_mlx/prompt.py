@@ -4,8 +4,9 @@ Messages use the internal format the server converts OpenAI payloads into:
     {"role": "system" | "user" | "assistant",
      "content": str | [{"type": "text", "text": str}
                        | {"type": "image", "image": bytes | PIL.Image | ProcessedImage}]}
-As in transformers' Qwen2_5_VLProcessor, each image part renders as
-<|vision_start|><|image_pad|><|vision_end|> and its <|image_pad|> is repeated once per visual token.
+As in transformers' processors, the chat template writes the family's placeholder for each image
+part (Qwen2.5-VL: <|vision_start|><|image_pad|><|vision_end|>), and its image token is repeated
+once per visual token.
 """
 
 import json
@@ -17,9 +18,6 @@ from PIL import Image
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .image import MAX_PIXELS, MAX_SIDE, ImageProcessorConfig, ProcessedImage, preprocess_image
-
-IMAGE_TOKEN_ID = 151655  # <|image_pad|>
-VISION_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"  # what the chat template writes per image
 
 
 @dataclass
@@ -46,26 +44,30 @@ class PromptBuilder:
         tokenizer: PreTrainedTokenizerBase,
         image_config: ImageProcessorConfig,
         *,
-        image_token_id: int = IMAGE_TOKEN_ID,
+        image_token_id: int,
+        image_placeholder: str,
         max_side: int | None = MAX_SIDE,
         max_pixels: int | None = MAX_PIXELS,
     ):
         self.tokenizer = tokenizer
         self.image_config = image_config
         self.image_token_id = image_token_id
+        self.image_placeholder = image_placeholder  # what the chat template writes for one image
+        self.image_token = tokenizer.convert_ids_to_tokens(image_token_id)
         self.max_side = max_side
         self.max_pixels = max_pixels
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> "PromptBuilder":
-        """The folder's tokenizer and its family's image processor settings and image token."""
+        """The folder's tokenizer and its family's image processor settings, image token and placeholder."""
         from .loading import read_config
         from .models import family_for
 
         raw = read_config(Path(path))
         family = family_for(raw)
-        kwargs.setdefault("image_token_id", family.config(raw).image_token_id)
-        return cls(load_tokenizer(path), family.image_processor(Path(path)), **kwargs)
+        return cls(load_tokenizer(path), family.image_processor(Path(path)),
+                   image_token_id=family.config(raw).image_token_id, image_placeholder=family.image_placeholder,
+                   **kwargs)
 
     def build(self, messages: list[dict], *, add_generation_prompt: bool = True) -> Prompt:
         template_messages, images = [], []
@@ -85,12 +87,12 @@ class PromptBuilder:
 
     def build_parts(self, parts: list[dict]) -> Prompt:
         """Text and image parts in order, no chat template: each image becomes
-        <|vision_start|><|image_pad|>…<|vision_end|> (screenshot embeddings)."""
+        the family's placeholder with its image tokens (screenshot embeddings)."""
         images: list[ProcessedImage] = []
         text = ""
         for part in parts:
             rendered = self._template_part(part, images)
-            text += rendered["text"] if rendered["type"] == "text" else VISION_PLACEHOLDER
+            text += rendered["text"] if rendered["type"] == "text" else self.image_placeholder
         return self._expand(self.tokenizer.encode(text, add_special_tokens=False), images)
 
     def process_image(self, image: "bytes | Image.Image") -> ProcessedImage:
@@ -108,11 +110,11 @@ class PromptBuilder:
         raise ValueError(f"unsupported content part type {part.get('type')!r}; expected 'text' or 'image'")
 
     def _expand(self, ids: list[int], images: list[ProcessedImage]) -> Prompt:
-        """Repeat the i-th <|image_pad|> once per visual token of the i-th image."""
+        """Repeat the i-th image token once per visual token of the i-th image."""
         placeholders = ids.count(self.image_token_id)
         if placeholders != len(images):
             raise ValueError(
-                f"prompt has {placeholders} <|image_pad|> placeholders for {len(images)} images "
+                f"prompt has {placeholders} {self.image_token} placeholders for {len(images)} images "
                 "(the text itself may contain the literal token)"
             )
         remaining = iter(images)

@@ -9,7 +9,9 @@ from transformers import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from holo_mlx.image import MAX_PIXELS, preprocess_image
-from holo_mlx.prompt import IMAGE_TOKEN_ID, PromptBuilder, load_tokenizer
+from holo_mlx.prompt import PromptBuilder, load_tokenizer
+
+IMAGE_TOKEN_ID = 151655  # <|image_pad|>
 
 VISION_START, VISION_END = 151652, 151653
 
@@ -142,7 +144,8 @@ def test_preprocessed_image_passes_through(builder):
 
 
 def test_builder_budget_applies_to_images(builder):
-    small = PromptBuilder(builder.tokenizer, builder.image_config, max_pixels=28 * 28 * 4)
+    small = PromptBuilder(builder.tokenizer, builder.image_config, image_token_id=builder.image_token_id,
+                          image_placeholder=builder.image_placeholder, max_pixels=28 * 28 * 4)
     prompt = small.build([{"role": "user", "content": [{"type": "image", "image": screenshot(640, 400, 6)}]}])
     assert prompt.images[0].num_tokens <= 4
     assert_image_runs(prompt.input_ids, [prompt.images[0].num_tokens])

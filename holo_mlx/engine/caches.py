@@ -1,7 +1,7 @@
 """Byte-bounded LRU caches: vision features by image content, prompt KV by token prefix.
 
 Prefix keys fold each image's content hash into its placeholder tokens, so two different
-screenshots never share KV just because their <|image_pad|> runs are identical.
+screenshots never share KV just because their image-token runs are identical.
 """
 
 from collections import OrderedDict

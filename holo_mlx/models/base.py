@@ -24,7 +24,7 @@ class Span:
     """Rows that attend together in a decoder pass: a prefill chunk, or the decode batch."""
 
     embeds: mx.array  # (batch, length, dim)
-    positions: mx.array  # (3, batch, length) M-RoPE positions
+    positions: mx.array  # (axes, batch, length) rotary positions
     cache: list | None = None  # one KV cache per layer
     mask: mx.array | str | None = None  # None: causal over the cache
 
@@ -73,7 +73,8 @@ class Family:
     sanitize: Callable[[dict], dict]  # checkpoint tensors -> tensors under the modules' names
     mlx_config: Callable[[dict, Any], dict]  # (config.json, config) -> the config.json a converted folder gets
     image_processor: Callable[[Path], Any]  # model folder -> holo_mlx.image.ImageProcessorConfig
+    image_placeholder: str  # what its chat template writes for one image (the image token expands in it)
     localization_prompt: Callable[[str], str]  # target description -> the instruction it was trained on
-    localization_schema: Callable[[int, int], dict]  # (width, height) of the image seen -> answer schema
-    # How the answer's coordinates relate to the image the model saw: "pixels" of the resized image.
-    coordinates: str = "pixels"
+    # (width, height) of the image as the model saw it -> the answer's JSON schema: an object whose
+    # integer "x" and "y" are a position in those pixels (what /v1/localize reads).
+    localization_schema: Callable[[int, int], dict]

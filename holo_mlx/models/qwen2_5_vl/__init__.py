@@ -13,5 +13,6 @@ FAMILY = register(Family(
     model_types=("qwen2_5_vl",), architectures=("Qwen2_5_VLForConditionalGeneration",),
     config=ModelConfig.from_dict, model=Model, sanitize=sanitize, mlx_config=mlx_vlm_layout,
     image_processor=ImageProcessorConfig.from_pretrained,
+    image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
     localization_prompt=localization_prompt, localization_schema=localization_schema,
 ))
