@@ -18,6 +18,7 @@ from holo_mlx import load
 from holo_mlx.embed import EmbeddingJob, embed_prompts
 from holo_mlx.prompt import Prompt
 from holo_mlx.engine.worker import Engine
+from holo_mlx.settings import ServerConfig
 from holo_mlx.testing import synthetic_screenshot
 from test_server import ROOT, Server, error_of
 
@@ -72,7 +73,7 @@ def test_short_inputs_batch_and_long_ones_chunk_in_input_order(loaded):
 
 @pytest.fixture(scope="module")
 def engine(hf_root_checkpoint):
-    running = Engine(hf_root_checkpoint, max_side=None, max_pixels=None, embedding_chunk=CHUNK)
+    running = Engine(ServerConfig(model=str(hf_root_checkpoint), max_side=0, max_pixels=0, embedding_chunk=CHUNK))
     running.start()
     deadline = time.time() + 120
     while running.status == "loading" and time.time() < deadline:
@@ -126,6 +127,7 @@ def test_an_abandoned_job_stops_at_its_next_unit(engine, how):
         task = asyncio.create_task(engine.embed([Prompt(token_ids(20_000), [])], client_gone=client_gone))
         await until(lambda: engine._embeddings and engine._embeddings[0].work.tokens_done > 0)
         job = engine._embeddings[0]
+        assert engine.running == 1 and engine.waiting == 0  # /health counts the embedding at work
         if how == "cancelled":
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -134,6 +136,7 @@ def test_an_abandoned_job_stops_at_its_next_unit(engine, how):
             gone.set()
             assert await task is None
         await until(lambda: not engine._embeddings)
+        assert engine.running == 0
         return job.work
 
     work = asyncio.run(scenario())
@@ -171,15 +174,18 @@ def test_a_chat_sent_during_a_long_embedding_is_answered_before_it_ends(server):
     assert chat.json()["usage"]["completion_tokens"] == 2
 
 
-@pytest.mark.parametrize("inputs, code", [
-    ([token_ids(30_001)], "context_length_exceeded"),  # one input longer than --max-model-len
-    ([token_ids(25_000), token_ids(20_000, seed=1)], "max_tokens_per_request"),  # 45,000 > 40,000 in all
+@pytest.mark.parametrize("inputs, code, param, message", [
+    # the second input is longer than --max-model-len
+    ([token_ids(5), token_ids(30_001)], "context_length_exceeded", "input.1", "input.1 has 30001 tokens"),
+    # 45,000 > 40,000 in all
+    ([token_ids(25_000), token_ids(20_000, seed=1)], "max_tokens_per_request", "input", "45000 tokens in all"),
 ])
-def test_inputs_over_the_limits_get_400(server, inputs, code):
+def test_inputs_over_the_limits_get_400(server, inputs, code, param, message):
     response = server.post("/v1/embeddings", {"input": inputs})
     assert response.status_code == 400, response.text
     error = error_of(response)
-    assert error["code"] == code and error["param"] == "input" and error["type"] == "invalid_request_error"
+    assert error["code"] == code and error["param"] == param and error["type"] == "invalid_request_error"
+    assert message in error["message"]
 
 
 def requests_with_status(server: Server, status: int) -> float:

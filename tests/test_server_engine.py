@@ -3,12 +3,19 @@
 import json
 import re
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
+from holo_mlx.engine.worker import NotReady, QueueFull
+from holo_mlx.server.app import create_app
+from holo_mlx.server.errors import as_api_error
+from holo_mlx.settings import ServerConfig
 from holo_mlx.testing import synthetic_screenshot
 from test_server import Server, data_url, error_of
 
@@ -17,7 +24,10 @@ SYSTEM = {"role": "system", "content": "You are Holo, a careful GUI agent. Answe
 
 
 def metric(server: Server, name: str) -> float:
-    text = httpx.get(f"{server.url}/metrics").text
+    return metric_in(httpx.get(f"{server.url}/metrics").text, name)
+
+
+def metric_in(text: str, name: str) -> float:
     match = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.MULTILINE)
     assert match, f"{name} missing from /metrics"
     return float(match.group(1))
@@ -121,3 +131,47 @@ def test_non_streaming_disconnect_frees_the_slot(server):
         time.sleep(2)
     assert wait_for_metric(server, "holo_running_sequences", 0)
     assert metric(server, "holo_cancelled_requests_total") == before + 1
+
+
+def test_scheduler_step_timing_is_exported(server):
+    chat(server, [{"role": "user", "content": "Hi"}], max_tokens=4)
+    assert metric(server, "holo_engine_steps_total") >= 4
+    assert metric(server, "holo_engine_step_host_seconds_total") > 0
+    assert metric(server, "holo_engine_step_wait_seconds_total") > 0
+
+
+# --- the engine's refusals, as HTTP -------------------------------------------------------------------
+
+def test_the_engine_imports_nothing_of_the_server():
+    check = ("import sys, holo_mlx.engine.worker\n"
+             "print(sorted(name for name in sys.modules if name.startswith('holo_mlx.server')))")
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr
+
+
+def test_a_loading_model_answers_503_with_retry_after_and_zero_steps():
+    app = create_app(ServerConfig(model="never-loaded"))  # no lifespan here: the engine never starts
+    client = TestClient(app, base_url="http://127.0.0.1")
+    response = client.post(CHAT, json={"messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert error_of(response) == {"message": "the model is still loading; retry shortly",
+                                  "type": "service_unavailable", "param": None, "code": "model_loading"}
+    health = client.get("/health")
+    assert health.status_code == 503 and health.json()["requests_running"] == 0
+    text = client.get("/metrics").text
+    for name in ("holo_engine_steps_total", "holo_engine_step_host_seconds_total",
+                 "holo_engine_step_wait_seconds_total"):
+        assert metric_in(text, name) == 0
+
+
+@pytest.mark.parametrize("error, status, message, code, headers", [
+    (QueueFull(3), 429, "server busy: 3 requests already waiting; retry shortly", "queue_full", {"Retry-After": "1"}),
+    (NotReady("loading", None), 503, "the model is still loading; retry shortly", "model_loading",
+     {"Retry-After": "5"}),
+    (NotReady("error", "LoadError: no weights"), 503, "the model failed to load: LoadError: no weights",
+     "model_load_failed", None),
+])
+def test_engine_refusals_map_to_their_api_errors(error, status, message, code, headers):
+    answer = as_api_error(error)
+    assert (answer.status, answer.message, answer.param, answer.code, answer.headers) == \
+        (status, message, None, code, headers)

@@ -5,40 +5,53 @@ to the continuous-batching scheduler; embedding jobs wait in a FIFO, and each en
 one unit of the first (a chunk of a long input, or a batch of short ones) and then one scheduler
 step, so a long embedding never holds generation up for more than a unit. When a consumer goes
 away (client disconnect, error) its sequence or embedding job is cancelled and stops at the next
-step or unit. The waiting queue is bounded: beyond it, requests get 429 at once.
+step or unit. The waiting queue is bounded: beyond it, new work is refused at once.
+
+It knows nothing of HTTP: it raises QueueFull and NotReady, and the server answers them.
 """
 
 import asyncio
 import logging
 import queue
 import threading
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from .. import load
-from ..constrain import Grammars, SchemaError
 from ..embed import EmbeddingJob
-from .sampling import SamplingParams
 from ..runtime import device_name, release_freed_memory
-from ..server.common import TokenStrings
-from ..server.errors import APIError
-from ..server.metrics import Metrics
+from ..settings import ServerConfig
 from .caches import PrefixCache, VisionCache
+from .sampling import SamplingParams
 from .scheduler import Scheduler, Sequence
 
-log = logging.getLogger("holo_mlx.server")
+log = logging.getLogger("holo_mlx.engine")
 _DONE = None  # what a sequence emits after its last chunk
 DISCONNECT_POLL_S = 0.5  # how often a waiting embeddings request checks whether its client left
 
 
-class Generation:
-    """Async iterator over one request's GenerationChunks; cancels the sequence when abandoned."""
+class QueueFull(Exception):
+    """The waiting queue is full: retrying shortly may find room."""
 
-    def __init__(self, sequence: Sequence, results: asyncio.Queue, metrics: Metrics):
-        self.sequence, self.results, self.metrics = sequence, results, metrics
-        self.submitted = time.perf_counter()
+    def __init__(self, waiting: int):
+        super().__init__(f"{waiting} requests already waiting")
+        self.waiting = waiting
+
+
+class NotReady(Exception):
+    """The model is still loading (status "loading") or failed to (status "error", with load_error)."""
+
+    def __init__(self, status: str, load_error: str | None):
+        super().__init__(f"the model is not ready: {status}")
+        self.status, self.load_error = status, load_error
+
+
+class Generation:
+    """Async iterator over one request's GenerationChunks; cancels the sequence when abandoned.
+    An error met mid-answer (a grammar's SchemaError, a failed step) is raised as it came."""
+
+    def __init__(self, sequence: Sequence, results: asyncio.Queue):
+        self.sequence, self.results = sequence, results
         self.finished = False
 
     @property
@@ -47,26 +60,13 @@ class Generation:
 
     def cancel(self) -> None:
         """Stop the sequence at the engine's next step (no-op once it has finished)."""
-        if self.sequence.cancelled.is_set():
-            return
         self.sequence.cancelled.set()
-        if not self.finished:
-            self.metrics.cancelled.inc()
 
     async def __aiter__(self):
-        last = None
         try:
             while (item := await self.results.get()) is not _DONE:
-                if isinstance(item, SchemaError):  # met mid-answer: still the request's own schema
-                    raise APIError(400, str(item), code="invalid_json_schema")
                 if isinstance(item, Exception):
                     raise item
-                now = time.perf_counter()
-                if last is None:
-                    self.metrics.first_token(now - self.submitted, self.cached_tokens)
-                else:
-                    self.metrics.next_token(now - last)
-                last = now
                 yield item
             self.finished = True
         finally:
@@ -94,20 +94,12 @@ class _EmbedJob:
 
 
 class Engine:
-    def __init__(self, model_path: str | Path, *, max_side: int | None, max_pixels: int | None,
-                 max_model_len: int | None = None, max_num_seqs: int = 8, max_waiting: int = 64,
-                 prefix_cache_bytes: int = 1 << 30, vision_cache_bytes: int = 256 << 20,
-                 embedding_chunk: int = 512):
-        self.model_path = str(model_path)
-        self.max_side, self.max_pixels = max_side, max_pixels
-        self.requested_max_model_len = max_model_len
-        self.max_num_seqs, self.max_waiting = max_num_seqs, max_waiting
-        self.embedding_chunk = embedding_chunk
-        self.prefix_cache = PrefixCache(prefix_cache_bytes)
-        self.vision_cache = VisionCache(vision_cache_bytes)
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.prefix_cache = PrefixCache(config.prefix_cache_bytes)
+        self.vision_cache = VisionCache(config.vision_cache_bytes)
         self.status, self.load_error = "loading", None
-        self.model = self.prompts = self.token_strings = self.scheduler = self.grammars = None
-        self.metrics = Metrics(self)
+        self.model = self.prompts = self.scheduler = None
         self._inbox: queue.Queue = queue.Queue()
         self._embeddings: deque[_EmbedJob] = deque()  # the first one is running
         self._thread = threading.Thread(target=self._serve, name="mlx-engine", daemon=True)
@@ -122,19 +114,16 @@ class Engine:
         self._thread.join(timeout=10)
 
     def _serve(self) -> None:
+        config = self.config
         try:
-            self.model, self.prompts = load(self.model_path, max_side=self.max_side, max_pixels=self.max_pixels)
-            self.token_strings = TokenStrings(self.prompts.tokenizer)
-            self.grammars = Grammars(self.prompts.tokenizer, self.model.config.text_config.vocab_size,
-                                     self.eos_token_ids)
-            self.scheduler = Scheduler(self.model, self.prompts.tokenizer, self.eos_token_ids,
-                                       max_num_seqs=self.max_num_seqs, prefix_cache=self.prefix_cache,
-                                       vision_cache=self.vision_cache)
+            self.model, self.prompts = load(config.model, **config.resize)
+            self.scheduler = Scheduler(self.model, self.prompts.tokenizer, max_num_seqs=config.max_num_seqs,
+                                       prefix_cache=self.prefix_cache, vision_cache=self.vision_cache)
             self.status = "ready"
-            log.info("model %s ready on %s (%s)", self.model_path, device_name(), self.dtype)
+            log.info("model %s ready on %s (%s)", config.model, device_name(), self.dtype)
         except Exception as error:
             self.status, self.load_error = "error", f"{type(error).__name__}: {error}"
-            log.error("could not load %s: %s", self.model_path, self.load_error)
+            log.error("could not load %s: %s", config.model, self.load_error)
             return
         worked = False
         while True:
@@ -173,7 +162,7 @@ class Engine:
     @property
     def max_model_len(self) -> int:
         limit = self.model.config.text_config.max_position_embeddings
-        return min(limit, self.requested_max_model_len or limit)
+        return min(limit, self.config.max_model_len or limit)
 
     @property
     def eos_token_ids(self) -> set[int]:
@@ -188,36 +177,34 @@ class Engine:
 
     @property
     def running(self) -> int:
-        if self.scheduler is None:
-            return 0
-        return len(self.scheduler.running) + (self.scheduler.prefilling is not None)
+        """Sequences prefilling or decoding, and the embedding job at work."""
+        embedding = list(self._embeddings)[:1]  # a copy: the engine thread pops it when done
+        running = sum(not job.cancelled.is_set() for job in embedding)
+        if self.scheduler is not None:
+            running += len(self.scheduler.running) + (self.scheduler.prefilling is not None)
+        return running
 
     def require_ready(self) -> None:
-        if self.status == "loading":
-            raise APIError(503, "the model is still loading; retry shortly", code="model_loading",
-                           headers={"Retry-After": "5"})
-        if self.status == "error":
-            raise APIError(503, f"the model failed to load: {self.load_error}", code="model_load_failed")
+        if self.status != "ready":
+            raise NotReady(self.status, self.load_error)
 
     # --- work --------------------------------------------------------------------------------------
 
     def _admit(self) -> None:
-        if self.waiting >= self.max_waiting:
-            raise APIError(429, f"server busy: {self.waiting} requests already waiting; retry shortly",
-                           code="queue_full", headers={"Retry-After": "1"})
+        if (waiting := self.waiting) >= self.config.max_queue:
+            raise QueueFull(waiting)
 
     def _results(self) -> tuple[asyncio.Queue, Callable[[object], None]]:
         loop, results = asyncio.get_running_loop(), asyncio.Queue()
         return results, lambda item: loop.call_soon_threadsafe(results.put_nowait, item)
 
     def generate(self, prompt, params: SamplingParams) -> Generation:
-        """Queue one generation; 429 at once when the waiting queue is full."""
+        """Queue one generation; QueueFull at once when the waiting queue is full."""
         self._admit()
         results, emit = self._results()
         sequence = Sequence(prompt, params, emit)
-        self.metrics.prompt_tokens.inc(len(prompt.input_ids))
         self._inbox.put(sequence)
-        return Generation(sequence, results, self.metrics)
+        return Generation(sequence, results)
 
     def generate_many(self, prompts: list, params: list[SamplingParams]) -> list[Generation]:
         """Queue several generations at once; none stays queued if the queue fills midway."""
@@ -225,7 +212,7 @@ class Engine:
         try:
             for prompt, param in zip(prompts, params):
                 generations.append(self.generate(prompt, param))
-        except APIError:
+        except QueueFull:
             for generation in generations:
                 generation.cancel()
             raise
@@ -233,10 +220,10 @@ class Engine:
 
     async def embed(self, prompts: list, client_gone: Callable[[], Awaitable[bool]] | None = None):
         """The prompts' vectors, or None when `client_gone` says so first; either way, and when the
-        caller is cancelled, the job stops at its next unit. 429 at once when the queue is full."""
+        caller is cancelled, the job stops at its next unit. QueueFull at once when the queue is full."""
         self._admit()
         results, emit = self._results()
-        job = _EmbedJob(EmbeddingJob(self.model, prompts, self.embedding_chunk), emit)
+        job = _EmbedJob(EmbeddingJob(self.model, prompts, self.config.embedding_chunk), emit)
         self._inbox.put(job)
         outcome = asyncio.ensure_future(results.get())
         try:

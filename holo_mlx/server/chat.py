@@ -6,14 +6,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ..coordinates import map_answer
-from .common import (SSE_DONE, build_prompt, check_top_logprobs, collect, ending_with_error_event, holo_info,
-                     ready_engine, reject_lone_surrogates, requested_grammar, sampling_params, sse)
 from .content import to_messages
 from .errors import APIError
+from .inputs import build_prompt, holo_info, reject_lone_surrogates
 from .openapi import API_ERRORS, responses
 from .protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
                        ChatCompletionRequest, ChatDelta, ChoiceLogprobs, PromptTokensDetails, TokenLogprobEntry, Usage, dump,
                        new_id)
+from .sampling import check_top_logprobs, sampling_params
+from .schemas import requested_grammar
+from .served import ready_model
+from .streaming import SSE_DONE, collect, ending_with_error_event, sse
 
 router = APIRouter()
 
@@ -22,11 +25,12 @@ router = APIRouter()
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = request.app.state
     reject_lone_surrogates(body)
-    engine = ready_engine(request, body.model)
+    served = ready_model(request, body.model)
+    engine = served.engine
     check_top_logprobs(body.top_logprobs, "top_logprobs")
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-    grammar = await requested_grammar(engine, body)
+    grammar = await requested_grammar(served.grammars, body)
     # Image fetching and decoding run in the worker thread with the rest of prompt building.
     prompts = engine.prompts
     prompt = await build_prompt(lambda: prompts.build(to_messages(body.messages, state.image_policy,
@@ -35,12 +39,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         body, max_tokens=body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens,
         prompt_tokens=len(prompt.input_ids), context=engine.max_model_len,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None, prompt_param="messages",
-        default_max_tokens=state.default_max_tokens, grammar=grammar)
+        default_max_tokens=state.config.default_max_tokens, grammar=grammar)
     map_coordinates = body.holo is not None and body.holo.map_coordinates
     if map_coordinates:
         check_coordinate_mapping(body, prompt, grammar)
-    completion_id, model_name, holo = new_id("chatcmpl"), state.served_model_name, holo_info(prompt)
-    strings = engine.token_strings
+    completion_id, model_name, holo = new_id("chatcmpl"), state.config.model_name, holo_info(prompt)
+    strings = served.token_strings
 
     def logprobs_of(chunks) -> ChoiceLogprobs | None:
         if not body.logprobs:
@@ -50,7 +54,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                               top_logprobs=[strings.top(t, lp) for t, lp in c.logprob.top])
             for c in chunks])
 
-    generation = engine.generate(prompt, params)
+    generation = served.generate(prompt, params)
 
     def usage(completion_tokens: int) -> Usage:
         return Usage(prompt_tokens=len(prompt.input_ids), completion_tokens=completion_tokens,

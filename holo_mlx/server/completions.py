@@ -5,12 +5,15 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from .common import (SSE_DONE, check_top_logprobs, collect, ending_with_error_event, input_prompts, ready_engine,
-                     reject_lone_surrogates, requested_grammar, sampling_params, split_inputs, sse)
 from .errors import APIError
+from .inputs import input_prompts, reject_lone_surrogates, split_inputs
 from .openapi import API_ERRORS, responses
 from .protocol import (Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, PromptTokensDetails,
                        Usage, dump, new_id)
+from .sampling import check_top_logprobs, sampling_params
+from .schemas import requested_grammar
+from .served import ready_model
+from .streaming import SSE_DONE, collect, ending_with_error_event, sse
 
 router = APIRouter()
 
@@ -18,26 +21,28 @@ router = APIRouter()
 @router.post("/v1/completions", responses=responses(Completion, *API_ERRORS, stream=Completion))
 async def completions(body: CompletionRequest, request: Request):
     state = request.app.state
+    config = state.config
     reject_lone_surrogates(body)
-    engine = ready_engine(request, body.model)
+    served = ready_model(request, body.model)
+    engine = served.engine
     check_top_logprobs(body.logprobs, "logprobs")
     if body.suffix:
         raise APIError(400, "suffix is not supported", param="suffix")
     if body.echo and body.logprobs is not None:
         raise APIError(400, "echo together with logprobs is not supported", param="echo")
     tokenizer = engine.prompts.tokenizer
-    grammar = await requested_grammar(engine, body)
+    grammar = await requested_grammar(served.grammars, body)
     inputs = split_inputs(body.prompt)
-    if len(inputs) > engine.max_waiting:  # could never all be queued: retrying would not help
-        raise APIError(400, f"{len(inputs)} prompts in one request; this server queues at most {engine.max_waiting} "
+    if len(inputs) > config.max_queue:  # could never all be queued: retrying would not help
+        raise APIError(400, f"{len(inputs)} prompts in one request; this server queues at most {config.max_queue} "
                        "(--max-queue): split the request", param="prompt", code="too_many_prompts")
     prompts = await input_prompts(engine, body.prompt, state.image_policy, "prompt")
     # One constraint per prompt: each sequence walks the grammar on its own.
     params = [sampling_params(body, max_tokens=body.max_tokens, prompt_tokens=len(p.input_ids),
                               context=engine.max_model_len, logprobs=body.logprobs, prompt_param="prompt",
-                              default_max_tokens=state.default_max_tokens, grammar=grammar)
+                              default_max_tokens=config.default_max_tokens, grammar=grammar)
               for p in prompts]
-    completion_id, model_name, strings = new_id("cmpl"), state.served_model_name, engine.token_strings
+    completion_id, model_name, strings = new_id("cmpl"), config.model_name, served.token_strings
     echoes = [(item if isinstance(item, str) else tokenizer.decode(item)) if body.echo else "" for item in inputs]
     prompt_tokens = sum(len(p.input_ids) for p in prompts)
 
@@ -53,7 +58,7 @@ async def completions(body: CompletionRequest, request: Request):
             offset += len(chunk.text)
         return result
 
-    generations = engine.generate_many(prompts, params)  # all prompts decode together in the batch
+    generations = served.generate_many(prompts, params)  # all prompts decode together in the batch
 
     def usage(completion_tokens: int) -> Usage:
         return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,

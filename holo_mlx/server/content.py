@@ -23,9 +23,9 @@ log = logging.getLogger("holo_mlx.server")
 
 @dataclass(frozen=True)
 class ImagePolicy:
+    max_bytes: int
     allow_remote: bool = False
     allow_local: bool = False
-    max_bytes: int = 20 * 1024 * 1024
     fetch_timeout_s: float = 10.0
 
 

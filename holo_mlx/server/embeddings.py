@@ -11,10 +11,11 @@ import base64
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from .common import input_prompts, ready_engine, reject_lone_surrogates
 from .errors import APIError
+from .inputs import input_params, input_prompts, reject_lone_surrogates
 from .openapi import API_ERRORS, responses
 from .protocol import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage, dump
+from .served import ready_model
 
 router = APIRouter()
 
@@ -22,19 +23,20 @@ router = APIRouter()
 @router.post("/v1/embeddings", responses=responses(EmbeddingList, *API_ERRORS))
 async def embeddings(body: EmbeddingRequest, request: Request):
     state = request.app.state
+    config = state.config
     reject_lone_surrogates(body)
-    engine = ready_engine(request, body.model)
+    engine = ready_model(request, body.model).engine
     hidden_size = engine.model.config.text_config.hidden_size
     if body.dimensions is not None and not 1 <= body.dimensions <= hidden_size:
         raise APIError(400, f"dimensions must be in [1, {hidden_size}]", param="dimensions")
     prompts = await input_prompts(engine, body.input, state.image_policy, "input")
-    for index, prompt in enumerate(prompts):
+    for prompt, param in zip(prompts, input_params(body.input, "input")):
         if len(prompt.input_ids) > engine.max_model_len:
-            raise APIError(400, f"input[{index}] has {len(prompt.input_ids)} tokens; this model's context is "
-                           f"{engine.max_model_len} tokens", param="input", code="context_length_exceeded")
+            raise APIError(400, f"{param} has {len(prompt.input_ids)} tokens; this model's context is "
+                           f"{engine.max_model_len} tokens", param=param, code="context_length_exceeded")
     tokens = sum(len(prompt.input_ids) for prompt in prompts)
-    if tokens > state.max_embedding_tokens:
-        raise APIError(400, f"the inputs have {tokens} tokens in all; at most {state.max_embedding_tokens} are "
+    if tokens > config.max_embedding_tokens:
+        raise APIError(400, f"the inputs have {tokens} tokens in all; at most {config.max_embedding_tokens} are "
                        "allowed per request (--max-embedding-tokens): split them over several requests",
                        param="input", code="max_tokens_per_request")
 
@@ -49,5 +51,5 @@ async def embeddings(body: EmbeddingRequest, request: Request):
                   if body.encoding_format == "base64" else vector.tolist())
         for index, vector in enumerate(vectors)
     ]
-    return dump(EmbeddingList(data=data, model=state.served_model_name,
+    return dump(EmbeddingList(data=data, model=config.model_name,
                               usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)))

@@ -1,4 +1,7 @@
-"""Every error leaves the server in OpenAI's envelope: {"error": {"message", "type", "param", "code"}}."""
+"""Every error leaves the server in OpenAI's envelope: {"error": {"message", "type", "param", "code"}}.
+
+The engine's refusals (queue full, model not ready) and a schema met mid-answer become APIErrors here.
+"""
 
 import logging
 
@@ -6,6 +9,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..constrain import SchemaError
+from ..engine.worker import NotReady, QueueFull
 
 log = logging.getLogger("holo_mlx.server")
 
@@ -29,6 +35,23 @@ class APIError(Exception):
         self.headers = headers
 
 
+def as_api_error(error: Exception) -> APIError | None:
+    """What the client is told of an exception; None for one it should never see (a bug: 500)."""
+    if isinstance(error, APIError):
+        return error
+    if isinstance(error, QueueFull):
+        return APIError(429, f"server busy: {error.waiting} requests already waiting; retry shortly",
+                        code="queue_full", headers={"Retry-After": "1"})
+    if isinstance(error, NotReady) and error.status == "loading":
+        return APIError(503, "the model is still loading; retry shortly", code="model_loading",
+                        headers={"Retry-After": "5"})
+    if isinstance(error, NotReady):
+        return APIError(503, f"the model failed to load: {error.load_error}", code="model_load_failed")
+    if isinstance(error, SchemaError):  # met mid-answer: still the request's own schema
+        return APIError(400, str(error), code="invalid_json_schema")
+    return None
+
+
 def envelope(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"),
                       "param": param, "code": code}}
@@ -39,10 +62,13 @@ def error_response(status: int, message: str, *, param=None, code=None, headers=
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, error: APIError):
-        return error_response(error.status, error.message, param=error.param, code=error.code,
-                              headers=error.headers)
+    async def api_error(request: Request, error: Exception):
+        answer = as_api_error(error)
+        return error_response(answer.status, answer.message, param=answer.param, code=answer.code,
+                              headers=answer.headers)
+
+    for kind in (APIError, QueueFull, NotReady, SchemaError):
+        app.add_exception_handler(kind, api_error)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError):

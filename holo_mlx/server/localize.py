@@ -10,12 +10,15 @@ import json
 from fastapi import APIRouter, Request
 
 from ..coordinates import map_point
-from .common import build_prompt, collect, ready_engine, reject_lone_surrogates, sampling_params
 from .content import to_part
 from .errors import APIError
+from .inputs import build_prompt, reject_lone_surrogates
 from .openapi import API_ERRORS, responses
 from .protocol import (HoloImage, HoloImagePart, ImageSize, ImageURL, ImageURLPart, Localization, LocalizeRequest,
                        OriginalClick, SamplingFields, dump)
+from .sampling import sampling_params
+from .served import ready_model
+from .streaming import collect
 
 router = APIRouter()
 
@@ -27,7 +30,8 @@ MAX_TOKENS = 64
 async def localize(body: LocalizeRequest, request: Request):
     state = request.app.state
     reject_lone_surrogates(body)
-    engine = ready_engine(request, body.model)
+    served = ready_model(request, body.model)
+    engine = served.engine
     family = engine.model.family
     if not body.target.strip():
         raise APIError(400, "target must not be empty", param="target")
@@ -40,18 +44,18 @@ async def localize(body: LocalizeRequest, request: Request):
     prompt = await build_prompt(build, "image")
     image = prompt.images[0]
     width, height = image.resized_size
-    grammar = await asyncio.to_thread(engine.grammars.json_schema, family.localization_schema(width, height))
+    grammar = await asyncio.to_thread(served.grammars.json_schema, family.localization_schema(width, height))
     params = sampling_params(SamplingFields(temperature=0), max_tokens=MAX_TOKENS, prompt_tokens=len(prompt.input_ids),
                              context=engine.max_model_len, logprobs=None, prompt_param="image",
                              default_max_tokens=MAX_TOKENS, grammar=grammar)
-    chunks = await collect(request, engine.generate(prompt, params))
+    chunks = await collect(request, served.generate(prompt, params))
     click = json.loads("".join(chunk.text for chunk in chunks))  # complete: the grammar ends well within MAX_TOKENS
     original_x, original_y = map_point(click["x"], click["y"], image.resized_size, image.original_size)
     return dump(Localization(
         x=click["x"], y=click["y"], resized=ImageSize(width=width, height=height),
         original=OriginalClick(x=original_x, y=original_y, width=image.original_size[0],
                                height=image.original_size[1]),
-        model=state.served_model_name))
+        model=state.config.model_name))
 
 
 def screenshot_part(image: str):

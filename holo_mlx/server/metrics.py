@@ -1,17 +1,23 @@
-"""Prometheus metrics for /metrics: traffic, queue, batch, tokens, caches, latency, memory."""
+"""Prometheus metrics for /metrics: traffic, queue, batch, tokens, caches, latency, engine steps, memory."""
 
 import mlx.core as mx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily
+
+from ..engine.scheduler import StepStats
+from ..engine.worker import Engine
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class Metrics:
-    """One registry per app, so several servers in one process (tests) never collide."""
+    """One registry per app, so several servers in one process (tests) never collide. The gauges and
+    the step counters are read from the engine when /metrics is rendered."""
 
-    def __init__(self, engine):
+    def __init__(self, engine: Engine):
         self.registry = registry = CollectorRegistry()
         ProcessCollector(registry=registry)  # process_resident_memory_bytes and friends
+        registry.register(StepCounters(engine))
         self.requests = Counter("holo_requests", "HTTP requests by route and status", ["route", "status"],
                                 registry=registry)
         self.prompt_tokens = Counter("holo_prompt_tokens", "prompt tokens submitted for generation",
@@ -27,7 +33,8 @@ class Metrics:
                              buckets=LATENCY_BUCKETS, registry=registry)
         gauges = {
             "holo_queue_depth": ("requests waiting for a batch slot", lambda: engine.waiting),
-            "holo_running_sequences": ("sequences prefilling or decoding", lambda: engine.running),
+            "holo_running_sequences": ("sequences prefilling or decoding, and the embedding job at work",
+                                       lambda: engine.running),
             "holo_kv_cache_bytes": ("KV cache bytes of the running batch", lambda: _batch_kv_bytes(engine)),
             "holo_prefix_cache_bytes": ("bytes held by the prefix cache", lambda: engine.prefix_cache.bytes),
             "holo_vision_cache_bytes": ("bytes held by the vision-feature cache", lambda: engine.vision_cache.bytes),
@@ -51,12 +58,28 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class StepCounters:
+    """The scheduler's own step timing (Scheduler.stats), as counters; 0 until the model is ready."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def collect(self):
+        scheduler = self.engine.scheduler
+        stats = scheduler.stats if scheduler is not None else StepStats()
+        yield CounterMetricFamily("holo_engine_steps", "scheduler steps run", value=stats.steps)
+        yield CounterMetricFamily("holo_engine_step_host_seconds", "step time on the host: building the graph, "
+                                  "sampling bookkeeping, detokenizing, emitting", value=stats.host_seconds)
+        yield CounterMetricFamily("holo_engine_step_wait_seconds", "step time blocked on the device for results",
+                                  value=stats.wait_seconds)
+
+
 def _ratio(cache) -> float:
     lookups = cache.hits + cache.misses
     return cache.hits / lookups if lookups else 0.0
 
 
-def _batch_kv_bytes(engine) -> int:
+def _batch_kv_bytes(engine: Engine) -> int:
     scheduler = engine.scheduler
     if scheduler is None or scheduler.batch_cache is None:
         return 0
