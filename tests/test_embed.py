@@ -125,8 +125,8 @@ def test_an_abandoned_job_stops_at_its_next_unit(engine, how):
             return gone.is_set()
 
         task = asyncio.create_task(engine.embed([Prompt(token_ids(20_000), [])], client_gone=client_gone))
-        await until(lambda: engine._embeddings and engine._embeddings[0].work.tokens_done > 0)
-        job = engine._embeddings[0]
+        await until(lambda: engine.scheduler.embeddings and engine.scheduler.embeddings[0].work.tokens_done > 0)
+        job = engine.scheduler.embeddings[0]
         assert engine.running == 1 and engine.waiting == 0  # /health counts the embedding at work
         if how == "cancelled":
             task.cancel()
@@ -135,7 +135,7 @@ def test_an_abandoned_job_stops_at_its_next_unit(engine, how):
         else:
             gone.set()
             assert await task is None
-        await until(lambda: not engine._embeddings)
+        await until(lambda: not engine.scheduler.embeddings)
         assert engine.running == 0
         return job.work
 

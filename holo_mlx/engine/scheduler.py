@@ -1,4 +1,4 @@
-"""Continuous batching, pipelined: the only place tokens are generated.
+"""Continuous batching, pipelined: the only place the model runs for requests.
 
 Each step is one decoder pass that advances the prefill of at most one newcomer by one chunk (so a
 long screenshot never freezes the batch) and decodes one token for every running request: the
@@ -9,6 +9,10 @@ ends at step N was already computed in step N+1; that result is dropped.
 
 A request's KV lives in its own cache while it prefills and in a row of the shared left-padded
 BatchKVCache once it decodes; its positions, sampler and text stream stay on its Sequence.
+
+Embedding requests wait in a FIFO: each step first runs one unit of the first (a chunk of a long
+input, or a batch of short ones), so a long embedding never holds generation up for more than a
+unit.
 """
 
 import threading
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 from mlx_lm.models.cache import BatchKVCache
 
+from ..embed import EmbeddingJob
 from ..models import VisionLanguageModel
 from ..models.base import Span
 from ..runtime import prefill_chunk
@@ -50,6 +55,27 @@ class Sequence:
     @property
     def live(self) -> bool:
         return not (self.finished or self.cancelled.is_set())
+
+
+@dataclass(eq=False)
+class Embedding:
+    """One embeddings request: its work units, then its vectors (or its error) emitted at the end."""
+
+    work: EmbeddingJob
+    emit: Callable[[object], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def step(self) -> bool:
+        """Run the next work unit; True once the request has ended (done, failed or cancelled)."""
+        if self.cancelled.is_set():
+            return True
+        try:
+            if not self.work.step():
+                return False
+            self.emit(self.work.vectors)
+        except Exception as error:  # fails this request only
+            self.emit(error)
+        return True
 
 
 @dataclass
@@ -84,6 +110,7 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.batch_cache: list[BatchKVCache] | None = None
         self.pending: Step | None = None  # queued, not yet read
+        self.embeddings: deque[Embedding] = deque()  # the first one is at work
         self.stats = StepStats()
 
     # --- queue -------------------------------------------------------------------------------------
@@ -91,10 +118,15 @@ class Scheduler:
     def add(self, sequence: Sequence) -> None:
         self.waiting.append(sequence)
 
+    def add_embedding(self, embedding: Embedding) -> None:
+        self.embeddings.append(embedding)
+
     def has_work(self) -> bool:
-        return bool(self.waiting or self.prefilling or self.running or self.pending)
+        return bool(self.waiting or self.prefilling or self.running or self.pending or self.embeddings)
 
     def step(self) -> None:
+        if self.embeddings and self.embeddings[0].step():
+            self.embeddings.popleft()
         started, waited = time.perf_counter(), self.stats.wait_seconds
         self._drop_cancelled()
         try:
@@ -112,9 +144,10 @@ class Scheduler:
 
     def fail_all(self, error: Exception) -> None:
         """End every request with `error` and start empty: for a failure outside one request's work."""
-        for sequence in [*self.waiting, *self._in_flight()]:
-            sequence.emit(error)
+        for work in [*self.waiting, *self._in_flight(), *self.embeddings]:
+            work.emit(error)
         self.waiting, self.prefilling, self.running, self.batch_cache, self.pending = deque(), None, [], None, None
+        self.embeddings = deque()
 
     def _in_flight(self) -> list[Sequence]:
         """Live sequences past the queue, each once (the newcomer may also be a row of the pending step)."""

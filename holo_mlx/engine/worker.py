@@ -1,11 +1,9 @@
 """The one object that owns the model: all MLX work runs on a dedicated thread.
 
-The event loop only enqueues work and awaits results, so it never blocks on MLX. Generations go
-to the continuous-batching scheduler; embedding jobs wait in a FIFO, and each engine iteration runs
-one unit of the first (a chunk of a long input, or a batch of short ones) and then one scheduler
-step, so a long embedding never holds generation up for more than a unit. When a consumer goes
-away (client disconnect, error) its sequence or embedding job is cancelled and stops at the next
-step or unit. The waiting queue is bounded: beyond it, new work is refused at once.
+The event loop only enqueues work and awaits results, so it never blocks on MLX. Generations and
+embeddings go to the scheduler, which this thread steps while it has work. When a consumer goes
+away (client disconnect, error) its sequence or embedding is cancelled and stops at the next step.
+The waiting queue is bounded: beyond it, new work is refused at once.
 
 It knows nothing of HTTP: it raises QueueFull and NotReady, and the server answers them.
 """
@@ -14,7 +12,6 @@ import asyncio
 import logging
 import queue
 import threading
-from collections import deque
 from collections.abc import Awaitable, Callable
 
 from .. import load
@@ -23,7 +20,7 @@ from ..runtime import device_name, release_freed_memory
 from ..settings import ServerConfig
 from .caches import PrefixCache, VisionCache
 from .sampling import SamplingParams
-from .scheduler import Scheduler, Sequence
+from .scheduler import Embedding, Scheduler, Sequence
 
 log = logging.getLogger("holo_mlx.engine")
 _DONE = None  # what a sequence emits after its last chunk
@@ -73,26 +70,6 @@ class Generation:
             self.cancel()
 
 
-class _EmbedJob:
-    """One embeddings request in the engine's FIFO; it emits its vectors or its error at the end."""
-
-    def __init__(self, work: EmbeddingJob, emit: Callable[[object], None]):
-        self.work, self.emit = work, emit
-        self.cancelled = threading.Event()
-
-    def step(self) -> bool:
-        """Run the next work unit; True once the job has ended (done, failed or cancelled)."""
-        if self.cancelled.is_set():
-            return True
-        try:
-            if not self.work.step():
-                return False
-            self.emit(self.work.vectors)
-        except Exception as error:  # fails this job only
-            self.emit(error)
-        return True
-
-
 class Engine:
     def __init__(self, config: ServerConfig):
         self.config = config
@@ -101,7 +78,6 @@ class Engine:
         self.status, self.load_error = "loading", None
         self.model = self.prompts = self.scheduler = None
         self._inbox: queue.Queue = queue.Queue()
-        self._embeddings: deque[_EmbedJob] = deque()  # the first one is running
         self._thread = threading.Thread(target=self._serve, name="mlx-engine", daemon=True)
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -128,7 +104,7 @@ class Engine:
         worked = False
         while True:
             # Block only when idle; otherwise take what has arrived and keep stepping.
-            block = not (self.scheduler.has_work() or self._embeddings)
+            block = not self.scheduler.has_work()
             if block and worked and self._inbox.empty():
                 release_freed_memory()  # idle again: give this burst's freed buffers back
                 worked = False
@@ -139,13 +115,11 @@ class Engine:
                     break
                 if item is _DONE:
                     return
-                if isinstance(item, _EmbedJob):
-                    self._embeddings.append(item)
+                if isinstance(item, Embedding):
+                    self.scheduler.add_embedding(item)
                 else:
                     self.scheduler.add(item)
                 block, worked = False, True
-            if self._embeddings and self._embeddings[0].step():
-                self._embeddings.popleft()
             if self.scheduler.has_work():
                 try:
                     self.scheduler.step()
@@ -171,18 +145,20 @@ class Engine:
     @property
     def waiting(self) -> int:
         """Queued work not yet cancelled (cancelled work lingers until the engine reaches it)."""
-        queued = list(self._inbox.queue) + list(self._embeddings)[1:] + \
-            (list(self.scheduler.waiting) if self.scheduler else [])
-        return sum(not (isinstance(item, (Sequence, _EmbedJob)) and item.cancelled.is_set()) for item in queued)
+        scheduler = self.scheduler
+        queued = list(self._inbox.queue) + \
+            (list(scheduler.waiting) + list(scheduler.embeddings)[1:] if scheduler else [])
+        return sum(not (isinstance(item, (Sequence, Embedding)) and item.cancelled.is_set()) for item in queued)
 
     @property
     def running(self) -> int:
         """Sequences prefilling or decoding, and the embedding job at work."""
-        embedding = list(self._embeddings)[:1]  # a copy: the engine thread pops it when done
-        running = sum(not job.cancelled.is_set() for job in embedding)
-        if self.scheduler is not None:
-            running += len(self.scheduler.running) + (self.scheduler.prefilling is not None)
-        return running
+        scheduler = self.scheduler
+        if scheduler is None:
+            return 0
+        embedding = list(scheduler.embeddings)[:1]  # a copy: the engine thread pops it when done
+        return sum(not job.cancelled.is_set() for job in embedding) + len(scheduler.running) + \
+            (scheduler.prefilling is not None)
 
     def require_ready(self) -> None:
         if self.status != "ready":
@@ -223,7 +199,7 @@ class Engine:
         caller is cancelled, the job stops at its next unit. QueueFull at once when the queue is full."""
         self._admit()
         results, emit = self._results()
-        job = _EmbedJob(EmbeddingJob(self.model, prompts, self.config.embedding_chunk), emit)
+        job = Embedding(EmbeddingJob(self.model, prompts, self.config.embedding_chunk), emit)
         self._inbox.put(job)
         outcome = asyncio.ensure_future(results.get())
         try:
