@@ -1,179 +1,69 @@
-"""silu, softmax and attention that run fast on MLX's CPU backend; Metal keeps MLX's own kernels.
+"""The kernels the models call, bound once to those of the device they run on by select().
 
-MLX's x86-64 CPU backend evaluates exp one element at a time (~20 ns per element here), which
-made silu and the attention softmax the largest costs of a prefill and of the vision tower after
-the GEMMs. Here exp is plain arithmetic instead: exp(x) = 2^n * 2^f with n = round(x log2 e), the
-float 2^n built from its exponent bits and 2^f a degree-7 polynomial (relative error 2.2e-7).
+On a GPU they are MLX's and mlx-lm's, as mlx-lm's models use them: fused attention, mlx-lm's
+compiled SwiGLU, a compiled log-softmax and rotary, and the vision tower over all its rows at
+once. MLX's CPU backend gets holo_mlx/cpu's instead (its exp is scalar, its streams single-threaded).
 
-The arithmetic is split into small mx.compile kernels on purpose: MLX's fuser breaks a graph
-with two outputs, or with maximum (a scalar loop: it checks for NaN), into many passes;
-one pass for the exponent bits, one for the polynomial and one that combines them vectorize.
+load_model() selects for the default device; importing this module selects for it too, so models
+built without load_model() run. Call them through the module (`kernels.attention(...)`): a name
+imported from here keeps the function it was bound to at that time.
 """
 
-import logging
-from functools import cache
+from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models.activations import swiglu as compiled_swiglu
 
-from .runtime import joined, lanes, on_gpu
-
-log = logging.getLogger(__name__)
-
-LOG2E = 1.4426950408889634
-# Taylor coefficients of 2^f = exp(f ln 2); |f| <= 0.5 keeps the degree-7 remainder below 1e-7.
-EXP2_COEFFICIENTS = (1.0, 0.6931471805599453, 0.2402265069591007, 0.05550410866482158, 0.009618129107628477,
-                     0.0013333558146428443, 0.00015403530393381606, 1.525273380405984e-05)
-MANTISSA = 8388608.0  # 2^23: a float32's exponent field starts at bit 23
-# Adding 1.5 * 2^23 rounds to an integer; the extra 128 (even, so ties round alike) leaves the
-# float32 exponent bias 127 after the subtraction in _exponent_bits.
-ROUNDER = (12582912.0 + 128) * MANTISSA
-MASKED = -1e9  # a masked score: finite, as the kernels need, and exp(MASKED - max) is exactly 0
+from .cpu import attention as cpu_attention
+from .cpu import kernels as cpu_kernels
+from .cpu import tower as cpu_tower
 
 
-def _rounded(x: mx.array) -> mx.array:
-    """(round(x log2 e) + ROUNDER) * 2^23: both kernels evaluate this same expression, so the
-    compiler rounds it identically in each, fused multiply-add or not."""
-    return x * (LOG2E * MANTISSA) + ROUNDER
+def rotate_half(x: mx.array) -> mx.array:
+    half = x.shape[-1] // 2
+    return mx.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
-def _exponent_bits(x: mx.array) -> mx.array:
-    """The int32 bits of the float 2^n, n = round(x log2 e); 0 (the float 0.0) below 2^-126."""
-    biased = _rounded(x) - (ROUNDER - 127 * MANTISSA)  # (n + 127) * 2^23
-    return ((biased + mx.abs(biased)) * 0.5).astype(mx.int32)  # max(biased, 0) that vectorizes
+def rotary(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+    """x rotated by the angles of cos and sin (rotate-half layout)."""
+    return x * cos + rotate_half(x) * sin
 
 
-def _fraction_power(x: mx.array) -> mx.array:
-    """2^f for f = x log2 e - n in [-0.5, 0.5] (Estrin's scheme: shorter dependency chains)."""
-    f = x * LOG2E - (_rounded(x) - ROUNDER) * (1 / MANTISSA)
-    c = EXP2_COEFFICIENTS
-    f2 = f * f
-    return (c[0] + c[1] * f + f2 * (c[2] + c[3] * f)) + (f2 * f2) * ((c[4] + c[5] * f) + f2 * (c[6] + c[7] * f))
+@partial(mx.compile, shapeless=True)
+def _rotary_sum(x: mx.array, rotated: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+    return x * cos + rotated * sin
 
 
-def _silu_gate(x: mx.array, power: mx.array, bits: mx.array, up: mx.array) -> mx.array:
-    """silu(x) * up from e = exp(-|x|) = power * bits, a form that never overflows:
-    sigmoid(x) = 1 / (1 + e) for x >= 0 and e / (1 + e) below."""
-    e = power * bits
-    return x * (mx.where(x >= 0, 1.0, e) / (1 + e)) * up
+def compiled_rotary(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+    """rotary() with its arithmetic fused in one shapeless kernel; the half swap stays outside, as
+    its slices are sized by the shape, which a shapeless compile cannot trace."""
+    return _rotary_sum(x, rotate_half(x), cos, sin)
 
 
-@cache
-def _cpu_kernels():
-    """The compiled kernels, or None where the CPU backend cannot compile (MLX builds its CPU
-    kernels with the system C++ compiler): then MLX's own exp, as the polynomial unfused is slower.
-    Compiled per shape: shape-agnostic kernels run ~4x slower here."""
-    kernels = mx.compile(_exponent_bits), mx.compile(_fraction_power), mx.compile(_silu_gate)
-    try:
-        mx.eval(kernels[0](mx.zeros(4)))
-    except Exception as error:
-        log.warning("mx.compile unavailable on the CPU backend (%s); using mx.exp", error)
-        return None
-    return kernels
+def tower_on_all_rows(tower, *inputs) -> mx.array:
+    """The vision tower's own pass over every row at once: a GPU spreads each kernel over itself."""
+    return tower.rows(*inputs)
 
 
-# MLX keeps every traced shape of a compiled function (~36 KB each) until the function is
-# dropped, and attention scores come in ever new shapes: start afresh past this many.
-MAX_TRACED_SHAPES = 512
-_traced_shapes: set[tuple[int, ...]] = set()
+def select(device: mx.Device | mx.DeviceType | None = None) -> None:
+    """Bind attention, swiglu, log_softmax, apply_rotary and run_tower for `device` (by default the
+    default device). Calling it again rebinds them."""
+    global attention, swiglu, log_softmax, apply_rotary, run_tower
+    if (mx.default_device() if device is None else device) == mx.gpu:
+        attention = mx.fast.scaled_dot_product_attention
+        swiglu = compiled_swiglu
+        log_softmax = nn.log_softmax
+        apply_rotary = compiled_rotary
+        run_tower = tower_on_all_rows
+    else:
+        attention = cpu_attention.attention
+        swiglu = cpu_kernels.silu_gate
+        log_softmax = cpu_kernels.log_softmax
+        # Uncompiled: rotary is a small share of the CPU's work, and its compiled kernels are
+        # traced per shape (see cpu/kernels.py).
+        apply_rotary = rotary
+        run_tower = cpu_tower.run_tower
 
 
-def _kernels_for(shape: tuple[int, ...]):
-    if on_gpu():
-        return None
-    if shape not in _traced_shapes:
-        if len(_traced_shapes) >= MAX_TRACED_SHAPES:
-            _traced_shapes.clear()
-            _cpu_kernels.cache_clear()
-        _traced_shapes.add(shape)
-    return _cpu_kernels()
-
-
-def exp_nonpositive(x: mx.array) -> mx.array:
-    """exp(x) for finite x <= 0 (shifted scores and logits); 0 below exp(-87)."""
-    kernels = _kernels_for(x.shape)
-    if kernels is None:
-        return mx.exp(x)
-    exponent_bits, fraction_power, _ = kernels
-    return fraction_power(x) * exponent_bits(x).view(mx.float32)
-
-
-def silu_gate(x: mx.array, up: mx.array) -> mx.array:
-    """silu(x) * up, SwiGLU's gate."""
-    kernels = _kernels_for(x.shape)
-    if kernels is None:
-        return nn.silu(x) * up
-    exponent_bits, fraction_power, gate = kernels
-    negative = -mx.abs(x)
-    return gate(x, fraction_power(negative), exponent_bits(negative).view(mx.float32), up)
-
-
-def log_softmax(logits: mx.array) -> mx.array:
-    """Log-probabilities over the last axis (a vocabulary row per sampled token)."""
-    if on_gpu():
-        return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - mx.log(exp_nonpositive(shifted).sum(axis=-1, keepdims=True))
-
-
-SCORES_PER_CHUNK = 1 << 23  # attention scores computed at once (32 MB)
-QUERY_ROWS_PER_CHUNK = 1024
-MIN_QUERY_ROWS = 32
-
-
-def attention(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None) -> mx.array:
-    """mx.fast.scaled_dot_product_attention's contract: q (B, H, L, D), k and v (B, H_kv, S, D) with
-    H a multiple of H_kv (grouped queries), mask None, "causal", boolean (True = attend) or additive.
-
-    On the CPU, prompts and images (L > 1) take chunks through exp_nonpositive, normalized after
-    the product with V (L x D divisions instead of L x S); measured on a 7B-shape full-attention
-    block (4,784 patches, 16 heads): 1.95 s against MLX's 7.3 s.
-    """
-    batch, heads, length, dims = q.shape
-    if on_gpu() or length == 1:  # a decode step's scores are small: MLX's kernel is as good
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
-    kv_heads, keys = k.shape[1], k.shape[2]
-    # Grouped queries: each KV head serves heads // kv_heads query heads without copying K and V.
-    q = mx.contiguous(q * scale).reshape(batch, kv_heads, heads // kv_heads, length, dims)
-    # Contiguous once, not once per chunk (a transposed view would be copied for every matmul).
-    keys_t, v = mx.contiguous(k)[:, :, None].swapaxes(-1, -2), mx.contiguous(v)[:, :, None]
-    if isinstance(mask, str):
-        if mask != "causal":
-            raise ValueError(f"unknown attention mask {mask!r}")
-        # The L queries are the last L of the S keys' positions.
-        mask = mx.arange(keys)[None, :] <= mx.arange(keys - length, keys)[:, None]
-    if mask is not None:
-        # Additive and finite once, so a chunk adds it in one vectorized pass.
-        mask = mx.where(mask, 0.0, MASKED) if mask.dtype == mx.bool_ else mx.maximum(mask, MASKED)
-        if mask.ndim == 4:  # (B, 1 or H, L, S) -> (B, 1 or H_kv, 1 or group, L, S)
-            mask = mask[:, :, None] if mask.shape[1] == 1 else \
-                mask.reshape(mask.shape[0], kv_heads, heads // kv_heads, *mask.shape[2:])
-    streams = lanes()
-    # Chunks of whole query rows of one or a few KV heads: long rows keep the GEMMs efficient, a
-    # bounded chunk keeps the scores in cache, and chunks alternate between the lanes.
-    # Against a long cache (a long prompt's later chunks) fewer rows keep the scores within budget.
-    budget_rows = SCORES_PER_CHUNK // (batch * (heads // kv_heads) * keys)
-    rows = min(length, QUERY_ROWS_PER_CHUNK, max(MIN_QUERY_ROWS, budget_rows))
-    heads_step = max(1, SCORES_PER_CHUNK // (batch * (heads // kv_heads) * rows * keys))
-    heads_step = min(heads_step, -(-kv_heads // len(streams)))  # one chunk per lane where heads allow
-    outputs, chunk = [], 0
-    for head in range(0, kv_heads, heads_step):
-        head_rows = []
-        for start in range(0, length, rows):
-            with mx.stream(streams[chunk % len(streams)]):
-                scores = q[:, head:head + heads_step, :, start:start + rows] @ keys_t[:, head:head + heads_step]
-                if mask is not None:
-                    scores = scores + _mask_chunk(mask, head, heads_step, start, rows, length)
-                weights = exp_nonpositive(scores - scores.max(axis=-1, keepdims=True))
-                head_rows.append((weights @ v[:, head:head + heads_step]) / weights.sum(axis=-1, keepdims=True))
-            chunk += 1
-        outputs.append(joined(head_rows, axis=-2))
-    out = joined(outputs, axis=1)
-    return out.reshape(batch, heads, length, dims)
-
-
-def _mask_chunk(mask: mx.array, head: int, heads: int, start: int, rows: int, length: int) -> mx.array:
-    """The part of a (B, 1 or H_kv, 1 or group, 1 or L, S) or (1 or L, S) mask that a chunk sees."""
-    if mask.ndim == 5 and mask.shape[1] > 1:
-        mask = mask[:, head:head + heads]
-    return mask[..., start:start + rows, :] if mask.shape[-2] == length else mask
+select()

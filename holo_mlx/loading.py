@@ -5,9 +5,11 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 
+from . import kernels
 from .models import Family, VisionLanguageModel, family_for
-from .runtime import keep_freed_buffers, on_gpu
+from .runtime import compute_dtype, keep_freed_buffers, wire_weights
 
 
 class LoadError(RuntimeError):
@@ -41,8 +43,9 @@ def read_config(path: Path) -> dict:
 
 def load_model(path_or_repo: str | Path) -> VisionLanguageModel:
     """Build the model of the folder's family and load its weights, in float32 on the CPU backend
-    (see runtime.py); `model.family` is the Family."""
+    (see runtime.py), with the kernels of the default device; `model.family` is the Family."""
     keep_freed_buffers()
+    kernels.select()
     path = resolve_path(path_or_repo)
     raw_config = read_config(path)
     family: Family = family_for(raw_config)
@@ -73,7 +76,7 @@ def load_model(path_or_repo: str | Path) -> VisionLanguageModel:
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as error:
         raise LoadError(f"{path}: weights do not match the config: {error}") from None
-    if not on_gpu():
-        model.set_dtype(mx.float32)
+    model.apply(lambda p: p.astype(compute_dtype(p.dtype)) if mx.issubdtype(p.dtype, mx.floating) else p)
+    wire_weights(sum(p.nbytes for _, p in tree_flatten(model.parameters())))
     mx.eval(model.parameters())
     return model

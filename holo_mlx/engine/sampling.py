@@ -7,7 +7,7 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.sample_utils import apply_top_k, apply_top_p
 
-from ..kernels import log_softmax
+from .. import kernels
 
 
 @dataclass
@@ -108,7 +108,7 @@ def choose(logits: mx.array, choosers: list[TokenChooser], masks: list[mx.array 
     """The next token of every row of `logits` (rows, vocab) in a few batched operations: masks
     applied at once, one argmax for the greedy rows, one filter-and-draw per group of rows with
     the same top-p/top-k. Reported log-probabilities are the model's, before masks and filters."""
-    logprobs = log_softmax(logits)
+    logprobs = kernels.log_softmax(logits)
     scores = logprobs
     if any(mask is not None for mask in masks):
         everything = mx.ones((logits.shape[-1],), dtype=mx.bool_)

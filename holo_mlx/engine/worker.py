@@ -70,6 +70,11 @@ class Generation:
             self.cancel()
 
 
+def _put_all(items: list[tuple[asyncio.Queue, object]]) -> None:
+    for results, item in items:
+        results.put_nowait(item)
+
+
 class Engine:
     def __init__(self, config: ServerConfig):
         self.config = config
@@ -78,6 +83,7 @@ class Engine:
         self.status, self.load_error = "loading", None
         self.model = self.prompts = self.scheduler = None
         self._inbox: queue.Queue = queue.Queue()
+        self._outbox: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, object]] = []
         self._thread = threading.Thread(target=self._serve, name="mlx-engine", daemon=True)
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -126,6 +132,17 @@ class Engine:
                 except Exception as error:  # a scheduler bug fails the requests in flight, not the server
                     log.exception("engine step failed")
                     self.scheduler.fail_all(error)
+            self._deliver()
+
+    def _deliver(self) -> None:
+        """Hand this iteration's results to their event loops, one wake-up per loop instead of one
+        per token: with many streams the loop otherwise spends its time waking up."""
+        outbox, self._outbox = self._outbox, []
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for loop, results, item in outbox:
+            by_loop.setdefault(loop, []).append((results, item))
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_put_all, items)
 
     # --- facts -------------------------------------------------------------------------------------
 
@@ -171,8 +188,9 @@ class Engine:
             raise QueueFull(waiting)
 
     def _results(self) -> tuple[asyncio.Queue, Callable[[object], None]]:
+        """A request's result queue, and the engine-thread function that posts to it."""
         loop, results = asyncio.get_running_loop(), asyncio.Queue()
-        return results, lambda item: loop.call_soon_threadsafe(results.put_nowait, item)
+        return results, lambda item: self._outbox.append((loop, results, item))
 
     def generate(self, prompt, params: SamplingParams) -> Generation:
         """Queue one generation; QueueFull at once when the waiting queue is full."""

@@ -3,16 +3,7 @@
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..kernels import silu_gate
-
-
-def rotate_half(x: mx.array) -> mx.array:
-    half = x.shape[-1] // 2
-    return mx.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-
-
-def apply_rotary(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
-    return x * cos + rotate_half(x) * sin
+from .. import kernels
 
 
 class MLP(nn.Module):
@@ -25,4 +16,4 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(hidden_dim, dim, bias=bias)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(silu_gate(self.gate_proj(x), self.up_proj(x)))
+        return self.down_proj(kernels.swiglu(self.gate_proj(x), self.up_proj(x)))

@@ -13,8 +13,8 @@ from mlx_lm.models.base import create_attention_mask
 
 from ..base import Span
 from .config import TextConfig
-from ...kernels import attention
-from ..layers import MLP, apply_rotary
+from ... import kernels
+from ..layers import MLP
 
 
 @dataclass
@@ -74,12 +74,12 @@ class Attention(nn.Module):
             k = keys[rows].reshape(batch, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
             v = values[rows].reshape(batch, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
             cos, sin = group.cos, group.sin
-            q = apply_rotary(q, cos[..., -queried:, :], sin[..., -queried:, :])
-            k = apply_rotary(k, cos, sin)
+            q = kernels.apply_rotary(q, cos[..., -queried:, :], sin[..., -queried:, :])
+            k = kernels.apply_rotary(k, cos, sin)
             if group.cache is not None:
                 k, v = group.cache.update_and_fetch(k, v)
             mask = group.mask if last_rows is None else group.last_query_mask()
-            out = attention(q, k, v, scale=self.scale, mask=mask)
+            out = kernels.attention(q, k, v, scale=self.scale, mask=mask)
             outputs.append(out.transpose(0, 2, 1, 3).reshape(batch * queried, -1))
         return self.o_proj(mx.concatenate(outputs))
 

@@ -2,8 +2,8 @@
 
 Attribute names equal the checkpoint keys under `vision_tower.`. Window attention runs as one
 batched attention call: windows are gathered into a padded (windows, max_len) layout with a key
-mask, so there is no Python loop per window. On the CPU every block runs as two row halves (cut
-between windows) on two streams (runtime.lanes); only full attention joins them.
+mask, so there is no Python loop per window. kernels.run_tower runs the tower's rows: all at once
+on a GPU, in two parts cut between windows on the CPU backend (holo_mlx/cpu/tower.py).
 """
 
 from dataclasses import dataclass
@@ -13,15 +13,15 @@ import mlx.nn as nn
 import numpy as np
 
 from .config import VisionConfig
-from ...kernels import attention
-from ..layers import MLP, apply_rotary
-from ...runtime import blas_threads_shared_by_lanes, joined, lanes, on_lanes
+from ... import kernels
+from ..layers import MLP
 
 
 @dataclass
 class Segments:
     """Padded layout of variable-length attention segments (windows or whole images)."""
 
+    boundaries: np.ndarray  # first row of each segment, then the end
     gather: mx.array | None  # (segments, max_len) sequence index per slot; None: one segment, no padding
     key_mask: mx.array | None  # (segments, 1, 1, max_len) True where the slot holds a real token
     unpad: mx.array | None  # (seq,) flat slot index of each sequence position
@@ -30,7 +30,7 @@ class Segments:
     def from_boundaries(cls, boundaries: np.ndarray) -> "Segments":
         lengths = np.diff(boundaries)
         if len(lengths) == 1:
-            return cls(None, None, None)
+            return cls(boundaries, None, None, None)
         max_len = int(lengths.max())
         slots = np.arange(max_len)
         valid = slots[None, :] < lengths[:, None]
@@ -38,30 +38,19 @@ class Segments:
         gather = np.where(valid, boundaries[:-1, None] + slots[None, :], boundaries[:-1, None])
         unpad = np.flatnonzero(valid.reshape(-1))
         return cls(
+            boundaries,
             mx.array(gather.astype(np.int32)),
             mx.array(valid[:, None, None, :]),
             mx.array(unpad.astype(np.int32)),
         )
 
-
-@dataclass
-class WindowPart:
-    """Consecutive whole windows: rows start:stop of the tower's sequence."""
-
-    start: int
-    stop: int
-    windows: Segments
-
-    @property
-    def rows(self) -> slice:
-        return slice(self.start, self.stop)
-
-    @classmethod
-    def split(cls, boundaries: np.ndarray, parts: int) -> list["WindowPart"]:
-        """About equal parts that cut only between windows."""
-        cuts = [int(np.abs(boundaries - boundaries[-1] * i / parts).argmin()) for i in range(1, parts)]
-        cuts = sorted({0, *cuts, len(boundaries) - 1})
-        return [cls(int(boundaries[a]), int(boundaries[b]), Segments.from_boundaries(boundaries[a:b + 1] - boundaries[a]))
+    def split(self, parts: int) -> list[tuple[slice, "Segments"]]:
+        """About equal row ranges that cut only between segments, each with its own segments: work
+        that stays within segments runs on each range by itself."""
+        bounds = self.boundaries
+        cuts = [int(np.abs(bounds - bounds[-1] * i / parts).argmin()) for i in range(1, parts)]
+        cuts = sorted({0, *cuts, len(bounds) - 1})
+        return [(slice(int(bounds[a]), int(bounds[b])), Segments.from_boundaries(bounds[a:b + 1] - bounds[a]))
                 for a, b in zip(cuts, cuts[1:])]
 
 
@@ -72,7 +61,7 @@ class VisionLayout:
     window_index: mx.array  # merge-unit order used inside the tower (windows contiguous)
     reverse_index: mx.array  # back to raster order after the merger
     rotary_positions: np.ndarray  # (seq, 2) row/column of each patch, in window order
-    window_parts: list[WindowPart]  # at most one per lane
+    windows: Segments
     images: Segments
 
 
@@ -107,7 +96,7 @@ def patch_positions(grid_thw: list[tuple[int, int, int]], merge: int) -> np.ndar
     return np.concatenate(rows)
 
 
-def vision_layout(grid_thw: list[tuple[int, int, int]], config: VisionConfig, parts: int = 1) -> VisionLayout:
+def vision_layout(grid_thw: list[tuple[int, int, int]], config: VisionConfig) -> VisionLayout:
     unit = config.spatial_merge_size**2
     order, window_bounds = window_index(grid_thw, config)
     positions = patch_positions(grid_thw, config.spatial_merge_size)
@@ -117,7 +106,7 @@ def vision_layout(grid_thw: list[tuple[int, int, int]], config: VisionConfig, pa
         window_index=mx.array(order.astype(np.int32)),
         reverse_index=mx.array(np.argsort(order).astype(np.int32)),
         rotary_positions=positions,
-        window_parts=WindowPart.split(window_bounds, parts),
+        windows=Segments.from_boundaries(window_bounds),
         images=Segments.from_boundaries(image_bounds),
     )
 
@@ -126,7 +115,7 @@ def segmented_attention(q, k, v, segments: Segments, scale: float) -> mx.array:
     """Attention within each segment; q, k, v are (seq, heads, head_dim)."""
     if segments.gather is None:
         q, k, v = (t.transpose(1, 0, 2)[None] for t in (q, k, v))
-        out = attention(q, k, v, scale=scale)
+        out = kernels.attention(q, k, v, scale=scale)
         return out[0].transpose(1, 0, 2)
     # Gathered straight into (segments, heads, max_len, head_dim) and back: one copy each way.
     seq, heads, dims = q.shape
@@ -134,7 +123,7 @@ def segmented_attention(q, k, v, segments: Segments, scale: float) -> mx.array:
     head = mx.arange(heads)
     rows = segments.gather[:, None, :] * heads + head[:, None]  # (segments, heads, max_len)
     q, k, v = (t.reshape(seq * heads, dims)[rows] for t in (q, k, v))
-    out = attention(q, k, v, scale=scale, mask=segments.key_mask)
+    out = kernels.attention(q, k, v, scale=scale, mask=segments.key_mask)
     segment, slot = segments.unpad // max_len, segments.unpad % max_len
     back = (segment[:, None] * heads + head) * max_len + slot[:, None]  # (seq, heads)
     return out.reshape(-1, dims)[back]
@@ -151,7 +140,7 @@ class VisionAttention(nn.Module):
     def rotated_qkv(self, x, cos, sin) -> tuple[mx.array, mx.array, mx.array]:
         """q, k, v of shape (seq, heads, head_dim), q and k rotated."""
         qkv = self.qkv(x).reshape(x.shape[0], 3, self.num_heads, -1)
-        return apply_rotary(qkv[:, 0], cos, sin), apply_rotary(qkv[:, 1], cos, sin), qkv[:, 2]
+        return kernels.apply_rotary(qkv[:, 0], cos, sin), kernels.apply_rotary(qkv[:, 1], cos, sin), qkv[:, 2]
 
 
 class VisionBlock(nn.Module):
@@ -162,22 +151,19 @@ class VisionBlock(nn.Module):
         self.attn = VisionAttention(config.hidden_size, config.num_heads)
         self.mlp = MLP(config.hidden_size, config.intermediate_size, bias=True)
 
-    def __call__(self, xs: list[mx.array], parts: list["WindowPart"], cos, sin,
-                 images: Segments | None) -> list[mx.array]:
-        """The block over the parts' rows, each part on its own lane (runtime.lanes). Window
-        attention stays within a part; full attention (images given) sees every part's rows."""
-        rotary = [(cos[part.rows], sin[part.rows]) for part in parts]
-        qkv = on_lanes(lambda x, angles: self.attn.rotated_qkv(self.norm1(x), *angles), xs, rotary)
-        if images is None:
-            outs = on_lanes(lambda part_qkv, windows: segmented_attention(*part_qkv, windows, self.attn.scale),
-                            qkv, [part.windows for part in parts])
-        else:
-            q, k, v = (joined(list(t)) for t in zip(*qkv))
-            out = segmented_attention(q, k, v, images, self.attn.scale)
-            outs = [out[part.rows] for part in parts]
-        return on_lanes(self._residual_mlp, xs, outs)
+    def __call__(self, x: mx.array, cos: mx.array, sin: mx.array, segments: Segments) -> mx.array:
+        """x (seq, dim) after the block: attention within each segment (windows, or whole images in
+        a full-attention block), then the MLP. The steps are methods of their own, which the CPU
+        backend runs on its lanes (holo_mlx/cpu/tower.py)."""
+        return self.residual_mlp(x, self.attend(*self.rotated_qkv(x, cos, sin), segments))
 
-    def _residual_mlp(self, x: mx.array, attended: mx.array) -> mx.array:
+    def rotated_qkv(self, x: mx.array, cos: mx.array, sin: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        return self.attn.rotated_qkv(self.norm1(x), cos, sin)
+
+    def attend(self, q: mx.array, k: mx.array, v: mx.array, segments: Segments) -> mx.array:
+        return segmented_attention(q, k, v, segments, self.attn.scale)
+
+    def residual_mlp(self, x: mx.array, attended: mx.array) -> mx.array:
         x = x + self.attn.proj(attended.reshape(x.shape[0], -1))
         return x + self.mlp(self.norm2(x))
 
@@ -217,6 +203,7 @@ class VisionModel(nn.Module):
         self.patch_embed = PatchEmbed(config)
         self.blocks = [VisionBlock(config) for _ in range(config.depth)]
         self.merger = PatchMerger(config)
+        self.full_attention = frozenset(config.fullatt_block_indexes)
         head_dim = config.hidden_size // config.num_heads
         quarter = head_dim // 2
         self._inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, quarter, 2, dtype=np.float32) / quarter))
@@ -229,24 +216,22 @@ class VisionModel(nn.Module):
         return mx.cos(angles), mx.sin(angles)
 
     def __call__(self, pixel_values: mx.array, grid_thw: list[tuple[int, int, int]]) -> mx.array:
-        """Image features in prompt order: (sum of t*h*w/merge^2, out_hidden_size), evaluated:
-        on the CPU the lanes share OpenBLAS's threads while the tower runs."""
-        with blas_threads_shared_by_lanes():
-            features = self._features(pixel_values, grid_thw)
-            mx.eval(features)
-        return features
-
-    def _features(self, pixel_values: mx.array, grid_thw: list[tuple[int, int, int]]) -> mx.array:
-        layout = vision_layout(grid_thw, self.config, parts=len(lanes()))
-        parts = layout.window_parts
+        """Image features in prompt order: (sum of t*h*w/merge^2, out_hidden_size), evaluated."""
+        layout = vision_layout(grid_thw, self.config)
         unit = self.config.spatial_merge_size**2
-        # Window order from the start: every step up to the merger then works on rows of one part.
+        # Window order from the start: every step up to the merger then works on whole windows.
         pixels = pixel_values.reshape(-1, unit, pixel_values.shape[-1])[layout.window_index]
         pixels = pixels.reshape(-1, pixel_values.shape[-1])
-        xs = on_lanes(self.patch_embed, [pixels[part.rows] for part in parts])
-        cos, sin = (angles.astype(xs[0].dtype) for angles in self.rotary(layout.rotary_positions))
-        full = set(self.config.fullatt_block_indexes)
+        dtype = self.patch_embed.proj.weight.dtype
+        cos, sin = (angles.astype(dtype) for angles in self.rotary(layout.rotary_positions))
+        features = kernels.run_tower(self, pixels, cos, sin, layout.windows, layout.images)[layout.reverse_index]
+        mx.eval(features)
+        return features
+
+    def rows(self, pixels: mx.array, cos: mx.array, sin: mx.array, windows: Segments, images: Segments) -> mx.array:
+        """Merged features of patches in window order, in window order: the blocks attend within
+        `windows`, the full-attention blocks within `images`."""
+        x = self.patch_embed(pixels)
         for index, block in enumerate(self.blocks):
-            xs = block(xs, parts, cos, sin, layout.images if index in full else None)
-        # Parts hold whole merge units (windows are made of them), so the merger runs per part too.
-        return joined(on_lanes(self.merger, xs))[layout.reverse_index]
+            x = block(x, cos, sin, images if index in self.full_attention else windows)
+        return self.merger(x)
