@@ -7,7 +7,8 @@ For each preset (or --model), on the same converted MLX folder and in one run:
 - holo-mlx, --clients concurrent clients (default 8) against the same server;
 - the engine's host time and device-wait time per step over each server phase, from the deltas of
   /metrics' holo_engine_steps_total, holo_engine_step_host_seconds_total and
-  holo_engine_step_wait_seconds_total (the script stops with the missing names if a server lacks them).
+  holo_engine_step_wait_seconds_total (left out for a serve.py older than them, e.g. --serve-py of an
+  earlier checkout to compare before and after).
 
 Every request is the text workload of bench_server.py: a new system prompt per request (so no cache
 flatters it) and a ~110-token instruction, greedy, exactly --max-tokens tokens. EOS is ignored:
@@ -89,6 +90,11 @@ class MlxVlmStream:
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         # stream_generate breaks when stopping_criteria(token) is true: never, as with ignore_eos.
         self.tokenizer.stopping_criteria = lambda token: False
+        # A random-weight checkpoint samples ids in the embedding's padding past the tokenizer's
+        # vocabulary, which mlx-vlm's detokenizer has no text for: give them one.
+        tokenmap = self.processor.detokenizer.tokenmap
+        rows = self.model.language_model.model.embed_tokens.weight.shape[0]
+        tokenmap.extend(["!"] * (rows - len(tokenmap)))
 
     def request(self, seed: int, max_tokens: int) -> dict:
         from mlx_vlm.generate import stream_generate
@@ -124,16 +130,16 @@ class MlxVlmStream:
 
 # --- holo-mlx ---------------------------------------------------------------------------------
 
-def step_counters(url: str, api_key: str) -> dict[str, float]:
-    """The engine's step counters from /metrics; exits naming any the server does not export."""
+def step_counters(url: str, api_key: str) -> dict[str, float] | None:
+    """The engine's step counters from /metrics; None from a server older than them (--serve-py
+    of an earlier checkout, to compare before and after): its step figures are then left out."""
     import httpx
 
     response = httpx.get(f"{base_of(url)}/metrics", headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
     response.raise_for_status()
     values = parse_metrics(response.text)
-    if missing := [name for name in STEP_METRICS if name not in values]:
-        raise SystemExit(f"the server's /metrics has no {', '.join(missing)}: this benchmark reads the engine's "
-                         "step counters from it (a serve.py older than them?)")
+    if any(name not in values for name in STEP_METRICS):
+        return None
     return {name: values[name] for name in STEP_METRICS}
 
 
@@ -150,7 +156,7 @@ async def holo_phase(url: str, model: str, args, clients: int, runs: int, seed: 
         after = await asyncio.to_thread(step_counters, url, args.api_key)
     finally:
         await client.close()
-    steps, host, wait = (after[name] - before[name] for name in STEP_METRICS)
+    steps, host, wait = (after[name] - before[name] if after else None for name in STEP_METRICS)
     row.update({"decode_tps": row.get("decode_tps_per_request_avg"), "steps": steps, "host_s": host, "wait_s": wait})
     return row, errors
 
@@ -228,8 +234,9 @@ def summarize_rounds(rounds: list[dict], args) -> dict:
         figures["errors"] = sum(r[phase]["errors"] for r in rounds)
         figures["clients"] = {"mlx_vlm": 1, "lone": 1, "concurrent": args.clients}[phase]
         if phase != "mlx_vlm":
-            steps = sum(r[phase]["steps"] for r in rounds)
-            host, wait = (sum(r[phase][key] for r in rounds) for key in ("host_s", "wait_s"))
+            counted = [r[phase] for r in rounds if r[phase]["steps"] is not None]
+            steps = sum(r["steps"] for r in counted)
+            host, wait = (sum(r[key] for r in counted) for key in ("host_s", "wait_s"))
             figures.update({"steps": steps, "host_ms_per_step": 1e3 * host / steps if steps else None,
                             "wait_ms_per_step": 1e3 * wait / steps if steps else None,
                             "short_requests": sum(r[phase].get("short_requests", 0) for r in rounds)})
