@@ -18,6 +18,7 @@ import mlx.core as mx
 import numpy as np
 import openai
 import pytest
+from PIL import Image
 
 from holo_mlx.runtime import compute_dtype, device_name
 from holo_mlx.server.ports import pid_listening_on
@@ -126,6 +127,27 @@ def test_chat_text_greedy_is_deterministic_and_counts_usage(client):
     assert first.choices[0].finish_reason == "length"
     assert first.usage.completion_tokens == 6
     assert first.usage.total_tokens == first.usage.prompt_tokens + 6
+
+
+def test_cli_and_server_give_the_same_greedy_answer(client, hf_root_checkpoint, tmp_path):
+    """One generation path: `python -m holo_mlx.generate` steps its own scheduler, the server its
+    engine's; on the same screenshot and question they answer alike, token for token."""
+    image = tmp_path / "screen.png"
+    synthetic_screenshot(400, 300, seed=5).save(image)
+    result = subprocess.run(
+        [sys.executable, "-m", "holo_mlx.generate", "--model", str(hf_root_checkpoint), "--image", str(image),
+         "--prompt", "Where is the OK button?", "--max-tokens", "12"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    cli_text, stats = result.stdout.split("\n==========\n")
+    served = client.chat.completions.create(
+        model="holo-tiny", max_tokens=12, temperature=0,
+        messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_url(Image.open(image))}},
+            {"type": "text", "text": "Where is the OK button?"}]}])
+    assert served.choices[0].message.content == cli_text
+    assert f"Generation: {served.usage.completion_tokens} tokens" in stats
+    assert f"Prompt: {served.usage.prompt_tokens} tokens" in stats
 
 
 def test_chat_stream_matches_non_stream_and_reports_usage(client):
