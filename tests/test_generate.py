@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,14 @@ def test_cli_generates_without_importing_torch(hf_root_checkpoint, tmp_path):
     assert "Prompt:" in result.stdout and "tokens-per-sec" in result.stdout
     assert "Generation: 6 tokens" in result.stdout
     assert "Peak memory:" in result.stdout
+
+
+def test_the_readme_python_example_runs(hf_root_checkpoint, tmp_path, monkeypatch, capsys):
+    """README.md's Python API block, as written, on the tiny checkpoint and a screenshot."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = readme.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    synthetic_screenshot(400, 300).save(tmp_path / "screen.png")
+    monkeypatch.chdir(tmp_path)
+    exec(code.replace("models/Holo1.5-7B-mlx-8bit", str(hf_root_checkpoint)), {})
+    resized, _, text = capsys.readouterr().out.partition("\n")
+    assert resized.startswith("(") and text
