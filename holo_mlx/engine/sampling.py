@@ -107,13 +107,14 @@ class Choice:
 def choose(logits: mx.array, choosers: list[TokenChooser], masks: list[mx.array | None]) -> Choice:
     """The next token of every row of `logits` (rows, vocab) in a few batched operations: masks
     applied at once, one argmax for the greedy rows, one filter-and-draw per group of rows with
-    the same top-p/top-k. Reported log-probabilities are the model's, before masks and filters."""
-    logprobs = kernels.log_softmax(logits)
-    scores = logprobs
+    the same top-p/top-k. Choices need no normalization (argmax and Gumbel-max are unchanged by a
+    row's shift), so log-softmax runs for the rows that report log-probabilities only: the model's,
+    before masks and filters."""
+    scores = logits
     if any(mask is not None for mask in masks):
         everything = mx.ones((logits.shape[-1],), dtype=mx.bool_)
         allowed = mx.stack([everything if mask is None else mask[: logits.shape[-1]] for mask in masks])
-        scores = mx.where(allowed, logprobs, -mx.inf)
+        scores = mx.where(allowed, logits, -mx.inf)
     tokens = mx.argmax(scores, axis=-1)
     groups: dict[tuple[float, int], list[int]] = {}
     for row, chooser in enumerate(choosers):
@@ -124,7 +125,7 @@ def choose(logits: mx.array, choosers: list[TokenChooser], masks: list[mx.array 
     choice = Choice(tokens, [row for row, chooser in enumerate(choosers) if chooser.params.logprobs is not None])
     if choice.asking:
         asking = mx.array(choice.asking)
-        asked = logprobs[asking]
+        asked = kernels.log_softmax(logits[asking])
         choice.chosen = mx.take_along_axis(asked, tokens[asking][:, None], axis=-1)[:, 0]
         k = max(choosers[row].params.logprobs for row in choice.asking)
         if k > 0:
@@ -138,8 +139,8 @@ def choose(logits: mx.array, choosers: list[TokenChooser], masks: list[mx.array 
 def _draw(scores: mx.array, choosers: list[TokenChooser], top_p: float, top_k: int) -> mx.array:
     """Categorical draws at each row's temperature (Gumbel-max, as mx.random.categorical does), a
     seeded row with noise from its own key so its tokens do not depend on its batch-mates."""
-    if 0 < top_p < 1:
-        scores = apply_top_p(scores, top_p)
+    if 0 < top_p < 1:  # normalized first: mlx-lm exponentiates, and raw logits could overflow
+        scores = apply_top_p(scores - mx.logsumexp(scores, axis=-1, keepdims=True), top_p)
     if 0 < top_k < scores.shape[-1]:
         scores = apply_top_k(scores, top_k)
     inverse_temperature = mx.array([1 / chooser.params.temperature for chooser in choosers])[:, None]
