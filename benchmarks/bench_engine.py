@@ -52,7 +52,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench_server import REPO, Client, LocalServer, base_of, model_id, preset_folder, run_level
-from common import TEXT_PROMPT, format_table, grouped_bar_chart, system_info
+from common import format_table, grouped_bar_chart, system_info, text_messages
 from soak import parse_metrics
 
 STEP_METRICS = ("holo_engine_steps_total", "holo_engine_step_host_seconds_total",
@@ -70,12 +70,6 @@ TARGETS = {
     "0.5b": [("lone_decode_tps", 6.2, "holo-mlx lone client decode tok/s"),
              ("concurrent_vs_lone_aggregate", 3.5, "8 clients / 1 client, aggregate tok/s")],
 }
-
-
-def text_messages(seed: int) -> list[dict]:
-    """The messages bench_server's run_level sends for its text workload, request number `seed`."""
-    return [{"role": "system", "content": f"Session {seed}. You are a careful assistant."},
-            {"role": "user", "content": TEXT_PROMPT}]
 
 
 # --- mlx-vlm ----------------------------------------------------------------------------------

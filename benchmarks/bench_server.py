@@ -51,7 +51,7 @@ from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import TEXT_PROMPT, append_csv, format_table, grouped_bar_chart, summarize, system_info
+from common import append_csv, format_table, grouped_bar_chart, summarize, system_info, text_messages
 
 REPO = Path(__file__).resolve().parent.parent
 WORKLOADS = ("text", "image", "repeat-screenshot")
@@ -301,10 +301,7 @@ async def run_level(client: Client, workload: str, clients: int, runs: int, warm
 
     def messages(index: int) -> list[dict]:
         if workload == "text":
-            # A new system prompt per request (numbered, so runs are repeatable): only a few template
-            # tokens can come from a cache.
-            return [{"role": "system", "content": f"Session {seed + index}. You are a careful assistant."},
-                    {"role": "user", "content": TEXT_PROMPT}]
+            return text_messages(seed + index)
         return image_messages(urls[index], f"Step {index}. {QUESTIONS[0]}")
 
     async def worker(number: int, count: int, offset: int) -> list[dict]:

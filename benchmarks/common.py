@@ -30,6 +30,13 @@ TEXT_PROMPT = (
 )
 
 
+def text_messages(number: int) -> list[dict]:
+    """The text workload's request `number`: a new, numbered system prompt per request (so runs are
+    repeatable and only a few template tokens can come from a cache), then TEXT_PROMPT."""
+    return [{"role": "system", "content": f"Session {number}. You are a careful assistant."},
+            {"role": "user", "content": TEXT_PROMPT}]
+
+
 # --- statistics -------------------------------------------------------------------------------
 
 def summarize(values: list[float]) -> dict[str, float]:

@@ -82,7 +82,7 @@ class EmbeddingJob:
         total = mx.zeros((self.model.config.text_config.hidden_size,), dtype=mx.float32)
         for start in range(0, item.length, self.chunk):
             end = min(start + self.chunk, item.length)
-            hidden = self.model.hidden([Span(item.embeds(start, end), item.position_slice(start, end), cache)])[0]
+            hidden = self.model.hidden([item.span(start, end, cache)])[0]
             total = total + hidden[0].astype(mx.float32).sum(axis=0)
             mx.eval(total, [c.state for c in cache])
             if end == item.length:

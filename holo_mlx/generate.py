@@ -15,7 +15,6 @@ from .engine.sampling import SamplingParams
 from .engine.scheduler import Scheduler, Sequence
 from .engine.stream import GenerationChunk
 from .models import VisionLanguageModel
-from .models.base import Span
 from .runtime import prefill_chunk
 
 
@@ -37,11 +36,9 @@ def stream_generate(model: VisionLanguageModel, tokenizer, prompt, params: Sampl
 
 def prompt_logits(model: VisionLanguageModel, prompt) -> mx.array:
     """Logits (vocab,) of the token after the prompt, prefilled chunk by chunk as generation does."""
-    prepared, cache = PreparedPrompt(model, prompt), model.make_cache()
-    for start in range(0, prepared.length, prefill_chunk()):
-        end = min(start + prefill_chunk(), prepared.length)
-        hidden = model.hidden([Span(prepared.embeds(start, end), prepared.position_slice(start, end), cache)],
-                              last_only=True)[0]
+    prepared, cache, chunk = PreparedPrompt(model, prompt), model.make_cache(), prefill_chunk()
+    for start in range(0, prepared.length, chunk):
+        hidden = model.hidden([prepared.span(start, min(start + chunk, prepared.length), cache)], last_only=True)[0]
     return model.logits(hidden[0, -1])
 
 

@@ -11,6 +11,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..models import VisionLanguageModel
+from ..models.base import Span
 from .caches import VisionCache, prefix_key
 
 _NO_CACHE = VisionCache(0)
@@ -43,9 +44,9 @@ class PreparedPrompt:
         """Position (on every axis) of the token fed back after `generated` sampled tokens."""
         return self.length + self.delta + generated - 1
 
-    def position_slice(self, start: int, end: int) -> mx.array:
-        """Positions (axes, 1, end - start) of input_ids[start:end]."""
-        return mx.array(self.positions[:, None, start:end])
+    def span(self, start: int, end: int, cache: list) -> Span:
+        """input_ids[start:end] as a decoder span continuing `cache`: embeddings and positions."""
+        return Span(self.embeds(start, end), mx.array(self.positions[:, None, start:end]), cache)
 
     def embeds(self, start: int, end: int) -> mx.array:
         """Token embeddings (1, end - start, hidden) of input_ids[start:end], image features in place."""

@@ -50,11 +50,10 @@ class TokenLogprob:
 class TokenChooser:
     """One request's sampling state: its random key, the min_tokens ban on its stop ids, its constraint."""
 
-    def __init__(self, params: SamplingParams, eos_token_ids: set[int], vocab_size: int):
+    def __init__(self, params: SamplingParams, stop_ids: set[int], vocab_size: int):
         self.params = params
         self.key = mx.random.key(params.seed) if params.seed is not None else None
         self.ban = None
-        stop_ids = params.stop_ids(eos_token_ids)
         if params.min_tokens and stop_ids:
             ban = np.ones(vocab_size, dtype=bool)
             ban[sorted(stop_ids)] = False

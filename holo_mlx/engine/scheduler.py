@@ -192,8 +192,9 @@ class Scheduler:
         model, params = self.model, sequence.params
         prepared = PreparedPrompt(model, sequence.prompt, self.vision_cache)
         sequence.prepared = prepared
-        sequence.chooser = TokenChooser(params, self.eos_token_ids, model.config.text_config.vocab_size)
-        sequence.stream = TextStream(self.tokenizer, params, self.eos_token_ids, prepared.length)
+        stop_ids = params.stop_ids(self.eos_token_ids)
+        sequence.chooser = TokenChooser(params, stop_ids, model.config.text_config.vocab_size)
+        sequence.stream = TextStream(self.tokenizer, params, stop_ids, prepared.length)
         reused, entry = self.prefix_cache.lookup(prepared.key)
         reused = prepared.reusable(reused)
         sequence.cache = restore(entry, reused) if reused else model.make_cache()
@@ -240,7 +241,7 @@ class Scheduler:
         if (sequence := self.prefilling) is not None:
             prepared = sequence.prepared
             start, end = sequence.prefilled, min(sequence.prefilled + prefill_chunk(), prepared.length)
-            spans.append(Span(prepared.embeds(start, end), prepared.position_slice(start, end), sequence.cache))
+            spans.append(prepared.span(start, end, sequence.cache))
             sequence.prefilled = end
             if end == prepared.length:
                 finishing.append(sequence)

@@ -36,10 +36,10 @@ def _held_back(text: str, stops: list[str]) -> int:
 class TextStream:
     """Sampled tokens -> text chunks: detokenizes, holds back possible stop strings, decides the end."""
 
-    def __init__(self, tokenizer, params: SamplingParams, eos_token_ids: set[int], prompt_tokens: int):
+    def __init__(self, tokenizer, params: SamplingParams, stop_ids: set[int], prompt_tokens: int):
         self.params = params
         self.decoder = StreamingDecoder(tokenizer)
-        self.stop_ids = params.stop_ids(eos_token_ids)
+        self.stop_ids = stop_ids
         self.prompt_tokens = prompt_tokens
         self.text, self.emitted, self.count = "", 0, 0
         self.started = time.perf_counter()
