@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from holo_mlx import load
-from holo_mlx.engine.caches import PrefixCache, VisionCache
+from mlx_lm.models.cache import BatchKVCache, KVCache
+
+from holo_mlx.engine.caches import BatchCache, PrefixCache, VisionCache
 from holo_mlx.engine.scheduler import Scheduler, Sequence
 from holo_mlx.engine.sampling import SamplingParams, TokenChooser, choose
 from holo_mlx.generate import stream_generate
@@ -194,6 +196,43 @@ def test_cancelled_sequence_leaves_the_batch(loaded):
     scheduler.step()
     assert sequences[1] not in scheduler.running and len(scheduler.running) == 3
     assert scheduler.batch_cache[0].keys.shape[0] == 3
+
+
+def test_batch_cache_rows_match_mlx_lm_and_keep_their_padding_on_the_host():
+    # Rows of different lengths join, decode, and leave (the longest first, so the common padding
+    # is shifted out): the same keys, values, offsets and padding as mlx-lm's BatchKVCache.
+    rng = np.random.default_rng(0)
+
+    def kv(length):
+        cache = KVCache()
+        cache.update_and_fetch(*(mx.array(rng.standard_normal((1, 2, length, 4)), mx.float32) for _ in "kv"))
+        return cache
+
+    def decode(cache):
+        rows = cache.offset.shape[0]
+        cache.update_and_fetch(*(mx.array(rng.standard_normal((rows, 2, 1, 4)), mx.float32) for _ in "kv"))
+
+    ours, reference = None, None
+    for length in (3, 9, 5):
+        row = kv(length)
+        ours_row, reference_row = BatchCache.row(row), BatchKVCache.merge([row])
+        if ours is None:
+            ours, reference = ours_row, reference_row
+        else:
+            ours.extend(ours_row)
+            reference.extend(reference_row)
+        state = rng.bit_generator.state
+        decode(ours)
+        rng.bit_generator.state = state
+        decode(reference)
+    for kept in ([0, 2], [1]):
+        ours.filter(kept)
+        reference.filter(mx.array(kept))
+        assert ours.padding == reference.left_padding.tolist() == ours.left_padding.tolist()
+        assert ours._idx == reference._idx
+        for a, b in zip(ours.state[:4], reference.state[:4]):
+            assert np.array_equal(np.array(a), np.array(b))
+    assert ours._idx < 10  # the shifts happened
 
 
 def test_identical_requests_are_separate_rows_when_one_is_cancelled(loaded):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models.cache import KVCache
+from mlx_lm.models.cache import BatchKVCache, KVCache
 
 
 class LRUBytes:
@@ -113,3 +113,40 @@ def restore(entry: PrefixEntry, length: int) -> list[KVCache]:
         cache.update_and_fetch(keys[..., :length, :], values[..., :length, :])
         caches.append(cache)
     return caches
+
+
+class BatchCache(BatchKVCache):
+    """mlx-lm's left-padded BatchKVCache with each row's padding also kept on the host, so dropping
+    rows reads nothing from the device (mlx-lm's filter reads the padding back, which waits for the
+    step in flight and so stalls the pipeline at every finishing row)."""
+
+    def __init__(self, left_padding: list[int]):
+        super().__init__(left_padding)
+        self.padding = list(left_padding)
+
+    @classmethod
+    def row(cls, cache: KVCache) -> "BatchCache":
+        """One sequence's prefilled cache as a batch of one row."""
+        batch = cls([0])
+        batch.keys, batch.values = cache.keys[..., :cache.offset, :], cache.values[..., :cache.offset, :]
+        batch.offset += cache.offset
+        batch._idx = cache.offset
+        return batch
+
+    def filter(self, rows: list[int]) -> None:
+        indices = mx.array(rows)
+        self.keys, self.values = self.keys[indices], self.values[indices]
+        self.offset, self.left_padding = self.offset[indices], self.left_padding[indices]
+        self.padding = [self.padding[row] for row in rows]
+        shift = min(self.padding)
+        if shift > 0:  # drop the columns that are padding in every remaining row
+            self.keys, self.values = self.keys[..., shift:, :], self.values[..., shift:, :]
+            self._idx -= shift
+            self.left_padding = self.left_padding - shift
+            self.padding = [p - shift for p in self.padding]
+
+    def extend(self, other: "BatchCache") -> None:
+        length = max(self._idx, other._idx)
+        self.padding = ([p + length - self._idx for p in self.padding]
+                        + [p + length - other._idx for p in other.padding])
+        super().extend(other)

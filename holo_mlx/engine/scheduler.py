@@ -8,7 +8,7 @@ device works on step N+1 while the host handles step N, as mlx-lm's generate doe
 ends at step N was already computed in step N+1; that result is dropped.
 
 A request's KV lives in its own cache while it prefills and in a row of the shared left-padded
-BatchKVCache once it decodes; its positions, sampler and text stream stay on its Sequence.
+BatchCache once it decodes; its positions, sampler and text stream stay on its Sequence.
 
 Embedding requests wait in a FIFO: each step first runs one unit of the first (a chunk of a long
 input, or a batch of short ones), so a long embedding never holds generation up for more than a
@@ -22,13 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import mlx.core as mx
-from mlx_lm.models.cache import BatchKVCache
 
 from ..embed import EmbeddingJob
 from ..models import VisionLanguageModel
 from ..models.base import Span
 from ..runtime import prefill_chunk
-from .caches import PrefixCache, VisionCache, restore
+from .caches import BatchCache, PrefixCache, VisionCache, restore
 from .prepare import PreparedPrompt
 from .sampling import Choice, SamplingParams, TokenChooser, choose
 from .stream import GenerationChunk, TextStream
@@ -108,7 +107,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.prefilling: Sequence | None = None
         self.running: list[Sequence] = []
-        self.batch_cache: list[BatchKVCache] | None = None
+        self.batch_cache: list[BatchCache] | None = None
         self.pending: Step | None = None  # queued, not yet read
         self.embeddings: deque[Embedding] = deque()  # the first one is at work
         self.stats = StepStats()
@@ -183,7 +182,7 @@ class Scheduler:
             self.running, self.batch_cache = [], None
             return
         for cache in self.batch_cache:
-            cache.filter(mx.array(kept))
+            cache.filter(kept)
         self.running = [self.running[row] for row in kept]
 
     # --- prefill -----------------------------------------------------------------------------------
@@ -285,7 +284,7 @@ class Scheduler:
             return
         self.prefilling = None
         self.prefix_cache.store(sequence.prepared.key, sequence.cache)
-        rows = [BatchKVCache.merge([layer]) for layer in sequence.cache]
+        rows = [BatchCache.row(layer) for layer in sequence.cache]
         sequence.cache = None
         if self.batch_cache is None:
             self.batch_cache = rows
