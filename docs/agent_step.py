@@ -14,26 +14,23 @@ decoding, so each answer parses:
 
 import argparse
 import base64
-import json
 import mimetypes
 
 import httpx
 from openai import OpenAI
 
-from holo_mlx.agent import ClickElementAction, NavigationStep, WriteElementAction, bounded_schema
+from holo_mlx.agent import (ClickElementAction, NavigationStep, WriteElementAction, bounded_schema, navigation_prompt,
+                            navigation_state)
 
 
 def navigate(client: OpenAI, model: str, screenshot: str, task: str, history: list[str],
              max_chars: int) -> NavigationStep:
     # Bounded strings and coordinates bound the answer's length: a thought cannot ramble on.
     schema = bounded_schema(NavigationStep.model_json_schema(), max_chars=max_chars, max_coordinate=9999)
-    system = ("You are a web agent. Each turn you see a screenshot of the browser, the task and the actions so "
-              "far. Think briefly, note what the screenshot says about the task, and choose the next action. "
-              f"Answer with JSON following this schema: {json.dumps(schema)}")
-    state = json.dumps({"task": task, "previous_actions": history})
+    state = navigation_state(task, history)
     response = client.chat.completions.create(
         model=model, temperature=0, max_tokens=1024,
-        messages=[{"role": "system", "content": system},
+        messages=[{"role": "system", "content": navigation_prompt(schema)},
                   {"role": "user", "content": [{"type": "image_url", "image_url": {"url": screenshot}},
                                                {"type": "text", "text": state}]}],
         response_format={"type": "json_schema",

@@ -12,6 +12,7 @@ a thought, notes, and one action; element actions carry the element's descriptio
 position.
 """
 
+import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -127,6 +128,14 @@ class NavigationStep(Action):
     action: NavigationAction = Field(description="The action to perform.")
 
 
+class ComputerStep(NavigationStep):
+    """A navigation step for a computer-use client: every action but restart, which a computer has
+    no call for."""
+
+    action: (ClickElementAction | WriteElementAction | ScrollAction | GoBackAction | RefreshAction | WaitAction
+             | AnswerAction) = Field(description="The action to perform.")
+
+
 def bounded_schema(schema, *, max_chars: int, max_coordinate: int):
     """A copy of a JSON schema with its free strings capped at max_chars characters and its integer
     x and y properties kept in [0, max_coordinate].
@@ -149,3 +158,15 @@ def bounded_schema(schema, *, max_chars: int, max_coordinate: int):
             coordinate["minimum"] = max(0, coordinate.get("minimum", 0))
             coordinate["maximum"] = min(max_coordinate, coordinate.get("maximum", max_coordinate))
     return bounded
+
+
+def navigation_prompt(schema: dict) -> str:
+    """The system turn of a navigation step: the Surfer-H style instruction with the step's schema."""
+    return ("You are a web agent. Each turn you see a screenshot of the browser, the task and the actions so "
+            "far. Think briefly, note what the screenshot says about the task, and choose the next action. "
+            f"Answer with JSON following this schema: {json.dumps(schema)}")
+
+
+def navigation_state(task: str, previous_actions: list[str]) -> str:
+    """The user turn's text beside the screenshot."""
+    return json.dumps({"task": task, "previous_actions": previous_actions})

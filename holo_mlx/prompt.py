@@ -1,9 +1,10 @@
 """Chat messages -> token ids + preprocessed images, through the checkpoint's own chat template.
 
 Messages use the internal format the server converts OpenAI payloads into:
-    {"role": "system" | "user" | "assistant",
+    {"role": "system" | "user" | "assistant" | "tool",
      "content": str | [{"type": "text", "text": str}
-                       | {"type": "image", "image": bytes | PIL.Image | ProcessedImage}]}
+                       | {"type": "image", "image": bytes | PIL.Image | ProcessedImage}],
+     "tool_calls": [{"name": str, "arguments": str}]}  (assistant, optional)
 As in transformers' processors, the chat template writes the family's placeholder for each image
 part (Qwen2.5-VL: <|vision_start|><|image_pad|><|vision_end|>), and its image token is repeated
 once per visual token.
@@ -18,6 +19,7 @@ from PIL import Image
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .image import MAX_PIXELS, MAX_SIDE, ImageProcessorConfig, ProcessedImage, preprocess_image
+from .tools import HERMES, ToolFormat
 
 
 @dataclass
@@ -48,8 +50,12 @@ class PromptBuilder:
         image_placeholder: str,
         max_side: int | None = MAX_SIDE,
         max_pixels: int | None = MAX_PIXELS,
+        tool_format: ToolFormat = HERMES,
     ):
         self.tokenizer = tokenizer
+        self.tool_format = tool_format
+        # Qwen2.5-VL's template has no tools; Qwen3's (Holo2) writes them itself.
+        self.template_writes_tools = "tools" in (tokenizer.chat_template or "")
         self.image_config = image_config
         self.image_token_id = image_token_id
         self.image_placeholder = image_placeholder  # what the chat template writes for one image
@@ -67,17 +73,29 @@ class PromptBuilder:
         family = family_for(raw)
         return cls(load_tokenizer(path), family.image_processor(Path(path)),
                    image_token_id=family.config(raw).image_token_id, image_placeholder=family.image_placeholder,
-                   **kwargs)
+                   tool_format=family.tool_format, **kwargs)
 
-    def build(self, messages: list[dict], *, add_generation_prompt: bool = True) -> Prompt:
+    def build(self, messages: list[dict], *, tools: list[dict] | None = None,
+              add_generation_prompt: bool = True) -> Prompt:
+        """`tools` are OpenAI function tools; messages may hold assistant "tool_calls" ({"name",
+        "arguments"}) and role "tool" results, written by the template when it knows tools, else by
+        the family's tool format."""
+        native = self.template_writes_tools
+        if not native:
+            messages = self.tool_format.render(messages, tools)
         template_messages, images = [], []
         for message in messages:
             content = message["content"]
             if not isinstance(content, str):
                 content = [self._template_part(part, images) for part in content]
-            template_messages.append({"role": message["role"], "content": content})
+            entry = {"role": message["role"], "content": content}
+            if message.get("tool_calls"):
+                entry["tool_calls"] = [{"type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
+                                       for call in message["tool_calls"]]
+            template_messages.append(entry)
         text = self.tokenizer.apply_chat_template(
-            template_messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            template_messages, tools=tools if native else None, tokenize=False,
+            add_generation_prompt=add_generation_prompt,
         )
         return self._expand(self.tokenizer.encode(text, add_special_tokens=False), images)
 

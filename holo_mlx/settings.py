@@ -81,6 +81,12 @@ class ServerConfig:
                                   "0 disables", parse=at_least(0), metavar="MB")
     vision_cache_mb: int = option(256, "MiB for encoded screenshots, reused when the same image comes again; "
                                   "0 disables", parse=at_least(0), metavar="MB")
+    map_coordinates: bool = option(False, "rewrite x/y and boxes of JSON answers about an image into the original "
+                                   "image's pixels unless a request's holo.map_coordinates says otherwise (for "
+                                   "clients that cannot send extra fields)")
+    responses_store: int = option(256, "Responses API responses kept in memory (store: true) for previous_response_id "
+                                  "and GET /v1/responses/{id}, the oldest dropped first; 0 stores none",
+                                  parse=at_least(0), metavar="N")
     default_max_tokens: int = option(4096, "max_tokens of a request that sets none; requests may ask for more, "
                                      "up to the context", parse=at_least(1))
     allowed_hosts: tuple[str, ...] = option((), "comma-separated Host names accepted besides localhost, 127.0.0.1, "

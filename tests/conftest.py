@@ -47,3 +47,20 @@ def hf_nested_checkpoint() -> Path:
 @pytest.fixture(scope="session")
 def hf_bf16_checkpoint() -> Path:
     return cached_checkpoint(config_layout="root", key_layout="nested", dtype="bfloat16")
+
+
+@pytest.fixture(scope="module")
+def server(hf_root_checkpoint):
+    """`serve.py` on the tiny checkpoint as "holo-tiny", for one test module (a module may define
+    its own `server` with other flags)."""
+    from test_server import Server
+
+    running = Server("--model", str(hf_root_checkpoint), "--served-model-name", "holo-tiny")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """The real `openai` client of the module's server."""
+    return server.client()

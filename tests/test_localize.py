@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from holo_mlx.agent import ClickAbsoluteAction, NavigationStep, localization_prompt, localization_schema
@@ -15,13 +16,6 @@ from holo_mlx.testing import synthetic_screenshot
 from test_server import ROOT, Server, data_url, error_of, image_message
 
 AGENT_STEP = ROOT / "docs" / "agent_step.py"
-
-
-@pytest.fixture(scope="module")
-def server(hf_root_checkpoint):
-    running = Server("--model", str(hf_root_checkpoint), "--served-model-name", "holo-tiny")
-    yield running
-    running.stop()
 
 
 def png_base64(image) -> str:
@@ -60,11 +54,49 @@ def test_map_coordinates_rewrites_the_chat_answer_into_original_pixels(server):
                "response_format": {"type": "json_schema", "json_schema": {"name": "click", "schema": schema}}}
     raw = server.post("/v1/chat/completions", request).json()
     mapped = server.post("/v1/chat/completions", {**request, "holo": {"map_coordinates": True}}).json()
-    assert mapped["holo"] == raw["holo"] == {"images": [{"original": {"width": 1710, "height": 852},
-                                                         "resized": {"width": 1400, "height": 700}}]}
+    images = [{"original": {"width": 1710, "height": 852}, "resized": {"width": 1400, "height": 700}}]
+    assert raw["holo"] == {"images": images, "map_coordinates": None}
+    assert mapped["holo"] == {"images": images, "map_coordinates": "mapped into the original image's pixels"}
     click, moved = json.loads(raw["choices"][0]["message"]["content"]), json.loads(mapped["choices"][0]["message"]["content"])
     assert (moved["x"], moved["y"]) == map_point(click["x"], click["y"], (1400, 700), (1710, 852))
     assert moved["action"] == click["action"] == "click_absolute"
+
+
+@pytest.mark.parametrize("payload, note", [
+    ({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}},
+     "not mapped: the messages have no image"),
+    ({"messages": image_message(data_url(synthetic_screenshot(64, 64)))},
+     "not mapped: the answer is not constrained JSON (set response_format)"),
+])
+def test_map_coordinates_where_it_cannot_apply_is_a_noted_no_op(server, payload, note):
+    # A client sets holo.map_coordinates once for every turn: text-only turns and free text still answer.
+    body = server.post("/v1/chat/completions", {**payload, "max_tokens": 4, "holo": {"map_coordinates": True}}).json()
+    assert body["holo"]["map_coordinates"] == note and body["choices"][0]["message"]["content"] is not None
+
+
+def test_a_streamed_answer_notes_that_it_is_not_mapped(server):
+    payload = {"messages": image_message(data_url(synthetic_screenshot(64, 64))), "max_tokens": 4, "stream": True,
+               "response_format": {"type": "json_object"}, "holo": {"map_coordinates": True}}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=payload, timeout=60) as response:
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    assert response.status_code == 200
+    assert events[0]["holo"]["map_coordinates"] == "not mapped: a streamed answer is sent as it is generated"
+
+
+def test_the_server_flag_maps_coordinates_for_clients_that_cannot_ask(hf_root_checkpoint):
+    mapping = Server("--model", str(hf_root_checkpoint), "--map-coordinates")
+    try:
+        messages = image_message(data_url(synthetic_screenshot(1710, 852)), localization_prompt("the OK button"))
+        request = {"messages": messages, "max_tokens": 40, "temperature": 0,
+                   "response_format": {"type": "json_schema",
+                                       "json_schema": {"name": "click", "schema": localization_schema(1400, 700)}}}
+        body = mapping.post("/v1/chat/completions", request).json()
+        opted_out = mapping.post("/v1/chat/completions", {**request, "holo": {"map_coordinates": False}}).json()
+    finally:
+        mapping.stop()
+    click, moved = (json.loads(b["choices"][0]["message"]["content"]) for b in (opted_out, body))
+    assert body["holo"]["map_coordinates"] == "mapped into the original image's pixels"
+    assert (moved["x"], moved["y"]) == map_point(click["x"], click["y"], (1400, 700), (1710, 852))
 
 
 def test_the_agent_step_example_runs(server, tmp_path):
@@ -91,13 +123,6 @@ def test_the_agent_step_example_runs(server, tmp_path):
     ("/v1/localize", {"image": png_base64(synthetic_screenshot(64, 64)), "target": "  "}, 400, "target"),
     ("/v1/localize", {"image": png_base64(synthetic_screenshot(64, 64))}, 422, "target"),
     ("/v1/localize", {"image": "https://example.com/a.png", "target": "OK"}, 400, "image"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"},
-                              "holo": {"map_coordinates": True}}, 400, "holo.map_coordinates"),
-    ("/v1/chat/completions", {"messages": image_message(data_url(synthetic_screenshot(64, 64))),
-                              "holo": {"map_coordinates": True}}, 400, "holo.map_coordinates"),
-    ("/v1/chat/completions", {"messages": image_message(data_url(synthetic_screenshot(64, 64))), "stream": True,
-                              "response_format": {"type": "json_object"}, "holo": {"map_coordinates": True}},
-     400, "holo.map_coordinates"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "holo": {"map_coords": True}},
      422, "holo.map_coords"),
 ])

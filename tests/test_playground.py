@@ -15,20 +15,13 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from holo_mlx.testing import synthetic_screenshot
-from test_server import ROOT, Server
+from test_server import ROOT
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                                 reason="needs chromium and chromium-driver (bash scripts/setup.sh installs them)")
 ARTIFACTS = ROOT / "test-artifacts"
 MARKER_RGB = [255, 45, 85]  # the page's #ff2d55
-
-
-@pytest.fixture(scope="module")
-def server(hf_root_checkpoint):
-    running = Server("--model", str(hf_root_checkpoint), "--served-model-name", "holo-tiny")
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")

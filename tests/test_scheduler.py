@@ -263,7 +263,7 @@ class FailingConstraint:
     def __init__(self, vocab_size: int, fail_at: int):
         self.vocab_size, self.fail_at, self.seen = vocab_size, fail_at, 0
 
-    def allowed(self) -> mx.array:
+    def allowed(self, remaining: int | None = None) -> mx.array:
         return mx.ones((self.vocab_size,), dtype=mx.bool_)
 
     def advance(self, token: int) -> None:

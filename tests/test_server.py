@@ -116,7 +116,41 @@ def test_models_lists_the_served_name(client):
     assert [model.id for model in client.models.list().data] == ["holo-tiny"]
 
 
+def test_one_model_is_retrieved_by_its_id(client, server):
+    assert client.models.retrieve("holo-tiny").id == "holo-tiny"
+    response = httpx.get(f"{server.url}/v1/models/other")
+    assert response.status_code == 404 and error_of(response)["code"] == "model_not_found"
+
+
 # --- chat --------------------------------------------------------------------------------------------
+
+def test_n_choices_are_seeded_apart_and_share_the_prompt_cache(client):
+    messages = [{"role": "user", "content": "Tell me about the screen. " * 6}]
+    kwargs = dict(model="holo-tiny", messages=messages, max_tokens=6, temperature=1.0, seed=11,
+                  extra_body={"ignore_eos": True})
+    response = client.chat.completions.create(n=3, **kwargs)
+    texts = [choice.message.content for choice in response.choices]
+    assert [choice.index for choice in response.choices] == [0, 1, 2] and len(set(texts)) == 3
+    assert response.usage.completion_tokens == 18
+    assert response.usage.prompt_tokens_details.cached_tokens > 0  # later choices reuse the first's prefill
+    # Choice i is the request alone with seed + i.
+    assert client.chat.completions.create(**{**kwargs, "seed": 12}).choices[0].message.content == texts[1]
+    streamed = {}
+    for chunk in client.chat.completions.create(n=3, stream=True, **kwargs):
+        for choice in chunk.choices:
+            streamed[choice.index] = streamed.get(choice.index, "") + (choice.delta.content or "")
+    assert [streamed[index] for index in range(3)] == texts
+
+
+def test_completions_give_n_choices_per_prompt_grouped_by_prompt(client):
+    response = client.completions.create(model="holo-tiny", prompt=["one", "two"], n=2, max_tokens=3, temperature=0,
+                                         extra_body={"ignore_eos": True})
+    texts = [choice.text for choice in response.choices]
+    assert [choice.index for choice in response.choices] == [0, 1, 2, 3]
+    assert texts[0] == texts[1] and texts[2] == texts[3]  # greedy: a prompt's choices agree
+    alone = client.completions.create(model="holo-tiny", prompt="two", max_tokens=3, temperature=0,
+                                      extra_body={"ignore_eos": True})
+    assert alone.choices[0].text == texts[2]
 
 def test_chat_text_greedy_is_deterministic_and_counts_usage(client):
     kwargs = dict(model="holo-tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=6, temperature=0,
@@ -293,11 +327,12 @@ CHAT = "/v1/chat/completions"
 @pytest.mark.parametrize("payload, status, param", [
     ({"messages": []}, 400, "messages"),
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400, "max_tokens"),
-    ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": 9}, 400, "n"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": 0}, 400, "n"),
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": 5}, 400, "temperature"),
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10_000_000}, 400, "max_tokens"),
     ({"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4o"}, 404, "model"),
-    ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 400, "tools"),
+    ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 422, "tools.0.function"),
     ({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema"}}, 400,
      "response_format.json_schema"),
     ({"messages": "hi"}, 422, "messages"),

@@ -7,7 +7,7 @@ import jsonschema
 import pytest
 
 from holo_mlx.agent import NavigationStep, bounded_schema
-from test_server import Server, error_of
+from test_server import error_of
 
 # Every string and array bounded: a random-weight model then always reaches the end of the grammar.
 FORM = {
@@ -40,18 +40,6 @@ def assert_valid(text: str, schema: dict) -> dict:
     value = json.loads(text)
     jsonschema.validate(value, schema)
     return value
-
-
-@pytest.fixture(scope="module")
-def server(hf_root_checkpoint):
-    running = Server("--model", str(hf_root_checkpoint), "--served-model-name", "holo-tiny")
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return server.client()
 
 
 def test_chat_answers_validate_and_stop_at_the_end_of_the_grammar(client):
@@ -110,14 +98,18 @@ def test_json_object_mode_gives_an_object(client, server):
             assert isinstance(json.loads(content), dict)
 
 
-def test_too_few_tokens_end_with_length_and_an_incomplete_answer(client):
-    response = client.chat.completions.create(
-        model="holo-tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=5, temperature=0,
-        response_format=response_format(FORM))
-    assert response.choices[0].finish_reason == "length"
-    assert response.usage.completion_tokens == 5
-    with pytest.raises(json.JSONDecodeError):
-        json.loads(response.choices[0].message.content)
+def test_too_few_tokens_close_the_answer_early_and_end_with_length(client):
+    def ask(max_tokens: int):
+        return client.chat.completions.create(
+            model="holo-tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=max_tokens, temperature=0,
+            response_format=response_format(FORM))
+
+    free = ask(200)  # the greedy answer, when it has room
+    assert free.choices[0].finish_reason == "stop" and free.usage.completion_tokens > 60
+    cut = ask(60)  # the shortest answer takes 49 tokens: the greedy answer again, closed within 60
+    assert cut.choices[0].finish_reason == "length"
+    assert cut.usage.completion_tokens <= 60
+    assert assert_valid(cut.choices[0].message.content, FORM) != json.loads(free.choices[0].message.content)
 
 
 def test_navigation_steps_parse_into_the_action_models(client):

@@ -1,5 +1,6 @@
 """What a request asks of decoding (SamplingParams) and how a step chooses every row's next token."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,6 +25,14 @@ class SamplingParams:
     ignore_eos: bool = False
     # Per-request decoding constraint (structured output); see Constraint below.
     constraint: "Constraint | None" = None
+    # Logit adjustments (OpenAI's bias and penalties, vLLM's repetition penalty); see Penalties below.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # 1: off
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+    def adjusts_logits(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1 or self.logit_bias)
 
     def stop_ids(self, eos_token_ids: set[int]) -> set[int]:
         """The tokens that end this request: its own stop ids, and the model's end tokens unless ignore_eos."""
@@ -33,11 +42,53 @@ class SamplingParams:
 class Constraint(Protocol):
     """Limits which tokens may come next (e.g. a JSON-schema grammar). One instance per request."""
 
-    def allowed(self) -> mx.array:
-        """Bool mask over the vocabulary (length vocab_size) for the next token."""
+    # True once the budget closed the answer early (it then ends with finish_reason "length").
+    closed_early: bool
+
+    def allowed(self, remaining: int | None = None) -> mx.array | None:
+        """Bool mask over the vocabulary (length vocab_size) for the next token, or None for any;
+        `remaining`: the tokens the request may still generate, this one included (a grammar's
+        answer closes within them)."""
 
     def advance(self, token: int) -> None:
         """Record the token that was sampled."""
+
+
+class Penalties:
+    """One request's logit adjustments, in vLLM's order: its logit bias added; the repetition
+    penalty on every token of the prompt or the output (a positive logit divided by it, a negative
+    one multiplied); then frequency_penalty times each output token's count and presence_penalty
+    once per distinct output token subtracted.
+
+    The tokens they touch (bias keys, prompt tokens, output tokens) are few next to the vocabulary,
+    so a step gathers and rewrites those logits only. The output is recorded on the device from each
+    step's still-lazy token: the pipelined scheduler builds step N+1 before the host reads token N."""
+
+    def __init__(self, params: SamplingParams, vocab_size: int, prompt_ids: Iterable[int]):
+        self.params = params
+        prompt_ids = sorted(set(prompt_ids)) if params.repetition_penalty != 1 else []
+        self.in_prompt = None
+        if prompt_ids:
+            in_prompt = np.zeros(vocab_size, dtype=bool)
+            in_prompt[prompt_ids] = True
+            self.in_prompt = mx.array(in_prompt)
+        self.bias = None
+        if params.logit_bias:
+            bias = np.zeros(vocab_size, dtype=np.float32)
+            bias[list(params.logit_bias)] = list(params.logit_bias.values())
+            self.bias = mx.array(bias)
+        # Every token whose logit may change: bias keys and prompt tokens, then each output token
+        # (repeats included: both copies get the same value).
+        fixed = sorted(set(prompt_ids) | set(params.logit_bias))
+        self.touched = mx.array(fixed, dtype=mx.int32)
+        self.size = len(fixed)  # touched's length, known on the host
+        self.counts = mx.zeros((vocab_size,), dtype=mx.float32)  # times each token was output
+
+    def record(self, token: mx.array) -> None:
+        """Count a step's chosen token (1,), still lazy."""
+        self.counts = self.counts.at[token].add(1)
+        self.touched = mx.concatenate([self.touched, token.astype(mx.int32)])
+        self.size += 1
 
 
 @dataclass
@@ -48,10 +99,12 @@ class TokenLogprob:
 
 
 class TokenChooser:
-    """One request's sampling state: its random key, the min_tokens ban on its stop ids, its constraint."""
+    """One request's sampling state: its random key, the min_tokens ban on its stop ids, its
+    constraint, its penalties (the prompt's ids are needed for the repetition penalty only)."""
 
-    def __init__(self, params: SamplingParams, stop_ids: set[int], vocab_size: int):
+    def __init__(self, params: SamplingParams, stop_ids: set[int], vocab_size: int, prompt_ids: Iterable[int] = ()):
         self.params = params
+        self.penalties = Penalties(params, vocab_size, prompt_ids) if params.adjusts_logits() else None
         self.key = mx.random.key(params.seed) if params.seed is not None else None
         self.ban = None
         if params.min_tokens and stop_ids:
@@ -64,9 +117,9 @@ class TokenChooser:
         """Bool mask over the vocabulary for the next token, None when every token may come."""
         banned = self.ban is not None and self.step < self.params.min_tokens
         constraint = self.params.constraint
-        if constraint is None:
+        allowed = None if constraint is None else constraint.allowed(self.params.max_tokens - self.step)
+        if allowed is None:
             return self.ban if banned else None
-        allowed = constraint.allowed()
         return allowed & self.ban if banned else allowed
 
     def next_key(self) -> mx.array | None:
@@ -104,16 +157,15 @@ class Choice:
 
 
 def choose(logits: mx.array, choosers: list[TokenChooser], masks: list[mx.array | None]) -> Choice:
-    """The next token of every row of `logits` (rows, vocab) in a few batched operations: masks
-    applied at once, one argmax for the greedy rows, one filter-and-draw per group of rows with
-    the same top-p/top-k. Choices need no normalization (argmax and Gumbel-max are unchanged by a
-    row's shift), so log-softmax runs for the rows that report log-probabilities only: the model's,
-    before masks and filters."""
-    scores = logits
+    """The next token of every row of `logits` (rows, vocab) in a few batched operations: penalties
+    then masks applied at once, one argmax for the greedy rows, one filter-and-draw per group of
+    rows with the same top-p/top-k. Choices need no normalization (argmax and Gumbel-max are unchanged by a
+    row's shift), so log-softmax runs for the rows that report log-probabilities only."""
+    scores = _penalized(logits, choosers)
     if any(mask is not None for mask in masks):
         everything = mx.ones((logits.shape[-1],), dtype=mx.bool_)
         allowed = mx.stack([everything if mask is None else mask[: logits.shape[-1]] for mask in masks])
-        scores = mx.where(allowed, logits, -mx.inf)
+        scores = mx.where(allowed, scores, -mx.inf)
     tokens = mx.argmax(scores, axis=-1)
     groups: dict[tuple[float, int], list[int]] = {}
     for row, chooser in enumerate(choosers):
@@ -124,21 +176,60 @@ def choose(logits: mx.array, choosers: list[TokenChooser], masks: list[mx.array 
     choice = Choice(tokens, [row for row, chooser in enumerate(choosers) if chooser.params.logprobs is not None])
     if choice.asking:
         asking = mx.array(choice.asking)
-        asked = kernels.log_softmax(logits[asking])
+        asked = kernels.log_softmax(logits[asking])  # the model's, as vLLM reports: before penalties, masks, filters
         choice.chosen = mx.take_along_axis(asked, tokens[asking][:, None], axis=-1)[:, 0]
         k = max(choosers[row].params.logprobs for row in choice.asking)
         if k > 0:
             choice.top_ids = mx.argpartition(-asked, kth=k - 1, axis=-1)[:, :k]
             choice.top_values = mx.take_along_axis(asked, choice.top_ids, axis=-1)
-    for chooser in choosers:
+    for row, chooser in enumerate(choosers):
         chooser.step += 1
+        if chooser.penalties is not None:
+            chooser.penalties.record(tokens[row:row + 1])
     return choice
+
+
+def _penalized(logits: mx.array, choosers: list[TokenChooser]) -> mx.array:
+    """`logits` with each row's Penalties applied: one gather and one scatter over the tokens
+    they touch, in float32 (bfloat16 would round a small penalty away). No work when no row has any."""
+    rows = [row for row, chooser in enumerate(choosers) if chooser.penalties is not None and chooser.penalties.size]
+    if not rows:
+        return logits
+    penalties = [choosers[row].penalties for row in rows]
+    width = max(p.size for p in penalties)
+    # Padding repeats a row's last touched token: a duplicate gets the same value.
+    touched = [mx.pad(p.touched, (0, width - p.size), mode="edge") for p in penalties]
+    index = (mx.array(rows)[:, None], mx.stack(touched))
+    values = logits[index].astype(mx.float32)
+    if any(p.bias is not None for p in penalties):
+        no_bias = mx.zeros((width,), dtype=mx.float32)
+        values = values + mx.stack([no_bias if p.bias is None else p.bias[t] for p, t in zip(penalties, touched)])
+    counts = mx.stack([p.counts[t] for p, t in zip(penalties, touched)])
+    output = counts > 0
+    if any(p.params.repetition_penalty != 1 for p in penalties):
+        repeated = output
+        if any(p.in_prompt is not None for p in penalties):
+            not_in_prompt = mx.zeros((width,), dtype=mx.bool_)
+            repeated = repeated | mx.stack([not_in_prompt if p.in_prompt is None else p.in_prompt[t]
+                                            for p, t in zip(penalties, touched)])
+        repetition = mx.array([p.params.repetition_penalty for p in penalties], dtype=mx.float32)[:, None]
+        penalty = mx.where(repeated, repetition, 1)  # dividing or multiplying by 1 leaves a logit as it is
+        values = mx.where(values > 0, values / penalty, values * penalty)
+    if any(p.params.frequency_penalty or p.params.presence_penalty for p in penalties):
+        frequency = mx.array([p.params.frequency_penalty for p in penalties], dtype=mx.float32)[:, None]
+        presence = mx.array([p.params.presence_penalty for p in penalties], dtype=mx.float32)[:, None]
+        values = values - frequency * counts - presence * output
+    scores = logits.astype(mx.float32)
+    scores[index] = values
+    return scores
 
 
 def _draw(scores: mx.array, choosers: list[TokenChooser], top_p: float, top_k: int) -> mx.array:
     """Categorical draws at each row's temperature (Gumbel-max, as mx.random.categorical does), a
     seeded row with noise from its own key so its tokens do not depend on its batch-mates."""
     if 0 < top_p < 1:  # normalized first: mlx-lm exponentiates, and raw logits could overflow
+        # In float32 whatever the model's dtype, so a penalized batch-mate (float32 scores) changes nothing.
+        scores = scores.astype(mx.float32)
         scores = apply_top_p(scores - mx.logsumexp(scores, axis=-1, keepdims=True), top_p)
     if 0 < top_k < scores.shape[-1]:
         scores = apply_top_k(scores, top_k)

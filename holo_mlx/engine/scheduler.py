@@ -192,7 +192,8 @@ class Scheduler:
         prepared = PreparedPrompt(model, sequence.prompt, self.vision_cache)
         sequence.prepared = prepared
         stop_ids = params.stop_ids(self.eos_token_ids)
-        sequence.chooser = TokenChooser(params, stop_ids, model.config.text_config.vocab_size)
+        sequence.chooser = TokenChooser(params, stop_ids, model.config.text_config.vocab_size,
+                                        sequence.prompt.input_ids)
         sequence.stream = TextStream(self.tokenizer, params, stop_ids, prepared.length)
         reused, entry = self.prefix_cache.lookup(prepared.key)
         reused = prepared.reusable(reused)

@@ -53,7 +53,9 @@ class TextStream:
             self.first_token_time = time.perf_counter()
         finish = None
         if token in self.stop_ids:
-            finish, piece = "stop", ""
+            # An answer a grammar closed early to fit max_tokens is complete but cut short: "length".
+            finish = "length" if getattr(params.constraint, "closed_early", False) else "stop"
+            piece = ""
         else:
             self.text += self.decoder.add(token)
             text, emitted = self.text, self.emitted

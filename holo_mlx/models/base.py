@@ -1,7 +1,7 @@
 """The interface between a model family and the rest of holo-mlx.
 
 `Family` says how to read a checkpoint (config, weight names, image processor) and how its
-checkpoints expect to be prompted (localization prompt and schema, coordinate convention).
+checkpoints expect to be prompted (localization prompt and schema, coordinate convention, tool calls).
 `VisionLanguageModel` is what the engine calls on a built model: nothing else of a family's
 modules is reached from outside holo_mlx/models/.
 """
@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import mlx.core as mx
 import numpy as np
+
+from ..tools import HERMES, ToolFormat
 
 
 class ConfigError(ValueError):
@@ -78,3 +80,4 @@ class Family:
     # (width, height) of the image as the model saw it -> the answer's JSON schema: an object whose
     # integer "x" and "y" are a position in those pixels (what /v1/localize reads).
     localization_schema: Callable[[int, int], dict]
+    tool_format: ToolFormat = HERMES  # how its checkpoints write tool calls

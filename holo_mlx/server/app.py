@@ -11,9 +11,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ..engine.worker import Engine
 from ..runtime import device_name
 from ..settings import ServerConfig
-from . import chat, completions, embeddings, localize, playground
+from . import chat, completions, embeddings, localize, playground, responses as responses_api
 from .content import ImagePolicy
-from .errors import install_error_handlers
+from .errors import APIError, install_error_handlers
 from .metrics import Metrics
 from .middleware import LOOPBACK_NAMES, BodyLimit, Gate, HostCheck
 from .openapi import responses, text_responses
@@ -40,6 +40,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.state.image_policy = ImagePolicy(allow_remote=config.allow_remote_images,
                                          allow_local=config.allow_local_images, max_bytes=config.max_image_bytes)
     app.state.started = int(time.time())
+    app.state.responses = responses_api.ResponseStore(config.responses_store)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
     app.add_middleware(Gate, api_key=config.api_key, metrics=metrics)
@@ -60,9 +61,17 @@ def create_app(config: ServerConfig) -> FastAPI:
     async def models():
         return dump(ModelList(data=[ModelCard(id=config.model_name, created=app.state.started)]))
 
+    @app.get("/v1/models/{model_id:path}", responses=responses(ModelCard, 400, 401, 404, 422))
+    async def model(model_id: str):
+        if model_id != config.model_name:
+            raise APIError(404, f"model {model_id!r} is not served here; this server serves {config.model_name!r}",
+                           param="model", code="model_not_found")
+        return dump(ModelCard(id=config.model_name, created=app.state.started))
+
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(embeddings.router)
     app.include_router(localize.router)
+    app.include_router(responses_api.router)
     app.include_router(playground.router)
     return app

@@ -1,28 +1,67 @@
 """POST /v1/chat/completions: validate, hand to the engine, shape the response."""
 
+import asyncio
 import json
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ..coordinates import map_answer
+from ..prompt import Prompt
+from ..tools import ToolCall
 from .content import to_messages
 from .errors import APIError
 from .inputs import build_prompt, holo_info, reject_lone_surrogates
 from .openapi import API_ERRORS, responses
 from .protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
-                       ChatCompletionRequest, ChatDelta, ChoiceLogprobs, PromptTokensDetails, TokenLogprobEntry, Usage, dump,
-                       new_id)
-from .sampling import check_top_logprobs, sampling_params
+                       ChatCompletionRequest, ChatDelta, ChoiceLogprobs, HoloInfo, PromptTokensDetails,
+                       TokenLogprobEntry, Usage, dump, new_id)
+from .sampling import check_top_logprobs, choice_params, sampling_params
 from .schemas import requested_grammar
-from .served import ready_model
+from .served import MeteredGeneration, Served, ready_model
 from .streaming import SSE_DONE, collect, ending_with_error_event, sse
+from .tools import ToolUse, as_deltas, as_tool_calls, tool_use
 
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions", responses=responses(ChatCompletion, *API_ERRORS, stream=ChatCompletionChunk))
-async def chat_completions(body: ChatCompletionRequest, request: Request):
+@dataclass
+class ChatRun:
+    """A chat request checked, its prompt built and its generation queued (chat completions and the
+    Responses API both answer from one)."""
+
+    body: ChatCompletionRequest
+    served: Served
+    prompt: Prompt
+    tools: ToolUse | None
+    generations: list[MeteredGeneration]  # one per choice (n)
+    mapping: str | None  # why the answer's coordinates are not mapped; None when they are or nobody asked
+    map_coordinates: bool
+
+    def answer(self, text: str) -> tuple[str, list[ToolCall]]:
+        """The answer's content (coordinates mapped when asked and possible) and its tool calls."""
+        if self.map_coordinates and self.mapping is None:
+            text, self.mapping = in_original_pixels(text, self.prompt)
+        return self.tools.format.parse(text) if self.tools is not None else (text, [])
+
+    def holo(self) -> HoloInfo | None:
+        info = holo_info(self.prompt)
+        if not self.map_coordinates:
+            return info
+        info = info or HoloInfo(images=[])
+        info.map_coordinates = self.mapping or MAPPED
+        return info
+
+    def usage(self, completion_tokens: int) -> Usage:
+        prompt_tokens = len(self.prompt.input_ids)
+        cached = max(generation.cached_tokens for generation in self.generations)  # of the one prompt
+        return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                     total_tokens=prompt_tokens + completion_tokens,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
+
+
+async def start_chat(body: ChatCompletionRequest, request: Request) -> ChatRun:
     state = request.app.state
     reject_lone_surrogates(body)
     served = ready_model(request, body.model)
@@ -31,20 +70,32 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     grammar = await requested_grammar(served.grammars, body)
-    # Image fetching and decoding run in the worker thread with the rest of prompt building.
     prompts = engine.prompts
+    tools = await tool_use(body, served.grammars, prompts.tool_format, has_schema=grammar is not None)
+    if tools is not None:
+        grammar = tools.grammar
+    # Image fetching and decoding run in the worker thread with the rest of prompt building.
     prompt = await build_prompt(lambda: prompts.build(to_messages(body.messages, state.image_policy,
-                                                                  prompts.process_image)), "messages")
-    params = sampling_params(
+                                                                  prompts.process_image),
+                                                      tools=tools.tools if tools else None), "messages")
+    params = choice_params(body, lambda: sampling_params(
         body, max_tokens=body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens,
         prompt_tokens=len(prompt.input_ids), context=engine.max_model_len,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None, prompt_param="messages",
-        default_max_tokens=state.config.default_max_tokens, grammar=grammar)
-    map_coordinates = body.holo is not None and body.holo.map_coordinates
-    if map_coordinates:
-        check_coordinate_mapping(body, prompt, grammar)
-    completion_id, model_name, holo = new_id("chatcmpl"), state.config.model_name, holo_info(prompt)
-    strings = served.token_strings
+        default_max_tokens=state.config.default_max_tokens, grammar=grammar,
+        vocab_size=engine.model.config.text_config.vocab_size), state.config.max_num_seqs)
+    asked = body.holo.map_coordinates if body.holo and body.holo.map_coordinates is not None else None
+    map_coordinates = state.config.map_coordinates if asked is None else asked
+    mapping = why_not_mapped(body, prompt, grammar, tools) if map_coordinates else None
+    generations = served.generate_many([prompt] * len(params), params)
+    return ChatRun(body, served, prompt, tools, generations, mapping, map_coordinates)
+
+
+@router.post("/v1/chat/completions", responses=responses(ChatCompletion, *API_ERRORS, stream=ChatCompletionChunk))
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    run = await start_chat(body, request)
+    completion_id, model_name = new_id("chatcmpl"), request.app.state.config.model_name
+    strings = run.served.token_strings
 
     def logprobs_of(chunks) -> ChoiceLogprobs | None:
         if not body.logprobs:
@@ -54,59 +105,75 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                               top_logprobs=[strings.top(t, lp) for t, lp in c.logprob.top])
             for c in chunks])
 
-    generation = served.generate(prompt, params)
-
-    def usage(completion_tokens: int) -> Usage:
-        return Usage(prompt_tokens=len(prompt.input_ids), completion_tokens=completion_tokens,
-                     total_tokens=len(prompt.input_ids) + completion_tokens,
-                     prompt_tokens_details=PromptTokensDetails(cached_tokens=generation.cached_tokens))
-
     if not body.stream:
-        chunks = await collect(request, generation)
-        content = "".join(chunk.text for chunk in chunks)
-        if map_coordinates:
-            content = in_original_pixels(content, prompt)
-        message = AssistantMessage(content=content)
-        choice = ChatChoice(message=message, logprobs=logprobs_of(chunks), finish_reason=chunks[-1].finish_reason)
-        return dump(ChatCompletion(id=completion_id, model=model_name, choices=[choice],
-                                   usage=usage(len(chunks)), holo=holo))
+        try:
+            results = await asyncio.gather(*(collect(request, generation) for generation in run.generations))
+        finally:
+            for generation in run.generations:
+                generation.cancel()
+        answers = []
+        for index, chunks in enumerate(results):
+            content, calls = run.answer("".join(chunk.text for chunk in chunks))
+            message = AssistantMessage(content=content or None if calls else content,
+                                       tool_calls=as_tool_calls(calls) if calls else None)
+            answers.append(ChatChoice(index=index, message=message, logprobs=logprobs_of(chunks),
+                                      finish_reason="tool_calls" if calls else chunks[-1].finish_reason))
+        return dump(ChatCompletion(id=completion_id, model=model_name, choices=answers,
+                                   usage=run.usage(sum(map(len, results))), holo=run.holo()))
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    holo = run.holo()
 
     async def events():
         def chunk_event(delta: ChatDelta, **choice) -> str:
             return sse(dump(ChatCompletionChunk(id=completion_id, model=model_name, holo=holo,
                                                 choices=[ChatChunkChoice(delta=delta, **choice)])))
 
-        yield chunk_event(ChatDelta(role="assistant", content=""))
         count = 0
-        async for chunk in generation:
-            count += 1
-            yield chunk_event(ChatDelta(content=chunk.text), logprobs=logprobs_of([chunk]),
-                              finish_reason=chunk.finish_reason)
+        try:
+            # Choice by choice; the others decode meanwhile in the batch and wait in their queues.
+            for index, generation in enumerate(run.generations):
+                yield chunk_event(ChatDelta(role="assistant", content=""), index=index)
+                calls_sent, split = 0, run.tools.format.stream() if run.tools is not None else None
+                async for chunk in generation:
+                    count += 1
+                    text, calls = (chunk.text, []) if split is None else split.add(chunk.text)
+                    if chunk.finish_reason and split is not None:
+                        text += split.finish()
+                    delta = ChatDelta(content=text, tool_calls=as_deltas(calls, calls_sent) if calls else None)
+                    calls_sent += len(calls)
+                    finish_reason = "tool_calls" if chunk.finish_reason and calls_sent else chunk.finish_reason
+                    yield chunk_event(delta, index=index, logprobs=logprobs_of([chunk]), finish_reason=finish_reason)
+        finally:  # a client gone mid-stream must not leave the later choices generating
+            for generation in run.generations:
+                generation.cancel()
         if include_usage:
-            yield sse(dump(ChatCompletionChunk(id=completion_id, model=model_name, choices=[], usage=usage(count))))
+            yield sse(dump(ChatCompletionChunk(id=completion_id, model=model_name, choices=[], usage=run.usage(count))))
         yield SSE_DONE
 
     return StreamingResponse(ending_with_error_event(events()), media_type="text/event-stream")
 
 
-def check_coordinate_mapping(body: ChatCompletionRequest, prompt, grammar) -> None:
-    """`holo.map_coordinates` rewrites a complete JSON answer about an image: say so when it cannot."""
+MAPPED = "mapped into the original image's pixels"
+
+
+def why_not_mapped(body: ChatCompletionRequest, prompt: Prompt, grammar, tools) -> str | None:
+    """Coordinate mapping rewrites a complete JSON answer about an image: why it cannot here, if so."""
     if not prompt.images:
-        raise APIError(400, "map_coordinates needs an image in the messages", param="holo.map_coordinates")
-    if grammar is None:
-        raise APIError(400, "map_coordinates needs a JSON answer: set response_format", param="holo.map_coordinates")
+        return "not mapped: the messages have no image"
+    if grammar is None or tools is not None:
+        return "not mapped: the answer is not constrained JSON (set response_format)"
     if body.stream:
-        raise APIError(400, "map_coordinates needs the whole answer: it does not work with stream",
-                       param="holo.map_coordinates")
+        return "not mapped: a streamed answer is sent as it is generated"
+    return None
 
 
-def in_original_pixels(content: str, prompt) -> str:
-    """The JSON answer with its positions moved from the last image as resized to that image as sent."""
+def in_original_pixels(content: str, prompt: Prompt) -> tuple[str, str | None]:
+    """The JSON answer with its positions moved from the last image as resized to that image as
+    sent, and why not when the answer is not complete JSON."""
     try:
         answer = json.loads(content)
-    except json.JSONDecodeError:  # cut short by max_tokens or a stop string: left as it is
-        return content
+    except json.JSONDecodeError:
+        return content, "not mapped: the answer is not complete JSON"
     image = prompt.images[-1]
-    return json.dumps(map_answer(answer, image.resized_size, image.original_size), ensure_ascii=False)
+    return json.dumps(map_answer(answer, image.resized_size, image.original_size), ensure_ascii=False), None

@@ -10,7 +10,7 @@ from .inputs import input_prompts, reject_lone_surrogates, split_inputs
 from .openapi import API_ERRORS, responses
 from .protocol import (Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, PromptTokensDetails,
                        Usage, dump, new_id)
-from .sampling import check_top_logprobs, sampling_params
+from .sampling import check_top_logprobs, choice_params, sampling_params
 from .schemas import requested_grammar
 from .served import ready_model
 from .streaming import SSE_DONE, collect, ending_with_error_event, sse
@@ -33,18 +33,21 @@ async def completions(body: CompletionRequest, request: Request):
     tokenizer = engine.prompts.tokenizer
     grammar = await requested_grammar(served.grammars, body)
     inputs = split_inputs(body.prompt)
-    if len(inputs) > config.max_queue:  # could never all be queued: retrying would not help
-        raise APIError(400, f"{len(inputs)} prompts in one request; this server queues at most {config.max_queue} "
-                       "(--max-queue): split the request", param="prompt", code="too_many_prompts")
+    if len(inputs) * body.n > config.max_queue:  # could never all be queued: retrying would not help
+        raise APIError(400, f"{len(inputs)} prompts x n={body.n} in one request; this server queues at most "
+                       f"{config.max_queue} (--max-queue): split the request", param="prompt", code="too_many_prompts")
     prompts = await input_prompts(engine, body.prompt, state.image_policy, "prompt")
-    # One constraint per prompt: each sequence walks the grammar on its own.
-    params = [sampling_params(body, max_tokens=body.max_tokens, prompt_tokens=len(p.input_ids),
-                              context=engine.max_model_len, logprobs=body.logprobs, prompt_param="prompt",
-                              default_max_tokens=config.default_max_tokens, grammar=grammar)
-              for p in prompts]
+    # One constraint per choice: each sequence walks the grammar on its own. Choices are grouped
+    # by prompt (prompt 0's n choices, then prompt 1's), as OpenAI orders them.
+    params = [choice for p in prompts for choice in choice_params(body, lambda p=p: sampling_params(
+        body, max_tokens=body.max_tokens, prompt_tokens=len(p.input_ids), context=engine.max_model_len,
+        logprobs=body.logprobs, prompt_param="prompt", default_max_tokens=config.default_max_tokens, grammar=grammar,
+        vocab_size=engine.model.config.text_config.vocab_size), config.max_num_seqs)]
     completion_id, model_name, strings = new_id("cmpl"), config.model_name, served.token_strings
-    echoes = [(item if isinstance(item, str) else tokenizer.decode(item)) if body.echo else "" for item in inputs]
+    echoes = [(item if isinstance(item, str) else tokenizer.decode(item)) if body.echo else ""
+              for item in inputs for _ in range(body.n)]
     prompt_tokens = sum(len(p.input_ids) for p in prompts)
+    prompts = [p for p in prompts for _ in range(body.n)]
 
     def logprobs_of(chunks, offset: int) -> CompletionLogprobs | None:
         if body.logprobs is None:
@@ -64,7 +67,8 @@ async def completions(body: CompletionRequest, request: Request):
         return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                      total_tokens=prompt_tokens + completion_tokens,
                      prompt_tokens_details=PromptTokensDetails(
-                         cached_tokens=sum(g.cached_tokens for g in generations)))
+                         cached_tokens=sum(max(g.cached_tokens for g in generations[start:start + body.n])
+                                           for start in range(0, len(generations), body.n))))
 
     if not body.stream:
         try:

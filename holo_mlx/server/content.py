@@ -14,9 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import TypeAdapter, ValidationError
+
 from ..image import ImageError, ImageTooLarge
 from .errors import APIError
-from .protocol import ChatMessage, ContentPart, HoloImagePart, ImageURLPart, TextPart
+from .protocol import CONTENT_PART_FORMS, ChatMessage, ContentPart, HoloImagePart, ImageURLPart, TextPart
+
+CONTENT_PART = TypeAdapter(ContentPart)
 
 log = logging.getLogger("holo_mlx.server")
 
@@ -103,11 +107,25 @@ def to_part(part: ContentPart, policy: ImagePolicy, param: str, prepare: Callabl
         raise APIError(400, f"invalid image: {error}", param=param, code="invalid_image") from None
 
 
-def to_parts(parts: list[ContentPart], policy: ImagePolicy, param: str, prepare: Callable[[bytes], object]) -> list[dict]:
-    return [to_part(part, policy, f"{param}.{index}", prepare) for index, part in enumerate(parts)]
+def to_parts(parts: list, policy: ImagePolicy, param: str, prepare: Callable[[bytes], object]) -> list[dict]:
+    return [to_part(checked_part(part, f"{param}.{index}"), policy, f"{param}.{index}", prepare)
+            for index, part in enumerate(parts)]
+
+
+def checked_part(part, param: str) -> ContentPart:
+    """A content part as one of its accepted forms; 400 naming the part otherwise."""
+    if not isinstance(part, dict):
+        return part  # already validated (embeddings' typed input)
+    try:
+        return CONTENT_PART.validate_python(part)
+    except ValidationError:
+        raise APIError(400, f"{param} is not a content part this server reads; expected {CONTENT_PART_FORMS}",
+                       param=param, code="invalid_content_part") from None
 
 
 def to_messages(messages: list[ChatMessage], policy: ImagePolicy, prepare: Callable[[bytes], object]) -> list[dict]:
+    """Messages in the runtime's format: assistant tool calls as {"name", "arguments"} and tool
+    results as role "tool" (the prompt builder writes them in the family's convention)."""
     if not messages:
         raise APIError(400, "messages must not be empty", param="messages")
     converted = []
@@ -118,5 +136,11 @@ def to_messages(messages: list[ChatMessage], policy: ImagePolicy, prepare: Calla
             content = ""
         elif not isinstance(content, str):
             content = to_parts(content, policy, f"messages.{index}.content", prepare)
-        converted.append({"role": role, "content": content})
+        entry = {"role": role, "content": content}
+        if message.tool_calls:
+            if role != "assistant":
+                raise APIError(400, "only assistant messages carry tool_calls", param=f"messages.{index}.tool_calls")
+            entry["tool_calls"] = [{"id": call.id, "name": call.function.name, "arguments": call.function.arguments}
+                                   for call in message.tool_calls]
+        converted.append(entry)
     return converted

@@ -54,12 +54,51 @@ class HoloImagePart(Request):
 
 
 ContentPart = Annotated[TextPart | ImageURLPart | HoloImagePart, Field(discriminator="type")]
+CONTENT_PART_FORMS = ('{"type": "text", "text": ...}, {"type": "image_url", "image_url": {"url": ...}} '
+                      'or {"type": "image", "image": {"b64": ...}}')
+
+
+# --- tools ---------------------------------------------------------------------------------------
+
+class FunctionDefinition(Request):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict | None = None  # a JSON schema; the arguments are held to it either way
+    strict: bool | None = None
+
+
+class FunctionTool(Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(Request):
+    name: str
+
+
+class NamedToolChoice(Request):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class ChatMessage(Request):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # Parts are checked one by one (content.to_parts), so a bad one is named by its own index.
+    content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant
+    tool_call_id: str | None = None  # tool
 
 
 class StreamOptions(Request):
@@ -94,7 +133,9 @@ class HoloOptions(Request):
     """Extension: `"holo": {...}` in a chat request."""
 
     model_config = ConfigDict(extra="forbid")
-    map_coordinates: bool = False  # rewrite x/y and boxes of the JSON answer into the original image's pixels
+    # Rewrite x/y and boxes of the JSON answer into the original image's pixels (None: the server's
+    # --map-coordinates).
+    map_coordinates: bool | None = None
 
 
 # --- requests ------------------------------------------------------------------------------------
@@ -111,10 +152,14 @@ class SamplingFields(Request):
     top_p: float | None = None
     n: int = 1
     user: str | None = None
-    # vLLM extensions, used by benchmarks and agents
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias
+    # vLLM extensions, used by benchmarks and agents (UI-TARS sends repetition_penalty)
     top_k: int | None = None
     min_tokens: int = 0
     ignore_eos: bool = False
+    repetition_penalty: float | None = None
     # structured output: OpenAI's field, vLLM's, and vLLM's older one (the Holo cookbook sends it)
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputs | None = None
@@ -124,6 +169,9 @@ class SamplingFields(Request):
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage]
     model: str | None = None
+    tools: list[FunctionTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
     logprobs: bool = False
     max_completion_tokens: int | None = None
     top_logprobs: int | None = None
@@ -187,7 +235,8 @@ class ChoiceLogprobs(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ImageSize(BaseModel):
@@ -201,9 +250,11 @@ class ImageResize(BaseModel):
 
 
 class HoloInfo(BaseModel):
-    """Extension: how each input image was resized, in prompt order."""
+    """Extension: how each input image was resized, in prompt order, and whether the answer's
+    coordinates were mapped into the original image's pixels (and if not, why)."""
 
     images: list[ImageResize]
+    map_coordinates: str | None = None
 
 
 class OriginalClick(BaseModel):
@@ -240,9 +291,17 @@ class ChatCompletion(BaseModel):
     holo: HoloInfo | None = None
 
 
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCall
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):
@@ -351,3 +410,129 @@ class Health(BaseModel):
     load_error: str | None
     requests_running: int
     requests_waiting: int
+
+
+# --- Responses API -------------------------------------------------------------------------------
+
+class ResponseFormatText(Request):
+    """`text.format` of the Responses API: text, json_object, or json_schema (flat: name, schema, strict)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    description: str | None = None
+    schema_: dict | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseText(Request):
+    format: ResponseFormatText | None = None
+    verbosity: str | None = None  # a hint for OpenAI's models; nothing to honour here
+
+
+class ResponsesRequest(Request):
+    """POST /v1/responses. Input items are checked one by one (server/responses.py), so a bad one
+    is named by its index."""
+
+    model: str | None = None
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: ResponseText | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stream: bool = False
+    previous_response_id: str | None = None
+    store: bool = True
+    metadata: dict[str, str] | None = None
+    include: list[str] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    user: str | None = None
+
+
+class OutputText(BaseModel):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list = []
+
+
+class OutputMessage(BaseModel):
+    type: Literal["message"] = "message"
+    id: str
+    status: Literal["in_progress", "completed", "incomplete"] = "completed"
+    role: Literal["assistant"] = "assistant"
+    content: list[OutputText]
+
+
+class FunctionCallItem(BaseModel):
+    type: Literal["function_call"] = "function_call"
+    id: str
+    call_id: str
+    name: str
+    arguments: str
+    status: Literal["in_progress", "completed", "incomplete"] = "completed"
+
+
+class ComputerCallItem(BaseModel):
+    type: Literal["computer_call"] = "computer_call"
+    id: str
+    call_id: str
+    action: dict[str, Any]  # click, double_click, scroll, type, keypress, wait, drag, move, screenshot
+    pending_safety_checks: list = []
+    status: Literal["in_progress", "completed", "incomplete"] = "completed"
+
+
+OutputItem = OutputMessage | FunctionCallItem | ComputerCallItem
+
+
+class InputTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
+class OutputTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
+class ResponseUsage(BaseModel):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails
+    total_tokens: int
+
+
+class IncompleteDetails(BaseModel):
+    reason: Literal["max_output_tokens", "content_filter"]
+
+
+class ResponseObject(BaseModel):
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int = Field(default_factory=lambda: int(time.time()))
+    status: Literal["in_progress", "completed", "incomplete", "failed"]
+    error: dict | None = None
+    incomplete_details: IncompleteDetails | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    model: str
+    output: list[OutputItem] = []
+    parallel_tool_calls: bool = True
+    previous_response_id: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    tool_choice: str | dict[str, Any] = "auto"
+    tools: list[dict[str, Any]] = []
+    text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})
+    truncation: str = "disabled"
+    store: bool = True
+    metadata: dict[str, str] = {}
+    usage: ResponseUsage | None = None
+    user: str | None = None
+
+
+class DeletedResponse(BaseModel):
+    id: str
+    object: Literal["response"] = "response"
+    deleted: bool = True

@@ -44,3 +44,12 @@ async def requested_grammar(grammars: Grammars, body: SamplingFields) -> Grammar
         return await asyncio.to_thread(grammars.json_schema, schema)
     except SchemaError as error:
         raise APIError(400, f"invalid JSON schema: {error}", param=param, code="invalid_json_schema") from None
+
+
+def check_answer_fits(grammar: Grammar | None, max_tokens: int) -> None:
+    """400 when even the grammar's shortest answer needs more than max_tokens tokens: every answer
+    would be cut off, and an answer that fits is what the constraint guarantees."""
+    shortest = None if grammar is None else grammar.shortest_answer_tokens()
+    if shortest is not None and shortest > max_tokens:
+        raise APIError(400, f"max_tokens is {max_tokens}, but the shortest answer the response schema allows "
+                       f"takes {shortest} tokens", param="max_tokens")

@@ -1,0 +1,138 @@
+"""Computer use on the Responses API: a `computer_use_preview` (or GA `computer`) tool answered with
+`computer_call` items that a local Holo model produces.
+
+Each turn the model gets its family's navigation prompt, the task, the actions so far and the
+latest screenshot, and answers one navigation step (thought, notes, action) under constrained
+decoding, so the step always parses. The action becomes computer calls in the display's pixels:
+Holo answers in the pixels of the screenshot as resized for it, which are mapped onto the
+display (`display_width` x `display_height`; the screenshot's own size for the GA tool, which
+sends none). On a HiDPI screen the screenshot has more pixels than the display, and clicks go in
+display pixels.
+
+Holo's action -> computer calls (docs/API.md has the table):
+    click_element(x, y)           -> click(x, y, button "left")
+    write_element(x, y, content)  -> click(x, y), then type(content)
+    scroll(direction)             -> scroll at the display's centre by half a display
+    go_back / refresh             -> keypress (Alt+Left / F5; Cmd+[ / Cmd+R on a mac)
+    wait                          -> wait
+    answer(content)               -> an assistant message: the loop ends
+A conversation without a screenshot yet is answered with a screenshot call, without running the model.
+"""
+
+import json
+
+from ..agent import ComputerStep, bounded_schema, navigation_prompt, navigation_state
+from ..coordinates import map_point
+from .errors import APIError
+from .protocol import ComputerCallItem, ResponsesRequest, new_id
+
+ITEM_TYPES = ("computer_call", "computer_call_output")
+TOOL_TYPES = ("computer_use_preview", "computer")
+MAX_CHARS = 200  # longest thought, notes or typed text: a step's length stays bounded
+DEFAULT_MAX_TOKENS = 1024
+
+
+class Screen:
+    """The computer tool of a request: its display size (None: the screenshot's) and environment."""
+
+    def __init__(self, tool: dict, param: str):
+        self.environment = tool.get("environment", "browser")
+        self.size = None
+        if tool["type"] == "computer_use_preview":
+            width, height = tool.get("display_width"), tool.get("display_height")
+            if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
+                raise APIError(400, "computer_use_preview needs positive integer display_width and display_height",
+                               param=param)
+            self.size = (width, height)
+
+    def keys(self, action: str) -> list[str]:
+        mac = self.environment == "mac"
+        return {"go_back": ["CMD", "["] if mac else ["ALT", "LEFT"], "refresh": ["CMD", "R"] if mac else ["F5"]}[action]
+
+
+def tool_of(tools: list[dict] | None) -> tuple[Screen | None, list[dict] | None]:
+    """(the computer tool, if any; the other tools)."""
+    screens = [(index, tool) for index, tool in enumerate(tools or []) if tool.get("type") in TOOL_TYPES]
+    if not screens:
+        return None, tools
+    if len(screens) > 1:
+        raise APIError(400, "give one computer tool", param=f"tools.{screens[1][0]}")
+    index, tool = screens[0]
+    return Screen(tool, f"tools.{index}"), [t for t in tools if t is not tool]
+
+
+def chat_messages(item: dict, param: str) -> list[dict]:
+    """A computer call (an earlier action, as text) or its output (the screenshot) as chat messages."""
+    if item["type"] == "computer_call":
+        return [{"role": "assistant", "content": json.dumps(item.get("action"))}]
+    output = item.get("output") or {}
+    if output.get("type") not in ("computer_screenshot", "input_image") or not isinstance(output.get("image_url"), str):
+        raise APIError(400, f"{param}.output must be a computer_screenshot with an image_url (a data URL)",
+                       param=f"{param}.output")
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": output["image_url"]}}]}]
+
+
+def screenshots(conversation: list[dict]) -> list[str]:
+    return [part["image_url"]["url"] for message in conversation if isinstance(message["content"], list)
+            for part in message["content"] if part.get("type") == "image_url"]
+
+
+def navigation_messages(conversation: list[dict], schema: dict) -> list[dict]:
+    """The family's navigation turn: the task (every user text), the actions so far (every assistant
+    text) and the latest screenshot only, so the prompt stays one screenshot long."""
+    task = "\n".join(part["text"] for message in conversation if message["role"] == "user"
+                     for part in as_parts(message["content"]) if part.get("type") == "text")
+    actions = [message["content"] for message in conversation if message["role"] == "assistant" and message["content"]]
+    screenshot = screenshots(conversation)[-1]
+    return [{"role": "system", "content": navigation_prompt(schema)},
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": screenshot}},
+                                         {"type": "text", "text": navigation_state(task, actions)}]}]
+
+
+def as_parts(content) -> list[dict]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content
+
+
+def computer_calls(step: ComputerStep, screen: Screen, resized: tuple[int, int],
+                   original: tuple[int, int]) -> tuple[list[dict], str | None]:
+    """(computer actions, final answer) of a step, positions mapped from the resized screenshot to the display."""
+    action = step.action
+    display = screen.size or original
+    if action.action in ("click_element", "write_element"):
+        x, y = map_point(action.x, action.y, resized, display)
+        actions = [{"type": "click", "button": "left", "x": x, "y": y}]
+        if action.action == "write_element":
+            actions.append({"type": "type", "text": action.content})
+        return actions, None
+    if action.action == "scroll":
+        horizontal = action.direction in ("left", "right")
+        amount = (display[0] if horizontal else display[1]) // 2 * (-1 if action.direction in ("up", "left") else 1)
+        return [{"type": "scroll", "x": display[0] // 2, "y": display[1] // 2,
+                 "scroll_x": amount if horizontal else 0, "scroll_y": 0 if horizontal else amount}], None
+    if action.action in ("go_back", "refresh"):
+        return [{"type": "keypress", "keys": screen.keys(action.action)}], None
+    if action.action == "wait":
+        return [{"type": "wait"}], None
+    return [], action.content  # answer
+
+
+def call_item(action: dict) -> ComputerCallItem:
+    return ComputerCallItem(id=new_id("cu"), call_id=new_id("call"), action=action)
+
+
+def check(body: ResponsesRequest, tools: list[dict] | None) -> None:
+    if tools:
+        raise APIError(400, "a computer tool cannot be combined with function tools here", param="tools")
+    if body.text and body.text.format and body.text.format.type != "text":
+        raise APIError(400, "a computer tool answers with computer calls: leave text.format out", param="text.format")
+
+
+def navigation_request(body: ResponsesRequest) -> ResponsesRequest:
+    """The request's sampling settings for the navigation step (greedy unless it asks otherwise)."""
+    return body.model_copy(update={"instructions": None, "stream": False,
+                                   "max_output_tokens": body.max_output_tokens or DEFAULT_MAX_TOKENS,
+                                   "temperature": 0.0 if body.temperature is None else body.temperature})
+
+
+STEP_SCHEMA = bounded_schema(ComputerStep.model_json_schema(), max_chars=MAX_CHARS, max_coordinate=9999)
+STEP_FORMAT = {"type": "json_schema", "json_schema": {"name": "computer_step", "schema": STEP_SCHEMA, "strict": True}}

