@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from .constrain import JSON_OPTIONS, Grammar, Grammars
+from .engine.stream import held_back
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 TOOLS_HEADER = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -122,7 +123,7 @@ class CallStream:
         while True:
             start = self.buffer.find(OPEN)
             if start < 0:
-                keep = held_back(self.buffer)
+                keep = held_back(self.buffer, [OPEN])
                 content += self.buffer[:len(self.buffer) - keep]
                 self.buffer = self.buffer[len(self.buffer) - keep:]
                 return content, calls
@@ -143,10 +144,6 @@ class CallStream:
         """What is left at the end (an unclosed call stays text)."""
         rest, self.buffer = self.buffer, ""
         return rest
-
-
-def held_back(text: str) -> int:
-    return max((n for n in range(min(len(OPEN) - 1, len(text)), 0, -1) if OPEN.startswith(text[-n:])), default=0)
 
 
 def call_grammar(grammars: Grammars, tools: list[dict], *, parallel: bool) -> Grammar:

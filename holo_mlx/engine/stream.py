@@ -27,7 +27,7 @@ class GenerationChunk:
     stats: GenerationStats | None = None  # on the last chunk
 
 
-def _held_back(text: str, stops: list[str]) -> int:
+def held_back(text: str, stops: list[str]) -> int:
     """Length of the longest suffix of `text` that could still grow into a stop string."""
     return max((n for stop in stops for n in range(min(len(stop) - 1, len(text)), 0, -1)
                 if stop.startswith(text[-n:])), default=0)
@@ -67,7 +67,7 @@ class TextStream:
                 if self.count >= params.max_tokens:
                     self.text += self.decoder.finish()
                     finish = "length"
-                safe = len(self.text) if finish else len(self.text) - _held_back(self.text, params.stop)
+                safe = len(self.text) if finish else len(self.text) - held_back(self.text, params.stop)
                 piece = self.text[emitted:safe]
             self.emitted += len(piece)
         return GenerationChunk(piece, token, logprob, finish, self.stats() if finish else None)

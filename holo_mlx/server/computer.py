@@ -23,6 +23,7 @@ import json
 
 from ..agent import ComputerStep, bounded_schema, navigation_prompt, navigation_state
 from ..coordinates import map_point
+from ..tools import as_parts
 from .errors import APIError
 from .protocol import ComputerCallItem, ResponsesRequest, new_id
 
@@ -87,10 +88,6 @@ def navigation_messages(conversation: list[dict], schema: dict) -> list[dict]:
     return [{"role": "system", "content": navigation_prompt(schema)},
             {"role": "user", "content": [{"type": "image_url", "image_url": {"url": screenshot}},
                                          {"type": "text", "text": navigation_state(task, actions)}]}]
-
-
-def as_parts(content) -> list[dict]:
-    return [{"type": "text", "text": content}] if isinstance(content, str) else content
 
 
 def computer_calls(step: ComputerStep, screen: Screen, resized: tuple[int, int],

@@ -305,10 +305,8 @@ class Shaped:
                 if message is None:
                     message = message_item("")
                     items.append(message)
-                    yield events.send("response.output_item.added", output_index=len(items) - 1,
-                                      item={**dump(message), "status": "in_progress", "content": []})
-                    yield events.send("response.content_part.added", item_id=message.id,
-                                      output_index=len(items) - 1, content_index=0, part=dump(OutputText(text="")))
+                    for event in message_opening(events, len(items) - 1, dump(message)):
+                        yield event
                 text += piece
                 yield events.send("response.output_text.delta", item_id=message.id, output_index=items.index(message),
                                   content_index=0, delta=piece, logprobs=[])
@@ -316,12 +314,9 @@ class Shaped:
                 for event in self.call_events(events, items, function_call_item(call)):
                     yield event
         if message is not None:
-            index, message.content[0].text = items.index(message), text
-            yield events.send("response.output_text.done", item_id=message.id, output_index=index, content_index=0,
-                              text=text, logprobs=[])
-            yield events.send("response.content_part.done", item_id=message.id, output_index=index,
-                              content_index=0, part=dump(message.content[0]))
-            yield events.send("response.output_item.done", output_index=index, item=dump(message))
+            message.content[0].text = text
+            for event in message_closing(events, items.index(message), dump(message)):
+                yield event
         if not items:  # nothing at all was generated: still one (empty) message
             items.append(message_item(""))
         body = self.finish(store, items, count, finish_reason)
@@ -343,13 +338,23 @@ class Shaped:
 
 def message_events(events: "EventStream", index: int, item: dict):
     """The events of a whole message item: added, its part, its text in one delta, done."""
-    part = item["content"][0]
+    yield from message_opening(events, index, item)
+    yield events.send("response.output_text.delta", item_id=item["id"], output_index=index, content_index=0,
+                      delta=item["content"][0]["text"], logprobs=[])
+    yield from message_closing(events, index, item)
+
+
+def message_opening(events: "EventStream", index: int, item: dict):
+    """A message item added, with its (empty) text part."""
     yield events.send("response.output_item.added", output_index=index,
                       item={**item, "status": "in_progress", "content": []})
     yield events.send("response.content_part.added", item_id=item["id"], output_index=index, content_index=0,
-                      part={**part, "text": ""})
-    yield events.send("response.output_text.delta", item_id=item["id"], output_index=index, content_index=0,
-                      delta=part["text"], logprobs=[])
+                      part={**item["content"][0], "text": ""})
+
+
+def message_closing(events: "EventStream", index: int, item: dict):
+    """A message item's text part and the item done, with the whole text."""
+    part = item["content"][0]
     yield events.send("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
                       text=part["text"], logprobs=[])
     yield events.send("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part)
