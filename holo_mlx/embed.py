@@ -59,14 +59,15 @@ class EmbeddingJob:
     def _embed_batch(self, indices: list[int]) -> np.ndarray:
         inputs = [PreparedPrompt(self.model, self.prompts[i]) for i in indices]
         length = max(item.length for item in inputs)
-        embeds = mx.concatenate([mx.pad(item.embeds(0, item.length), [(0, 0), (0, length - item.length), (0, 0)])
-                                 for item in inputs])
+        rows = [item.embeds(0, item.length) for item in inputs]  # (embeds, deepstack) of each input
+        embeds = mx.concatenate([mx.pad(row, [(0, 0), (0, length - row.shape[1]), (0, 0)]) for row, _ in rows])
+        deepstack = _padded_deepstack([(row.shape[1], deep) for row, deep in rows], length, embeds.dtype)
         positions = np.zeros((inputs[0].positions.shape[0], len(inputs), length), dtype=np.int64)
         valid = np.zeros((len(inputs), length), dtype=np.float32)
         for row, item in enumerate(inputs):
             positions[:, row, :item.length] = item.positions
             valid[row, :item.length] = 1.0
-        hidden = self.model.hidden([Span(embeds, mx.array(positions))])[0]
+        hidden = self.model.hidden([Span(embeds, mx.array(positions), deepstack=deepstack)])[0]
         weights = mx.array(valid)[..., None]
         pooled = (hidden.astype(mx.float32) * weights).sum(axis=1) / weights.sum(axis=1)
         self.tokens_done += int(valid.sum())
@@ -101,3 +102,16 @@ def embed_prompts(model: Model, prompts: list, chunk: int | None = None) -> np.n
 
 def _normalized(vectors: mx.array) -> mx.array:
     return vectors / mx.linalg.norm(vectors, axis=-1, keepdims=True)
+
+
+def _padded_deepstack(rows: list[tuple[int, mx.array | None]], length: int, dtype: mx.Dtype) -> mx.array | None:
+    """Each input's DeepStack input (levels, 1, its length, hidden) right-padded to `length` and
+    stacked into a batch, zeros for inputs without one; None when none has any."""
+    present = [deep for _, deep in rows if deep is not None]
+    if not present:
+        return None
+    levels, _, _, hidden = present[0].shape
+    return mx.concatenate([
+        mx.pad(deep, [(0, 0), (0, 0), (0, length - size), (0, 0)]) if deep is not None
+        else mx.zeros((levels, 1, length, hidden), dtype)
+        for size, deep in rows], axis=1)

@@ -10,7 +10,7 @@ from convert.convert import convert
 from holo_mlx import load, load_model
 from holo_mlx.engine.sampling import SamplingParams
 from holo_mlx.generate import prompt_logits, stream_generate
-from holo_mlx.models.qwen2_5_vl.rope import rope_index
+from holo_mlx.models.rope import rope_index
 from holo_mlx.runtime import compute_dtype
 from holo_mlx.testing import synthetic_screenshot
 
@@ -25,7 +25,8 @@ def full_logits(model, prompt) -> np.ndarray:
     features = model.encode_images([image.pixel_values for image in prompt.images], grids)
     positions, _ = rope_index(prompt.input_ids, grids, image_token_id=model.config.image_token_id,
                               spatial_merge_size=model.config.vision_config.spatial_merge_size)
-    return np.array(model(model.embed(prompt.input_ids, features), mx.array(positions)[:, None, :])[0])
+    embeds, deepstack = model.embed(prompt.input_ids, features)
+    return np.array(model(embeds, mx.array(positions)[:, None, :], deepstack=deepstack)[0])
 
 
 def mlx_vlm_logits(model, prompt) -> np.ndarray:

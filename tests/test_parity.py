@@ -10,7 +10,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from holo_mlx import load
 from holo_mlx.engine.sampling import SamplingParams
 from holo_mlx.generate import stream_generate
-from holo_mlx.models.qwen2_5_vl.rope import rope_index
+from holo_mlx.models.rope import rope_index
 from holo_mlx.testing import synthetic_screenshot
 
 IMAGE_TOKEN = 151655
@@ -97,7 +97,8 @@ def test_inputs_features_positions_and_logits_match(models, name):
         np.testing.assert_array_equal(positions, np.tile(np.arange(len(prompt.input_ids)), (3, 1)))
         assert delta == 0
 
-    logits = model(model.embed(prompt.input_ids, features), mx.array(positions)[:, None, :])
+    embeds, deepstack = model.embed(prompt.input_ids, features)
+    logits = model(embeds, mx.array(positions)[:, None, :], deepstack=deepstack)
     with torch.no_grad():
         reference_logits = reference(**hf_args).logits[0].numpy()
     difference = np.abs(np.array(logits[0]) - reference_logits)

@@ -88,7 +88,7 @@ def test_one_decoder_pass_over_two_spans_equals_two_passes(loaded):
     for text in ("Click the blue button.", "Where is the search field on this page?"):
         ids = prompts.build(user(text)).input_ids
         positions = mx.broadcast_to(mx.arange(len(ids))[None, None], (3, 1, len(ids)))
-        spans.append(lambda ids=ids, positions=positions: Span(model.embed(ids), positions, model.make_cache()))
+        spans.append(lambda ids=ids, positions=positions: Span(model.embed(ids)[0], positions, model.make_cache()))
     together = decoder.forward([make() for make in spans])
     for make, hidden in zip(spans, together):
         alone = decoder.forward([make()])[0]
@@ -107,10 +107,10 @@ def test_last_only_pass_equals_the_last_rows_of_a_full_pass(loaded):
     length = min(len(first), len(second))
 
     def spans():
-        cached = Span(model.embed(second), mx.broadcast_to(mx.arange(len(second))[None, None], (3, 1, len(second))),
+        cached = Span(model.embed(second)[0], mx.broadcast_to(mx.arange(len(second))[None, None], (3, 1, len(second))),
                       model.make_cache())
         causal = mx.arange(length)[None, :] <= mx.arange(length)[:, None]  # as an array mask
-        pair = Span(mx.concatenate([model.embed(first[:length]), model.embed(second[:length])]),
+        pair = Span(mx.concatenate([model.embed(first[:length])[0], model.embed(second[:length])[0]]),
                     mx.broadcast_to(mx.arange(length)[None, None], (3, 2, length)), mask=causal)
         return [cached, pair]
 

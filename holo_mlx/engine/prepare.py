@@ -46,10 +46,12 @@ class PreparedPrompt:
 
     def span(self, start: int, end: int, cache: list) -> Span:
         """input_ids[start:end] as a decoder span continuing `cache`: embeddings and positions."""
-        return Span(self.embeds(start, end), mx.array(self.positions[:, None, start:end]), cache)
+        embeds, deepstack = self.embeds(start, end)
+        return Span(embeds, mx.array(self.positions[:, None, start:end]), cache, deepstack=deepstack)
 
-    def embeds(self, start: int, end: int) -> mx.array:
-        """Token embeddings (1, end - start, hidden) of input_ids[start:end], image features in place."""
+    def embeds(self, start: int, end: int) -> tuple[mx.array, mx.array | None]:
+        """Token embeddings (1, end - start, hidden) of input_ids[start:end], image features in place,
+        and their DeepStack input (see VisionLanguageModel.embed)."""
         pieces = []
         for number, (first, last) in enumerate(self.image_spans):
             if first < end and last > start:

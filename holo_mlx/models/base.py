@@ -29,6 +29,9 @@ class Span:
     positions: mx.array  # (axes, batch, length) rotary positions
     cache: list | None = None  # one KV cache per layer
     mask: mx.array | str | None = None  # None: causal over the cache
+    # Qwen3-VL's DeepStack: (levels, batch, length, hidden) added to the hidden states after each
+    # of the first `levels` decoder layers (zero outside image tokens); None for text.
+    deepstack: mx.array | None = None
 
 
 class VisionLanguageModel(Protocol):
@@ -42,10 +45,12 @@ class VisionLanguageModel(Protocol):
     dtype: mx.Dtype
 
     def encode_images(self, pixel_values: list[np.ndarray], grids: list[tuple[int, int, int]]) -> mx.array:
-        """Features for every image token of these images, in order: (tokens, hidden_size)."""
+        """Features for every image token of these images, in order: (tokens, width), one row per
+        token whatever the family packs in it (Qwen3-VL: the merger's and each DeepStack level's)."""
 
-    def embed(self, input_ids: list[int], image_features: mx.array | None) -> mx.array:
-        """Token embeddings (1, length, hidden) with image features placed at the image tokens."""
+    def embed(self, input_ids: list[int], image_features: mx.array | None) -> tuple[mx.array, mx.array | None]:
+        """Token embeddings (1, length, hidden) with image features placed at the image tokens, and
+        the span's `deepstack` input (None for a family without DeepStack, or without images)."""
 
     def embed_tokens(self, tokens: mx.array) -> mx.array:
         """Embeddings of token ids of any shape (decode steps feed sampled tokens back)."""

@@ -1,4 +1,4 @@
-"""M-RoPE positions for Qwen2.5-VL: a pure function of the prompt, no state on the model.
+"""M-RoPE positions of Qwen2.5-VL and Qwen3-VL (one rule): a pure function of the prompt, no model state.
 
 Text tokens advance one position on all three axes (temporal, height, width). An image's tokens
 share the image's start position plus their (t, row, column) in the merged grid; the text after
@@ -41,7 +41,3 @@ def rope_index(
     delta = int(positions.max()) + 1 - len(ids) if len(ids) else 0
     return positions, delta
 
-
-def decode_positions(offset: int, length: int, delta: int) -> np.ndarray:
-    """Positions (3, length) for tokens appended after `offset` cached tokens."""
-    return np.broadcast_to(np.arange(offset, offset + length) + delta, (3, length)).copy()
