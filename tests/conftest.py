@@ -49,6 +49,34 @@ def hf_bf16_checkpoint() -> Path:
     return cached_checkpoint(config_layout="root", key_layout="nested", dtype="bfloat16")
 
 
+@pytest.fixture(scope="session")
+def holo2_root_checkpoint() -> Path:
+    """Holo2 (Qwen3-VL) as published: transformers 4.57 config layout, float32."""
+    return cached_checkpoint(preset="holo2-tiny", config_layout="root", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def holo2_nested_checkpoint() -> Path:
+    """Holo2 as transformers 5 saves it (rope_parameters), float32."""
+    return cached_checkpoint(preset="holo2-tiny", config_layout="nested", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def holo2_bf16_checkpoint() -> Path:
+    return cached_checkpoint(preset="holo2-tiny", config_layout="root", dtype="bfloat16")
+
+
+@pytest.fixture(scope="session")
+def holo2_moe_root_checkpoint() -> Path:
+    """Holo2-30B-A3B's architecture (Qwen3-VL MoE), published layout: 4.57's expert orientation."""
+    return cached_checkpoint(preset="holo2-moe-tiny", config_layout="root", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def holo2_moe_nested_checkpoint() -> Path:
+    return cached_checkpoint(preset="holo2-moe-tiny", config_layout="nested", dtype="float32")
+
+
 @pytest.fixture(scope="module")
 def server(hf_root_checkpoint):
     """`serve.py` on the tiny checkpoint as "holo-tiny", for one test module (a module may define

@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import json
 import struct
@@ -9,10 +10,7 @@ from PIL import Image, ImageDraw, features
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from holo_mlx.image import (
-    DEFAULT_IMAGE_MEAN,
-    DEFAULT_IMAGE_STD,
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MIN_PIXELS,
+    QWEN2_5_VL_PROCESSOR,
     ImageError,
     ImageProcessorConfig,
     ImageTooLarge,
@@ -21,7 +19,7 @@ from holo_mlx.image import (
     target_size,
 )
 
-CONFIG = ImageProcessorConfig(DEFAULT_IMAGE_MEAN, DEFAULT_IMAGE_STD, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+CONFIG = QWEN2_5_VL_PROCESSOR
 BUDGET = 1_003_520
 NEEDS_WEBP = pytest.mark.skipif(not features.check("webp"), reason="Pillow built without WebP")
 
@@ -91,7 +89,7 @@ def test_parity_odd_size():
 def test_parity_screenshot_downscaled_by_max_pixels():
     image = ui_screenshot(1920, 1080)
     assert_parity(image, image)
-    assert_parity(image, image, max_pixels=DEFAULT_MAX_PIXELS)  # the checkpoint's ceiling: no downscale
+    assert_parity(image, image, max_pixels=CONFIG.max_pixels)  # the checkpoint's ceiling: no downscale
 
 
 def test_parity_tall_greyscale():
@@ -186,7 +184,7 @@ def test_max_side_resamples_once_from_the_original():
 
 
 def test_max_pixels_is_clamped_to_the_checkpoint_ceiling():
-    small = ImageProcessorConfig(DEFAULT_IMAGE_MEAN, DEFAULT_IMAGE_STD, 3136, 200_000)
+    small = dataclasses.replace(CONFIG, min_pixels=3136, max_pixels=200_000)
     width, height = target_size(1920, 1080, config=small, max_side=None, max_pixels=10**9)
     assert width * height <= 200_000 and width % 28 == height % 28 == 0
 
@@ -249,7 +247,7 @@ def test_config_from_transformers5_size(tmp_path):
     values = {"image_processor": {"size": {"shortest_edge": 784, "longest_edge": 1_000_000}, "merge_size": 2}}
     (tmp_path / "processor_config.json").write_text(json.dumps(values))
     config = ImageProcessorConfig.from_pretrained(tmp_path)
-    assert (config.min_pixels, config.max_pixels, config.image_std) == (784, 1_000_000, DEFAULT_IMAGE_STD)
+    assert (config.min_pixels, config.max_pixels, config.image_std) == (784, 1_000_000, CONFIG.image_std)
 
 
 def test_config_defaults_without_file(tmp_path):

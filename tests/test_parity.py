@@ -1,10 +1,11 @@
-"""The MLX model against transformers' Qwen2_5_VLForConditionalGeneration on the same weights (float32)."""
+"""Every family against transformers on the same weights (float32): Holo1.5 (Qwen2_5_VLForConditionalGeneration)
+and Holo2 (Qwen3VLForConditionalGeneration, Qwen3VLMoeForConditionalGeneration), each config layout."""
 
 import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoModelForImageTextToText, AutoTokenizer
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from holo_mlx import load
@@ -37,14 +38,18 @@ def conversations():
 
 
 def reference_inputs(path, messages):
-    """What transformers' Qwen2_5_VLProcessor produces: template, PIL image processor, pad expansion."""
+    """What transformers' processor produces: template, PIL image processor with the checkpoint's
+    settings (Holo1.5 capped at MAX_PIXELS, as the model is loaded below), pad expansion."""
     tokenizer = AutoTokenizer.from_pretrained(path)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     images = [part["image"] for m in messages if isinstance(m["content"], list)
               for part in m["content"] if part["type"] == "image"]
     inputs = {}
     if images:
-        processed = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=MAX_PIXELS)(images=images, return_tensors="np")
+        processor = Qwen2VLImageProcessorPil.from_pretrained(path)
+        if processor.patch_size == 14:
+            processor = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=MAX_PIXELS)
+        processed = processor(images=images, return_tensors="np")
         inputs = {"pixel_values": processed["pixel_values"], "image_grid_thw": processed["image_grid_thw"]}
         for grid in processed["image_grid_thw"]:
             text = text.replace("<|image_pad|>", "<|placeholder|>" * int(np.prod(grid) // 4), 1)
@@ -53,11 +58,17 @@ def reference_inputs(path, messages):
     return inputs
 
 
-@pytest.fixture(scope="module", params=["hf_root_checkpoint", "hf_nested_checkpoint"])
+CHECKPOINTS = ["hf_root_checkpoint", "hf_nested_checkpoint", "holo2_root_checkpoint", "holo2_nested_checkpoint",
+               "holo2_bf16_checkpoint", "holo2_moe_root_checkpoint", "holo2_moe_nested_checkpoint"]
+
+
+@pytest.fixture(scope="module", params=CHECKPOINTS)
 def models(request):
     path = request.getfixturevalue(request.param)
-    reference = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
-    model, prompts = load(path, max_side=None, max_pixels=MAX_PIXELS)
+    reference = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+    holo1 = request.param.startswith("hf_")
+    # Holo2 with the family's own limits (its processor's); Holo1.5 without the cookbook's max_side.
+    model, prompts = load(path, max_side=None, max_pixels=MAX_PIXELS) if holo1 else load(path)
     return path, reference, model, prompts
 
 
@@ -81,9 +92,11 @@ def test_inputs_features_positions_and_logits_match(models, name):
         features = model.encode_images([image.pixel_values for image in prompt.images],
                                        [image.grid_thw for image in prompt.images])
         with torch.no_grad():
-            reference_features = reference.model.get_image_features(
-                hf_args["pixel_values"], hf_args["image_grid_thw"]).pooler_output
-        np.testing.assert_allclose(np.array(features), torch.cat(reference_features).numpy(), atol=1e-4, rtol=0)
+            output = reference.model.get_image_features(hf_args["pixel_values"], hf_args["image_grid_thw"])
+        # One row per image token: the merger's features, then each DeepStack level's (Holo2).
+        levels = [output.pooler_output, *(getattr(output, "deepstack_features", None) or [])]
+        reference_features = np.concatenate([torch.cat(level).numpy() for level in levels], axis=-1)
+        np.testing.assert_allclose(np.array(features), reference_features, atol=1e-4, rtol=0)
 
     grids = [image.grid_thw for image in prompt.images]
     positions, delta = rope_index(prompt.input_ids, grids, image_token_id=IMAGE_TOKEN, spatial_merge_size=2)

@@ -37,7 +37,7 @@ def family_for(config: dict) -> Family:
 
 
 def _load_builtin() -> None:
-    from . import qwen2_5_vl  # noqa: F401  (registers itself)
+    from . import qwen2_5_vl, qwen3_vl  # noqa: F401  (each registers itself)
 
 
 __all__ = ["ConfigError", "Family", "VisionLanguageModel", "families", "family_for", "register"]

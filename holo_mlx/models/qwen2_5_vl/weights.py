@@ -28,7 +28,7 @@ def to_mlx_name(key: str) -> str | None:
     for hf_prefix, mlx_prefix in _PREFIXES:
         if key.startswith(hf_prefix):
             return mlx_prefix + key[len(hf_prefix):]
-    raise KeyError(f"unexpected weight {key!r}: not a Qwen2.5-VL checkpoint key")
+    raise KeyError(f"unexpected weight {key!r}: not a Qwen2.5-VL or Qwen3-VL checkpoint key")
 
 
 def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:

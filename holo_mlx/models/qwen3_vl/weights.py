@@ -1,0 +1,27 @@
+"""Weight names: Qwen3-VL's published key layouts mapped onto mlx-vlm's, as for Qwen2.5-VL, and
+the MoE experts split and stacked as mlx-lm's SwitchGLU holds them.
+
+Hugging Face stores each layer's experts as two tensors, in an orientation that changed between
+transformers 4.57 (gate_up_proj (experts, hidden, 2 * moe), down_proj (experts, moe, hidden)) and
+5 (gate_up_proj (experts, 2 * moe, hidden), down_proj (experts, hidden, moe)); SwitchGLU wants
+gate_proj / up_proj (experts, moe, hidden) and down_proj (experts, hidden, moe). The two
+orientations never both fit: in 4.57's, gate_up's last axis is twice down_proj's middle one.
+"""
+
+import mlx.core as mx
+
+from ..qwen2_5_vl.weights import sanitize as rename
+
+
+def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    out = rename(weights)
+    for key in [key for key in out if key.endswith(".mlp.experts.gate_up_proj")]:
+        prefix = key.removesuffix("experts.gate_up_proj")
+        gate_up, down = out.pop(key), out.pop(prefix + "experts.down_proj")
+        if gate_up.shape[2] == 2 * down.shape[1]:  # transformers 4.57
+            gate_up, down = gate_up.transpose(0, 2, 1), down.transpose(0, 2, 1)
+        gate, up = mx.split(gate_up, 2, axis=1)
+        out[prefix + "switch_mlp.gate_proj.weight"] = gate
+        out[prefix + "switch_mlp.up_proj.weight"] = up
+        out[prefix + "switch_mlp.down_proj.weight"] = down
+    return out
