@@ -46,7 +46,7 @@ def main() -> None:
     from .runtime import use_fast_blas
 
     use_fast_blas()
-    parser = argparse.ArgumentParser(description="Generate text with a Holo1.5 model in MLX")
+    parser = argparse.ArgumentParser(description="Generate text with a Holo model (Holo1.5 or Holo2) in MLX")
     parser.add_argument("--model", required=True, help="converted model folder (python -m convert)")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--image", action="append", default=[], help="image file; repeat for several")

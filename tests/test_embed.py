@@ -30,9 +30,9 @@ def token_ids(count: int, seed: int = 0) -> list[int]:
     return np.random.default_rng(seed).integers(100, 150_000, count).tolist()
 
 
-@pytest.fixture(scope="module")
-def loaded(hf_root_checkpoint):
-    return load(hf_root_checkpoint)
+@pytest.fixture(scope="module", params=["hf_root_checkpoint", "holo2_root_checkpoint"])
+def loaded(request):
+    return load(request.getfixturevalue(request.param))
 
 
 # --- chunked prefill ---------------------------------------------------------------------------------
@@ -44,7 +44,7 @@ def test_a_long_input_chunked_equals_one_pass(loaded):
                                   {"type": "image", "image": screenshot},
                                   {"type": "text", "text": " Fields: user name, password; a Submit button."}])
     length = len(prompt.input_ids)
-    assert length > 8 * CHUNK  # the image's 77 tokens straddle chunk boundaries too
+    assert length > 8 * CHUNK  # the image's tokens straddle chunk boundaries too
 
     job = EmbeddingJob(model, [prompt], chunk=CHUNK)
     units = 1
@@ -66,6 +66,20 @@ def test_short_inputs_batch_and_long_ones_chunk_in_input_order(loaded):
     # 3, 4 and 5 tokens share one padded pass (15 <= 16); 40 and 100 tokens take 3 and 7 chunks.
     assert units == 1 + 3 + 7
     alone = np.concatenate([embed_prompts(model, [prompt], chunk=len(prompt.input_ids)) for prompt in inputs])
+    np.testing.assert_allclose(job.vectors, alone, rtol=0, atol=1e-5)
+
+
+def test_screenshots_batched_with_text_equal_their_passes_alone(loaded):
+    """Short inputs share one right-padded pass, Holo2's DeepStack input padded with them."""
+    model, prompts = loaded
+    inputs = [prompts.build_parts([{"type": "image", "image": prompts.process_image(synthetic_screenshot(300, 200, seed))},
+                                   {"type": "text", "text": text}])
+              for seed, text in enumerate(["A login form.", "A search page with results."])]
+    inputs.insert(1, Prompt(token_ids(9), []))
+    chunk = 4 * max(len(prompt.input_ids) for prompt in inputs)
+    job = EmbeddingJob(model, inputs, chunk=chunk)
+    assert job.step()  # one unit: the three inputs in one pass
+    alone = np.concatenate([embed_prompts(model, [prompt], chunk=chunk) for prompt in inputs])
     np.testing.assert_allclose(job.vectors, alone, rtol=0, atol=1e-5)
 
 

@@ -1,4 +1,5 @@
-"""Continuous batching and caches against the single-request path, on the tiny checkpoint."""
+"""Continuous batching and caches against the single-request path, on a tiny checkpoint of each
+family (Holo2's DeepStack features ride along with chunks, batches and caches)."""
 
 import mlx.core as mx
 import numpy as np
@@ -10,8 +11,9 @@ from mlx_lm.models.cache import BatchKVCache, KVCache
 from holo_mlx.engine.caches import BatchCache, PrefixCache, VisionCache
 from holo_mlx.engine.scheduler import Scheduler, Sequence
 from holo_mlx.engine.sampling import SamplingParams, TokenChooser, choose
-from holo_mlx.generate import stream_generate
+from holo_mlx.generate import prompt_logits, stream_generate
 from holo_mlx.models.base import Span
+from holo_mlx.runtime import prefill_chunk
 from holo_mlx.testing import synthetic_screenshot
 
 SYSTEM = {"role": "system", "content": "You are Holo, a GUI agent. " * 8}
@@ -24,9 +26,9 @@ def user(text, image=None):
     return [SYSTEM, {"role": "user", "content": content}]
 
 
-@pytest.fixture(scope="module")
-def loaded(hf_root_checkpoint):
-    return load(hf_root_checkpoint)
+@pytest.fixture(scope="module", params=["hf_root_checkpoint", "holo2_root_checkpoint", "holo2_moe_root_checkpoint"])
+def loaded(request):
+    return load(request.getfixturevalue(request.param))
 
 
 def sequential(loaded, prompt, params):
@@ -79,6 +81,20 @@ def test_batched_greedy_equals_sequential(loaded, stagger):
         assert tokens(chunks) == tokens(alone)
         assert "".join(c.text for c in chunks) == "".join(c.text for c in alone)
         assert chunks[-1].finish_reason == "length"
+
+
+def test_a_chunk_boundary_inside_an_image_gives_the_one_pass_logits(loaded):
+    """The image's features (and DeepStack input) are cut at the chunk boundary like its tokens."""
+    model, prompts = loaded
+    prompt = prompts.build(user("Where is Submit?", synthetic_screenshot(1000, 700, 5)))
+    ids = np.asarray(prompt.input_ids)
+    image = np.flatnonzero(ids == model.config.image_token_id)
+    assert image[0] < prefill_chunk() < image[-1]
+    features = model.encode_images([prompt.images[0].pixel_values], [prompt.images[0].grid_thw])
+    positions, _ = model.positions(prompt.input_ids, [prompt.images[0].grid_thw])
+    embeds, deepstack = model.embed(prompt.input_ids, features)
+    one_pass = model(embeds, mx.array(positions)[:, None, :], deepstack=deepstack)[0, -1]
+    assert mx.abs(prompt_logits(model, prompt) - one_pass).max().item() < 1e-4
 
 
 def test_one_decoder_pass_over_two_spans_equals_two_passes(loaded):
