@@ -79,7 +79,8 @@ def test_screenshots_batched_with_text_equal_their_passes_alone(loaded):
     chunk = 4 * max(len(prompt.input_ids) for prompt in inputs)
     job = EmbeddingJob(model, inputs, chunk=chunk)
     assert job.step()  # one unit: the three inputs in one pass
-    alone = np.concatenate([embed_prompts(model, [prompt], chunk=chunk) for prompt in inputs])
+    # Alone and chunked: the other path, which the test above holds to a single pass.
+    alone = np.concatenate([embed_prompts(model, [prompt], chunk=CHUNK) for prompt in inputs])
     np.testing.assert_allclose(job.vectors, alone, rtol=0, atol=1e-5)
 
 
