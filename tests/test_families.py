@@ -30,7 +30,7 @@ from holo_mlx.models import ConfigError, _FAMILIES, family_for, register
 from holo_mlx.prompt import Prompt, PromptBuilder
 from holo_mlx.server.app import create_app
 from holo_mlx.settings import ServerConfig
-from holo_mlx.testing import root_layout_config, synthetic_screenshot
+from holo_mlx.testing import holo2_published_config, root_layout_config, synthetic_screenshot
 from holo_mlx.tokens import token_bytes
 
 STEPS = 6  # generated tokens per check
@@ -46,6 +46,42 @@ def test_registry_reads_both_published_qwen_layouts():
         family = family_for(raw)
         assert family.name == "qwen2_5_vl"
         assert family.config(raw).text_config.hidden_size == with_type["hidden_size"]
+
+
+@pytest.mark.parametrize("preset", ["holo2-tiny", "holo2-moe-tiny"])
+def test_registry_reads_holo2_as_published_and_as_transformers_5_writes_it(preset):
+    published = holo2_published_config(preset)
+    text = published["text_config"]
+    nested = copy.deepcopy(published)
+    nested["text_config"].pop("rope_theta")
+    nested["text_config"]["rope_parameters"] = {**nested["text_config"].pop("rope_scaling"), "rope_theta": 5e6}
+    for raw in (published, nested):
+        family = family_for(raw)
+        assert family.name == "qwen3_vl"
+        config = family.config(raw)
+        assert (config.text_config.head_dim, config.text_config.rope_theta) == (text["head_dim"], 5e6)
+        assert config.text_config.num_experts == text.get("num_experts", 0)
+
+
+def edited_text_config(change):
+    raw = holo2_published_config()
+    change(raw["text_config"])
+    return raw
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda text: text["rope_scaling"].pop("mrope_interleaved"), "mrope_interleaved"),
+    (lambda text: text["rope_scaling"].pop("mrope_section"), "no mrope_section"),
+    (lambda text: text.pop("rope_theta"), "no rope_theta"),
+    (lambda text: text["rope_scaling"].update(rope_theta=1e6), "two rope_theta values"),
+    (lambda text: text["rope_scaling"].update(mrope_section=[16, 24, 24]), "does not cover head_dim 64"),
+    (lambda text: text.update(attention_bias=True), "attention_bias"),
+    (lambda text: text.update(num_experts=4, num_experts_per_tok=0, moe_intermediate_size=8), "num_experts_per_tok"),
+])
+def test_holo2_rope_settings_are_never_guessed(change, message):
+    raw = edited_text_config(change)
+    with pytest.raises(ConfigError, match=message):
+        family_for(raw).config(raw)
 
 
 def test_unknown_architecture_names_the_known_families(toy_registered):
