@@ -285,3 +285,29 @@ def test_cli_default_destination_and_flags(hf_root_checkpoint, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["quantization"] == {"group_size": 32, "bits": 8, "mode": "affine"}
 
+
+
+@pytest.mark.parametrize("checkpoint", ["holo2_moe_root_checkpoint", "holo2_moe_nested_checkpoint"])
+def test_holo2_moe_converts_in_mlx_vlms_layout_with_quantized_experts(checkpoint, request, tmp_path):
+    from holo_mlx.models import family_for
+
+    source = request.getfixturevalue(checkpoint)
+    family = family_for(json.loads((source / "config.json").read_text()))
+    reference = family.sanitize(load_folder(source))
+    experts = "language_model.model.layers.0.mlp.switch_mlp.gate_proj"
+    assert reference[f"{experts}.weight"].shape == (4, 48, 128)  # (experts, moe, hidden) from either orientation
+
+    out = convert(str(source), tmp_path / "f32")
+    converted = load_folder(out)
+    assert set(converted) == set(reference)
+    assert all(mx.array_equal(converted[name], value) for name, value in reference.items())
+    config = json.loads((out / "config.json").read_text())
+    assert config["text_config"]["rope_scaling"] == {"rope_type": "default", "mrope_interleaved": True,
+                                                     "mrope_section": [12, 10, 10]}
+    assert config["text_config"]["rope_theta"] == 5e6 and "rope_parameters" not in config["text_config"]
+    assert family.config(config).text_config.num_experts == 4
+
+    quantized = load_folder(convert(str(source), tmp_path / "q8", quantize=True, q_bits=8))
+    assert quantized[f"{experts}.weight"].dtype == mx.uint32 and f"{experts}.scales" in quantized
+    assert quantized["language_model.model.layers.0.mlp.gate.weight"].dtype == mx.float32  # the router
+    assert not any(name.startswith("vision_tower.") and name.endswith(".scales") for name in quantized)

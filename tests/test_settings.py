@@ -58,11 +58,12 @@ def test_bad_values_exit_naming_the_flag_or_the_variable(argv, environ, message,
     assert message in capsys.readouterr().err
 
 
-def test_zero_disables_the_resize_limits_and_sizes_are_mib():
+def test_zero_disables_the_resize_limits_unset_leaves_the_familys_and_sizes_are_mib():
     config = parse_config(["--max-side", "0", "--max-pixels", "0", "--max-request-mb", "0.5",
                            "--prefix-cache-mb", "3"], {})
     assert config.resize == {"max_side": None, "max_pixels": None}
-    assert ServerConfig().resize == {"max_side": 1440, "max_pixels": 1_003_520}
+    assert ServerConfig().resize == {}  # the prompt builder takes the family's (models/base.py)
+    assert parse_config(["--max-side", "1000"], {}).resize == {"max_side": 1000}
     assert config.max_request_bytes == 2**19 and config.prefix_cache_bytes == 3 * 2**20
     assert ServerConfig().max_image_bytes == 20 * 2**20 and ServerConfig().vision_cache_bytes == 256 * 2**20
 
