@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import mlx.core as mx
 import numpy as np
 
+from ..coordinates import RESIZED_PIXELS, CoordinateSpace
 from ..image import MAX_PIXELS, MAX_SIDE
 from ..tools import HERMES, ToolFormat
 
@@ -87,6 +88,7 @@ class Family:
     # integer "x" and "y" are a position in those pixels (what /v1/localize reads).
     localization_schema: Callable[[int, int], dict]
     tool_format: ToolFormat = HERMES  # how its checkpoints write tool calls
+    coordinates: CoordinateSpace = RESIZED_PIXELS  # where its answers' x and y are (coordinates.py)
     # Image limits when the server is given none (--max-side, --max-pixels): None is the
     # checkpoint's own ceiling. Holo1.5's cookbook caps screenshots; Holo2's uses its processor's.
     max_side: int | None = MAX_SIDE

@@ -169,17 +169,36 @@ class VisionBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, config: VisionConfig):
+    """The Conv3d patch embedding (Qwen3-VL's has a bias, Qwen2.5-VL's none)."""
+
+    def __init__(self, config, bias: bool = False):
         super().__init__()
         kernel = (config.temporal_patch_size, config.patch_size, config.patch_size)
-        self.proj = nn.Conv3d(config.in_channels, config.hidden_size, kernel, stride=kernel, bias=False)
+        self.proj = nn.Conv3d(config.in_channels, config.hidden_size, kernel, stride=kernel, bias=bias)
 
     def __call__(self, pixel_values: mx.array) -> mx.array:
         # Kernel == stride == one patch, so the Conv3d is a single GEMM over flattened patches.
         weight = self.proj.weight  # (out, t, h, w, in)
         out_dim, t, h, w, channels = weight.shape
         patches = pixel_values.reshape(-1, channels, t, h, w).transpose(0, 2, 3, 4, 1)
-        return patches.reshape(patches.shape[0], -1).astype(weight.dtype) @ weight.reshape(out_dim, -1).T
+        embedded = patches.reshape(patches.shape[0], -1).astype(weight.dtype) @ weight.reshape(out_dim, -1).T
+        return embedded + self.proj.bias if "bias" in self.proj else embedded
+
+
+class VisionRotary:
+    """2D rotary tables of a tower: a quarter of each head's frequencies turns with the patch's
+    row, a quarter with its column, and the halves repeat (rotate-half layout)."""
+
+    def __init__(self, head_dim: int, theta: float):
+        quarter = head_dim // 2
+        self.inv_freq = 1.0 / (theta ** (np.arange(0, quarter, 2, dtype=np.float32) / quarter))
+
+    def __call__(self, positions: np.ndarray, dtype: mx.Dtype) -> tuple[mx.array, mx.array]:
+        """cos/sin of shape (seq, 1, head_dim) for (seq, 2) row/column positions."""
+        freqs = positions[:, :, None].astype(np.float32) * self.inv_freq  # (seq, 2, head_dim/4)
+        angles = freqs.reshape(len(positions), -1)
+        angles = mx.array(np.concatenate([angles, angles], axis=-1))[:, None, :]
+        return mx.cos(angles).astype(dtype), mx.sin(angles).astype(dtype)
 
 
 class PatchMerger(nn.Module):
@@ -204,16 +223,7 @@ class VisionModel(nn.Module):
         self.blocks = [VisionBlock(config) for _ in range(config.depth)]
         self.merger = PatchMerger(config)
         self.full_attention = frozenset(config.fullatt_block_indexes)
-        head_dim = config.hidden_size // config.num_heads
-        quarter = head_dim // 2
-        self._inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, quarter, 2, dtype=np.float32) / quarter))
-
-    def rotary(self, positions: np.ndarray) -> tuple[mx.array, mx.array]:
-        """cos/sin of shape (seq, 1, head_dim): row angles then column angles, repeated twice."""
-        freqs = positions[:, :, None].astype(np.float32) * self._inv_freq  # (seq, 2, head_dim/4)
-        angles = freqs.reshape(len(positions), -1)
-        angles = mx.array(np.concatenate([angles, angles], axis=-1))[:, None, :]
-        return mx.cos(angles), mx.sin(angles)
+        self.rotary = VisionRotary(config.hidden_size // config.num_heads, config.rope_theta)
 
     def __call__(self, pixel_values: mx.array, grid_thw: list[tuple[int, int, int]]) -> mx.array:
         """Image features in prompt order: (sum of t*h*w/merge^2, out_hidden_size), evaluated."""
@@ -223,7 +233,7 @@ class VisionModel(nn.Module):
         pixels = pixel_values.reshape(-1, unit, pixel_values.shape[-1])[layout.window_index]
         pixels = pixels.reshape(-1, pixel_values.shape[-1])
         dtype = self.patch_embed.proj.weight.dtype
-        cos, sin = (angles.astype(dtype) for angles in self.rotary(layout.rotary_positions))
+        cos, sin = self.rotary(layout.rotary_positions, dtype)
         features = kernels.run_tower(self, pixels, cos, sin, layout.windows, layout.images)[layout.reverse_index]
         mx.eval(features)
         return features

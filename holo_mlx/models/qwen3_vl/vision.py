@@ -11,7 +11,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ... import kernels
-from ..qwen2_5_vl.vision import Segments, patch_positions, segmented_attention
+from ..qwen2_5_vl.vision import PatchEmbed, Segments, VisionRotary, patch_positions, segmented_attention
 from .config import VisionConfig
 
 
@@ -50,21 +50,6 @@ class VisionBlock(nn.Module):
     def __call__(self, x: mx.array, cos: mx.array, sin: mx.array, images: Segments) -> mx.array:
         x = x + self.attn(self.norm1(x), cos, sin, images)
         return x + self.mlp(self.norm2(x))
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, config: VisionConfig):
-        super().__init__()
-        kernel = (config.temporal_patch_size, config.patch_size, config.patch_size)
-        self.proj = nn.Conv3d(config.in_channels, config.hidden_size, kernel, stride=kernel, bias=True)
-
-    def __call__(self, pixel_values: mx.array) -> mx.array:
-        # Kernel == stride == one patch, so the Conv3d is a single GEMM over flattened patches.
-        weight = self.proj.weight  # (out, t, h, w, in)
-        out_dim, t, h, w, channels = weight.shape
-        patches = pixel_values.reshape(-1, channels, t, h, w).transpose(0, 2, 3, 4, 1)
-        return patches.reshape(patches.shape[0], -1).astype(weight.dtype) @ weight.reshape(out_dim, -1).T \
-            + self.proj.bias
 
 
 class PatchMerger(nn.Module):
@@ -113,21 +98,14 @@ class VisionModel(nn.Module):
     def __init__(self, config: VisionConfig):
         super().__init__()
         self.config = config
-        self.patch_embed = PatchEmbed(config)
+        self.patch_embed = PatchEmbed(config, bias=True)
         self.pos_embed = nn.Embedding(config.num_position_embeddings, config.hidden_size)
         self.blocks = [VisionBlock(config) for _ in range(config.depth)]
         self.merger = PatchMerger(config, postshuffle_norm=False)
         self.deepstack_merger_list = [PatchMerger(config, postshuffle_norm=True)
                                       for _ in config.deepstack_visual_indexes]
         self.side = int(config.num_position_embeddings**0.5)
-        quarter = config.hidden_size // config.num_heads // 2
-        self._inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, quarter, 2, dtype=np.float32) / quarter))
-
-    def rotary(self, positions: np.ndarray) -> tuple[mx.array, mx.array]:
-        """cos/sin of shape (seq, 1, head_dim): row angles then column angles, repeated twice."""
-        angles = (positions[:, :, None].astype(np.float32) * self._inv_freq).reshape(len(positions), -1)
-        angles = mx.array(np.concatenate([angles, angles], axis=-1))[:, None, :]
-        return mx.cos(angles), mx.sin(angles)
+        self.rotary = VisionRotary(config.hidden_size // config.num_heads, config.rope_theta)
 
     def __call__(self, pixel_values: mx.array, grid_thw: list[tuple[int, int, int]]) -> mx.array:
         """(tokens, out_hidden_size * (1 + DeepStack levels)) in prompt order, evaluated."""
@@ -136,7 +114,7 @@ class VisionModel(nn.Module):
         indices, weights = position_taps(grid_thw, self.side, merge)
         x = self.patch_embed(pixel_values)
         x = x + (self.pos_embed(mx.array(indices)) * mx.array(weights)[..., None].astype(dtype)).sum(axis=1)
-        cos, sin = (angles.astype(dtype) for angles in self.rotary(patch_positions(grid_thw, merge)))
+        cos, sin = self.rotary(patch_positions(grid_thw, merge), dtype)
         images = Segments.from_boundaries(np.cumsum([0] + [h * w for t, h, w in grid_thw for _ in range(t)]))
         levels = []
         for index, block in enumerate(self.blocks):
