@@ -92,8 +92,10 @@ def test_image_prompt_generates(loaded):
     assert len(chunks) == 3
 
 
-def test_cli_generates_without_importing_torch(hf_root_checkpoint, tmp_path):
+@pytest.mark.parametrize("checkpoint", ["hf_root_checkpoint", "holo2_moe_root_checkpoint"])
+def test_cli_generates_without_importing_torch(checkpoint, request, tmp_path):
     """The CLI as a user runs it, with torch made unimportable: the runtime must not need it."""
+    folder = request.getfixturevalue(checkpoint)
     image = tmp_path / "screen.png"
     synthetic_screenshot(400, 300).save(image)
     script = (
@@ -101,7 +103,7 @@ def test_cli_generates_without_importing_torch(hf_root_checkpoint, tmp_path):
         "sys.argv = ['holo_mlx.generate'] + sys.argv[1:]; runpy.run_module('holo_mlx.generate', run_name='__main__')"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, "--model", str(hf_root_checkpoint), "--image", str(image),
+        [sys.executable, "-c", script, "--model", str(folder), "--image", str(image),
          "--prompt", "Click OK.", "--max-tokens", "6"],
         capture_output=True, text=True, timeout=300, env={**os.environ},
     )
