@@ -256,7 +256,8 @@ class Model(nn.Module):
             raise ValueError(f"pixel values for {pixels.shape[0]} image tokens, grids {grids} need {expected}")
         return self.visual(pixels.astype(self.dtype))
 
-    def embed(self, input_ids: list[int], image_features: mx.array | None) -> mx.array:
+    def embed(self, input_ids: list[int], image_features: mx.array | None) -> tuple[mx.array, None]:
+        """Embeddings with image features in place; no DeepStack."""
         ids = np.asarray(input_ids)
         embeds = self.model.embed_tokens(mx.array(ids))
         slots = np.flatnonzero(ids == self.config.image_token_id)
@@ -265,7 +266,7 @@ class Model(nn.Module):
             raise ValueError(f"{len(slots)} image tokens in the prompt but {count} image features")
         if count:
             embeds[mx.array(slots)] = image_features.astype(embeds.dtype)
-        return embeds[None]
+        return embeds[None], None
 
     def embed_tokens(self, tokens: mx.array) -> mx.array:
         return self.model.embed_tokens(tokens)
