@@ -1,4 +1,4 @@
-"""Holo1.5's action spaces as pydantic models, and its localization prompt.
+"""Holo's action spaces as pydantic models, and its localization prompts.
 
 Pass a model's JSON schema as the response schema (`response_format`), and the server's
 constrained decoding makes the answer parse into that model:
@@ -7,7 +7,8 @@ constrained decoding makes the answer parse into that model:
                      "json_schema": {"name": "navigation_step", "schema": NavigationStep.model_json_schema()}}
 
 Localization follows the Holo1.5 model card (`ClickAbsoluteAction`, pixels of the resized
-screenshot). Navigation follows Surfer-H, Hcompany's web agent built on the Holo models: one step is
+screenshot) and, for Holo2, Hcompany's element-localization guide (`VisualLocalizerOutput`, 0-1000
+on each axis). Navigation follows Surfer-H, Hcompany's web agent built on the Holo models: one step is
 a thought, notes, and one action; element actions carry the element's description and its click
 position.
 """
@@ -17,6 +18,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .coordinates import NORMALIZED_1000, RESIZED_PIXELS, CoordinateSpace
+
+PIXEL_X, PIXEL_Y = RESIZED_PIXELS.axis_descriptions
+NORMALIZED_X, NORMALIZED_Y = NORMALIZED_1000.axis_descriptions
+
 # --- localization ----------------------------------------------------------------------------------
 
 
@@ -24,29 +30,56 @@ class ClickAbsoluteAction(BaseModel):
     """Click at absolute coordinates."""
 
     action: Literal["click_absolute"] = "click_absolute"
-    x: int = Field(description="The x coordinate, number of pixels from the left edge.")
-    y: int = Field(description="The y coordinate, number of pixels from the top edge.")
+    x: int = Field(description=PIXEL_X)
+    y: int = Field(description=PIXEL_Y)
+
+
+class VisualLocalizerOutput(BaseModel):
+    # No docstring: it would enter the schema the prompt shows, which is Hcompany's as published.
+    x: int = Field(ge=0, le=NORMALIZED_1000.scale, description=NORMALIZED_X)
+    y: int = Field(ge=0, le=NORMALIZED_1000.scale, description=NORMALIZED_Y)
+
+
+def _localization_instruction(answer: type[BaseModel], target: str) -> str:
+    # Holo1.5's model card and Hcompany's Holo2 guide share these words and differ in the schema shown.
+    return ("Localize an element on the GUI image according to the provided target and output a click position.\n"
+            f" * You must output a valid JSON following the format: {answer.model_json_schema()}\n"
+            f" Your target is:\n{target}")
+
+
+def _decoding_schema(answer: type[BaseModel], coordinates: CoordinateSpace, width: int, height: int) -> dict:
+    """The answer's schema with every field required, nothing else allowed and x, y on a width x height
+    image in its coordinate space.
+
+    The prompt shows the published schema; decoding enforces this stricter one, so even a model
+    that would answer off-screen gives a position on the image.
+    """
+    schema = answer.model_json_schema()
+    schema["required"] = list(schema["properties"])
+    schema["additionalProperties"] = False
+    for axis, maximum in zip(("x", "y"), coordinates.maximum((width, height))):
+        schema["properties"][axis].update(minimum=0, maximum=maximum)
+    return schema
 
 
 def localization_prompt(target: str) -> str:
     """The Holo1.5 model card's instruction, word for word: the model was trained on it."""
-    return ("Localize an element on the GUI image according to the provided target and output a click position.\n"
-            f" * You must output a valid JSON following the format: {ClickAbsoluteAction.model_json_schema()}\n"
-            f" Your target is:\n{target}")
+    return _localization_instruction(ClickAbsoluteAction, target)
 
 
 def localization_schema(width: int, height: int) -> dict:
-    """ClickAbsoluteAction with every field required and x, y inside a width x height image.
+    """ClickAbsoluteAction with x, y in the pixels of the width x height image Holo1.5 saw."""
+    return _decoding_schema(ClickAbsoluteAction, RESIZED_PIXELS, width, height)
 
-    The prompt shows the model card's schema; decoding enforces this stricter one, so even a
-    model that would answer off-screen gives a position on the image.
-    """
-    schema = ClickAbsoluteAction.model_json_schema()
-    schema["required"] = ["action", "x", "y"]
-    schema["additionalProperties"] = False
-    schema["properties"]["x"].update(minimum=0, maximum=width - 1)
-    schema["properties"]["y"].update(minimum=0, maximum=height - 1)
-    return schema
+
+def holo2_localization_prompt(target: str) -> str:
+    """Hcompany's Holo2 element-localization instruction, word for word (sent with thinking off)."""
+    return _localization_instruction(VisualLocalizerOutput, target)
+
+
+def holo2_localization_schema(width: int, height: int) -> dict:
+    """VisualLocalizerOutput: x, y in 0-1000 whatever the image's size (same signature as localization_schema)."""
+    return _decoding_schema(VisualLocalizerOutput, NORMALIZED_1000, width, height)
 
 
 # --- navigation ------------------------------------------------------------------------------------
@@ -64,8 +97,8 @@ class ClickElementAction(Action):
 
     action: Literal["click_element"] = "click_element"
     element: str = Field(description="Text description of the element.")
-    x: int = Field(description="The x coordinate, number of pixels from the left edge.")
-    y: int = Field(description="The y coordinate, number of pixels from the top edge.")
+    x: int = Field(description=PIXEL_X)
+    y: int = Field(description=PIXEL_Y)
 
 
 class WriteElementAction(Action):
@@ -74,8 +107,8 @@ class WriteElementAction(Action):
     action: Literal["write_element"] = "write_element"
     content: str = Field(description="Content to write.")
     element: str = Field(description="Text description of the element and the text it contains.")
-    x: int = Field(description="The x coordinate, number of pixels from the left edge.")
-    y: int = Field(description="The y coordinate, number of pixels from the top edge.")
+    x: int = Field(description=PIXEL_X)
+    y: int = Field(description=PIXEL_Y)
 
 
 class ScrollAction(Action):
@@ -136,27 +169,29 @@ class ComputerStep(NavigationStep):
              | AnswerAction) = Field(description="The action to perform.")
 
 
-def bounded_schema(schema, *, max_chars: int, max_coordinate: int):
+def bounded_schema(schema, *, max_chars: int, max_coordinate: int, coordinates: CoordinateSpace = RESIZED_PIXELS):
     """A copy of a JSON schema with its free strings capped at max_chars characters and its integer
-    x and y properties kept in [0, max_coordinate].
+    x and y properties kept in [0, max_coordinate] and described in `coordinates` (the family's space).
 
     Decoding then ends within a bounded number of tokens whatever the model does (a thought cannot
     ramble on, a coordinate cannot grow digits forever), and positions stay on the screen.
     Enums and constants are left alone.
     """
     if isinstance(schema, list):
-        return [bounded_schema(item, max_chars=max_chars, max_coordinate=max_coordinate) for item in schema]
+        return [bounded_schema(item, max_chars=max_chars, max_coordinate=max_coordinate, coordinates=coordinates)
+                for item in schema]
     if not isinstance(schema, dict):
         return schema
-    bounded = {key: bounded_schema(value, max_chars=max_chars, max_coordinate=max_coordinate)
+    bounded = {key: bounded_schema(value, max_chars=max_chars, max_coordinate=max_coordinate, coordinates=coordinates)
                for key, value in schema.items()}
     if bounded.get("type") == "string" and "enum" not in bounded and "const" not in bounded:
         bounded["maxLength"] = min(max_chars, bounded.get("maxLength", max_chars))
-    for axis in ("x", "y"):
+    for axis, description in zip(("x", "y"), coordinates.axis_descriptions):
         coordinate = bounded.get("properties", {}).get(axis)
         if isinstance(coordinate, dict) and coordinate.get("type") == "integer":
             coordinate["minimum"] = max(0, coordinate.get("minimum", 0))
             coordinate["maximum"] = min(max_coordinate, coordinate.get("maximum", max_coordinate))
+            coordinate["description"] = description
     return bounded
 
 

@@ -4,12 +4,15 @@ Messages use the internal format the server converts OpenAI payloads into:
     {"role": "system" | "user" | "assistant" | "tool",
      "content": str | [{"type": "text", "text": str}
                        | {"type": "image", "image": bytes | PIL.Image | ProcessedImage}],
-     "tool_calls": [{"name": str, "arguments": str}]}  (assistant, optional)
+     "tool_calls": [{"name": str, "arguments": str}],  (assistant, optional)
+     "reasoning_content": str}  (assistant, optional: a thinking model's reasoning, which Qwen3's
+                                 template writes back for the turns after the last user message)
 As in transformers' processors, the chat template writes the family's placeholder for each image
 part (Qwen2.5-VL: <|vision_start|><|image_pad|><|vision_end|>), and its image token is repeated
 once per visual token.
 """
 
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +22,20 @@ from PIL import Image
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .image import MAX_PIXELS, MAX_SIDE, ImageProcessorConfig, ProcessedImage, preprocess_image
+from .reasoning import ThinkTokens
 from .tools import HERMES, ToolFormat
+
+# What build() passes the chat template itself, and apply_chat_template's own arguments: not
+# template variables a request's template kwargs may set.
+RENDER_ARGUMENTS = frozenset({"messages"} | set(inspect.signature(PreTrainedTokenizerBase.apply_chat_template)
+                                                .parameters) - {"self", "kwargs"})
 
 
 @dataclass
 class Prompt:
     input_ids: list[int]
     images: list[ProcessedImage]  # in prompt order
+    thinking: bool = False  # the chat template's generation prompt opened a think block: the model reasons first
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
@@ -60,6 +70,7 @@ class PromptBuilder:
         self.image_token_id = image_token_id
         self.image_placeholder = image_placeholder  # what the chat template writes for one image
         self.image_token = tokenizer.convert_ids_to_tokens(image_token_id)
+        self.think_tokens = ThinkTokens.of(tokenizer)
         self.max_side = max_side
         self.max_pixels = max_pixels
 
@@ -71,15 +82,17 @@ class PromptBuilder:
 
         raw = read_config(Path(path))
         family = family_for(raw)
+        kwargs = {"max_side": family.max_side, "max_pixels": family.max_pixels, **kwargs}
         return cls(load_tokenizer(path), family.image_processor(Path(path)),
                    image_token_id=family.config(raw).image_token_id, image_placeholder=family.image_placeholder,
                    tool_format=family.tool_format, **kwargs)
 
     def build(self, messages: list[dict], *, tools: list[dict] | None = None,
-              add_generation_prompt: bool = True) -> Prompt:
+              add_generation_prompt: bool = True, template_kwargs: dict | None = None) -> Prompt:
         """`tools` are OpenAI function tools; messages may hold assistant "tool_calls" ({"name",
         "arguments"}) and role "tool" results, written by the template when it knows tools, else by
-        the family's tool format."""
+        the family's tool format. `template_kwargs` are more variables for the chat template (Qwen3's
+        `enable_thinking`), none of RENDER_ARGUMENTS."""
         native = self.template_writes_tools
         if not native:
             messages = self.tool_format.render(messages, tools)
@@ -92,12 +105,17 @@ class PromptBuilder:
             if message.get("tool_calls"):
                 entry["tool_calls"] = [{"type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
                                        for call in message["tool_calls"]]
+            if message.get("reasoning_content"):
+                entry["reasoning_content"] = message["reasoning_content"]
             template_messages.append(entry)
         text = self.tokenizer.apply_chat_template(
             template_messages, tools=tools if native else None, tokenize=False,
-            add_generation_prompt=add_generation_prompt,
+            add_generation_prompt=add_generation_prompt, **(template_kwargs or {}),
         )
-        return self._expand(self.tokenizer.encode(text, add_special_tokens=False), images)
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        thinking = add_generation_prompt and self.think_tokens is not None \
+            and self.think_tokens.opened_by(ids, self.tokenizer.decode)
+        return self._expand(ids, images, thinking)
 
     def build_text(self, text: str) -> Prompt:
         """Raw text, no chat template and no added special tokens (completions, embeddings)."""
@@ -127,7 +145,7 @@ class PromptBuilder:
             return {"type": "image"}
         raise ValueError(f"unsupported content part type {part.get('type')!r}; expected 'text' or 'image'")
 
-    def _expand(self, ids: list[int], images: list[ProcessedImage]) -> Prompt:
+    def _expand(self, ids: list[int], images: list[ProcessedImage], thinking: bool = False) -> Prompt:
         """Repeat the i-th image token once per visual token of the i-th image."""
         placeholders = ids.count(self.image_token_id)
         if placeholders != len(images):
@@ -142,4 +160,4 @@ class PromptBuilder:
                 expanded.extend([token] * next(remaining).num_tokens)
             else:
                 expanded.append(token)
-        return Prompt(input_ids=expanded, images=images)
+        return Prompt(input_ids=expanded, images=images, thinking=thinking)

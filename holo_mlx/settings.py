@@ -61,9 +61,11 @@ class ServerConfig:
                        also_env=("HOST",))
     port: int = option(8000, "port; 0 picks a free one", parse=int, also_env=("PORT",))
     next_free_port: bool = option(False, "if the port is taken, use the next free one instead of exiting")
-    max_side: int = option(MAX_SIDE, "longest image side before smart_resize; 0 disables", parse=at_least(0))
-    max_pixels: int = option(MAX_PIXELS, "pixel budget per image after resize; 0: the checkpoint's own ceiling",
-                             parse=at_least(0))
+    max_side: int | None = option(None, "longest image side before smart_resize; 0 disables (default: the "
+                                  f"family's: {MAX_SIDE} for Holo1.5, none for Holo2)", parse=at_least(0))
+    max_pixels: int | None = option(None, "pixel budget per image after resize; 0: the checkpoint's own ceiling "
+                                    f"(default: the family's: {MAX_PIXELS:,} for Holo1.5, the checkpoint's for "
+                                    "Holo2)", parse=at_least(0))
     max_model_len: int | None = option(None, "context length limit (default: the model's)", parse=at_least(2))
     api_key: str | None = option(None, "require `Authorization: Bearer KEY` on /v1, /metrics and the schema pages",
                                  metavar="KEY")
@@ -106,8 +108,10 @@ class ServerConfig:
 
     @property
     def resize(self) -> dict[str, int | None]:
-        """The prompt builder's image limits: 0 on the command line is None (no limit of ours)."""
-        return {"max_side": self.max_side or None, "max_pixels": self.max_pixels or None}
+        """The image limits given to the prompt builder (those left out are the family's): 0 on the
+        command line is None (no limit of ours)."""
+        given = {"max_side": self.max_side, "max_pixels": self.max_pixels}
+        return {name: value or None for name, value in given.items() if value is not None}
 
     @property
     def max_request_bytes(self) -> int:

@@ -1,7 +1,8 @@
-"""The playground page in a real headless Chromium: upload, localize, marker drawn, chat.
+"""The playground page in a real headless Chromium: upload, localize, marker drawn (for a family answering
+resized-image pixels and one answering 0-1000), chat.
 
 Needs Debian's `chromium` and `chromium-driver` (scripts/setup.sh installs them on Linux).
-Leaves a screenshot of the page in test-artifacts/playground.png.
+Leaves screenshots of the page in test-artifacts/playground.png (and playground-0-1000.png).
 """
 
 import json
@@ -15,6 +16,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from holo_mlx.testing import synthetic_screenshot
+from test_localize import normalized_family, normalized_server, thinking_checkpoint  # noqa: F401  (fixtures)
 from test_server import ROOT
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -46,7 +48,10 @@ def canvas_pixel(browser, x: float, y: float) -> list[int]:
         ".getImageData(arguments[0], arguments[1], 1, 1).data)", x, y)
 
 
-def test_localize_draws_the_click_on_the_original_screenshot(server, browser, tmp_path):
+@pytest.mark.parametrize("serving, artifact", [("server", "playground.png"),
+                                               ("normalized_server", "playground-0-1000.png")])
+def test_localize_draws_the_click_on_the_original_screenshot(serving, artifact, request, browser, tmp_path):
+    server = request.getfixturevalue(serving)  # Holo1.5's pixels, or the 0-1000 family of test_localize
     screenshot = tmp_path / "screen.png"
     synthetic_screenshot(1710, 852, seed=3).save(screenshot)
     browser.get(f"{server.url}/playground")
@@ -61,7 +66,7 @@ def test_localize_draws_the_click_on_the_original_screenshot(server, browser, tm
     marker = wait.until(lambda driver: canvas.get_attribute("data-marker"))
 
     ARTIFACTS.mkdir(exist_ok=True)
-    assert browser.save_screenshot(str(ARTIFACTS / "playground.png"))
+    assert browser.save_screenshot(str(ARTIFACTS / artifact))
     result = json.loads(browser.find_element(By.ID, "raw").text)
     x, y = map(int, marker.split(","))
     assert (x, y) == (result["original"]["x"], result["original"]["y"])
@@ -71,7 +76,7 @@ def test_localize_draws_the_click_on_the_original_screenshot(server, browser, tm
     assert (canvas.get_attribute("width"), canvas.get_attribute("height")) == ("960", str(round(852 * scale)))
     assert browser.execute_script("return arguments[0].toDataURL()", canvas) != before
     assert canvas_pixel(browser, (x + 0.5) * scale, (y + 0.5) * scale) == MARKER_RGB + [255]
-    assert (ARTIFACTS / "playground.png").stat().st_size > 10_000
+    assert (ARTIFACTS / artifact).stat().st_size > 10_000
 
 
 def test_chat_box_shows_the_models_answer(server, browser):

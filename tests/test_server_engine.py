@@ -49,6 +49,14 @@ def server(hf_root_checkpoint):
     running.stop()
 
 
+@pytest.fixture(scope="module", params=["hf_root_checkpoint", "holo2_root_checkpoint"])
+def family_server(request):
+    """A server of each family (Holo1.5, Holo2), separate servers as each serves one model."""
+    running = Server("--model", str(request.getfixturevalue(request.param)), "--max-num-seqs", "4")
+    yield running
+    running.stop()
+
+
 def chat(server: Server, messages, max_tokens=8, **extra) -> dict:
     response = server.post(CHAT, {"messages": messages, "max_tokens": max_tokens, "temperature": 0,
                                   "ignore_eos": True, **extra})
@@ -56,7 +64,8 @@ def chat(server: Server, messages, max_tokens=8, **extra) -> dict:
     return response.json()
 
 
-def test_concurrent_requests_match_lone_ones(server):
+def test_concurrent_requests_match_lone_ones(family_server):
+    server = family_server
     shot = data_url(synthetic_screenshot(400, 300, 3))
     conversations = [
         [SYSTEM, {"role": "user", "content": "Say hi."}],
@@ -71,7 +80,8 @@ def test_concurrent_requests_match_lone_ones(server):
     assert together == alone
 
 
-def test_repeated_prefix_reports_cached_tokens(server):
+def test_repeated_prefix_reports_cached_tokens(family_server):
+    server = family_server
     shot = data_url(synthetic_screenshot(500, 400, 11))
     turn = [SYSTEM, {"role": "user", "content": [{"type": "image_url", "image_url": {"url": shot}},
                                                  {"type": "text", "text": "Where is Submit?"}]}]
@@ -80,6 +90,15 @@ def test_repeated_prefix_reports_cached_tokens(server):
                                       [{"type": "text", "text": "Where is Cancel?"}]}])
     assert again["usage"]["prompt_tokens_details"]["cached_tokens"] > first["usage"]["prompt_tokens"] // 2
     assert metric(server, "holo_prefix_cache_hit_ratio") > 0
+
+
+def test_health_reports_the_family_and_its_image_limits(family_server):
+    health = httpx.get(f"{family_server.url}/health", timeout=10).json()
+    if health["family"] == "qwen2_5_vl":  # Holo1.5's cookbook caps
+        assert (health["max_side"], health["max_pixels"], health["min_pixels"]) == (1440, 1_003_520, 3136)
+    else:  # Holo2's cookbook: its processor's own limits
+        assert (health["family"], health["max_side"]) == ("qwen3_vl", None)
+        assert (health["max_pixels"], health["min_pixels"]) == (16_777_216, 65_536)
 
 
 def test_disconnect_frees_the_slot_in_metrics(server):

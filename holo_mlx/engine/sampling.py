@@ -25,6 +25,9 @@ class SamplingParams:
     ignore_eos: bool = False
     # Per-request decoding constraint (structured output); see Constraint below.
     constraint: "Constraint | None" = None
+    # The token that closes the think block the prompt opened (a thinking model's `</think>`): the
+    # text before it is reasoning, and stop strings apply to the answer after it. None: no reasoning.
+    reasoning_end: int | None = None
     # Logit adjustments (OpenAI's bias and penalties, vLLM's repetition penalty); see Penalties below.
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0

@@ -53,7 +53,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.get("/health", responses={**responses(Health, 400), 503: {"model": Health}})
     async def health():
         body = {"status": engine.status, "model": config.model_name, "model_path": config.model,
-                "device": device_name(), "dtype": engine.dtype, **config.resize, "load_error": engine.load_error,
+                "device": device_name(), "dtype": engine.dtype, **image_limits(engine), "load_error": engine.load_error,
                 "requests_running": engine.running, "requests_waiting": engine.waiting}
         return JSONResponse(body, status_code=200 if engine.status == "ready" else 503)
 
@@ -75,3 +75,13 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(responses_api.router)
     app.include_router(playground.router)
     return app
+
+
+def image_limits(engine) -> dict:
+    """The family and the resize limits in force once the model is loaded (None before)."""
+    prompts = engine.prompts
+    if prompts is None:
+        return {"family": None, "max_side": None, "max_pixels": None, "min_pixels": None}
+    ceiling = prompts.image_config.max_pixels
+    return {"family": engine.model.family.name, "max_side": prompts.max_side,
+            "max_pixels": min(prompts.max_pixels or ceiling, ceiling), "min_pixels": prompts.image_config.min_pixels}

@@ -7,16 +7,18 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ..coordinates import map_answer
+from ..coordinates import CoordinateSpace, map_answer
+from ..engine.stream import GenerationChunk
 from ..prompt import Prompt
+from ..reasoning import AfterThinking
 from ..tools import ToolCall
-from .content import to_messages
+from .content import ImagePolicy, to_messages
 from .errors import APIError
-from .inputs import build_prompt, holo_info, reject_lone_surrogates
+from .inputs import build_prompt, holo_info, reject_lone_surrogates, template_kwargs
 from .openapi import API_ERRORS, responses
 from .protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
-                       ChatCompletionRequest, ChatDelta, ChoiceLogprobs, HoloInfo, PromptTokensDetails,
-                       TokenLogprobEntry, Usage, dump, new_id)
+                       ChatCompletionRequest, ChatDelta, ChoiceLogprobs, CompletionTokensDetails, HoloInfo,
+                       PromptTokensDetails, TokenLogprobEntry, Usage, dump, new_id)
 from .sampling import check_top_logprobs, choice_params, sampling_params
 from .schemas import requested_grammar
 from .served import MeteredGeneration, Served, ready_model
@@ -42,8 +44,12 @@ class ChatRun:
     def answer(self, text: str) -> tuple[str, list[ToolCall]]:
         """The answer's content (coordinates mapped when asked and possible) and its tool calls."""
         if self.map_coordinates and self.mapping is None:
-            text, self.mapping = in_original_pixels(text, self.prompt)
+            text, self.mapping = in_original_pixels(text, self.prompt, self.served.engine.model.family.coordinates)
         return self.tools.format.parse(text) if self.tools is not None else (text, [])
+
+    def reasoning(self, chunks: list[GenerationChunk]) -> str | None:
+        """The reasoning before the answer; None when the prompt opened none."""
+        return "".join(chunk.reasoning or "" for chunk in chunks) if self.prompt.thinking else None
 
     def holo(self) -> HoloInfo | None:
         info = holo_info(self.prompt)
@@ -53,12 +59,26 @@ class ChatRun:
         info.map_coordinates = self.mapping or MAPPED
         return info
 
-    def usage(self, completion_tokens: int) -> Usage:
+    def usage(self, completion_tokens: int, reasoning_tokens: int) -> Usage:
         prompt_tokens = len(self.prompt.input_ids)
         cached = max(generation.cached_tokens for generation in self.generations)  # of the one prompt
         return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                      total_tokens=prompt_tokens + completion_tokens,
-                     prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+                     completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning_tokens))
+
+
+def reasoning_tokens(chunks: list[GenerationChunk]) -> int:
+    return sum(chunk.reasoning is not None for chunk in chunks)
+
+
+def chat_messages(body: ChatCompletionRequest, policy: ImagePolicy, prepare) -> list[dict]:
+    """The request's messages for the prompt builder, each assistant turn with its reasoning."""
+    messages = to_messages(body.messages, policy, prepare)
+    for message, entry in zip(body.messages, messages):
+        if message.reasoning_content is not None:
+            entry["reasoning_content"] = message.reasoning_content
+    return messages
 
 
 async def start_chat(body: ChatCompletionRequest, request: Request) -> ChatRun:
@@ -69,21 +89,26 @@ async def start_chat(body: ChatCompletionRequest, request: Request) -> ChatRun:
     check_top_logprobs(body.top_logprobs, "top_logprobs")
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    kwargs = template_kwargs(body.chat_template_kwargs)
     grammar = await requested_grammar(served.grammars, body)
     prompts = engine.prompts
     tools = await tool_use(body, served.grammars, prompts.tool_format, has_schema=grammar is not None)
     if tools is not None:
         grammar = tools.grammar
     # Image fetching and decoding run in the worker thread with the rest of prompt building.
-    prompt = await build_prompt(lambda: prompts.build(to_messages(body.messages, state.image_policy,
-                                                                  prompts.process_image),
-                                                      tools=tools.tools if tools else None), "messages")
+    prompt = await build_prompt(lambda: prompts.build(chat_messages(body, state.image_policy, prompts.process_image),
+                                                      tools=tools.tools if tools else None, template_kwargs=kwargs),
+                                "messages")
+    thinking = prompts.think_tokens if prompt.thinking else None
+    if thinking is not None and grammar is not None:  # the reasoning stays free: the grammar holds the answer
+        grammar = AfterThinking(grammar, thinking, served.grammars.eos_token_ids, served.grammars.vocab_size)
     params = choice_params(body, lambda: sampling_params(
         body, max_tokens=body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens,
         prompt_tokens=len(prompt.input_ids), context=engine.max_model_len,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None, prompt_param="messages",
         default_max_tokens=state.config.default_max_tokens, grammar=grammar,
-        vocab_size=engine.model.config.text_config.vocab_size), state.config.max_num_seqs)
+        vocab_size=engine.model.config.text_config.vocab_size,
+        reasoning_end=thinking.close if thinking else None), state.config.max_num_seqs)
     asked = body.holo.map_coordinates if body.holo and body.holo.map_coordinates is not None else None
     map_coordinates = state.config.map_coordinates if asked is None else asked
     mapping = why_not_mapped(body, prompt, grammar, tools) if map_coordinates else None
@@ -115,11 +140,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         for index, chunks in enumerate(results):
             content, calls = run.answer("".join(chunk.text for chunk in chunks))
             message = AssistantMessage(content=content or None if calls else content,
+                                       reasoning_content=run.reasoning(chunks),
                                        tool_calls=as_tool_calls(calls) if calls else None)
             answers.append(ChatChoice(index=index, message=message, logprobs=logprobs_of(chunks),
                                       finish_reason="tool_calls" if calls else chunks[-1].finish_reason))
-        return dump(ChatCompletion(id=completion_id, model=model_name, choices=answers,
-                                   usage=run.usage(sum(map(len, results))), holo=run.holo()))
+        usage = run.usage(sum(map(len, results)), sum(map(reasoning_tokens, results)))
+        return dump(ChatCompletion(id=completion_id, model=model_name, choices=answers, usage=usage, holo=run.holo()))
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     holo = run.holo()
@@ -129,18 +155,21 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             return sse(dump(ChatCompletionChunk(id=completion_id, model=model_name, holo=holo,
                                                 choices=[ChatChunkChoice(delta=delta, **choice)])))
 
-        count = 0
+        count = reasoned = 0
         try:
             # Choice by choice; the others decode meanwhile in the batch and wait in their queues.
             for index, generation in enumerate(run.generations):
                 yield chunk_event(ChatDelta(role="assistant", content=""), index=index)
                 calls_sent, split = 0, run.tools.format.stream() if run.tools is not None else None
                 async for chunk in generation:
-                    count += 1
+                    count, reasoned = count + 1, reasoned + (chunk.reasoning is not None)
                     text, calls = (chunk.text, []) if split is None else split.add(chunk.text)
                     if chunk.finish_reason and split is not None:
                         text += split.finish()
-                    delta = ChatDelta(content=text, tool_calls=as_deltas(calls, calls_sent) if calls else None)
+                    # A token of the reasoning has no content: its text goes as reasoning_content.
+                    delta = ChatDelta(content=text if chunk.reasoning is None else None,
+                                      reasoning_content=chunk.reasoning or None,
+                                      tool_calls=as_deltas(calls, calls_sent) if calls else None)
                     calls_sent += len(calls)
                     finish_reason = "tool_calls" if chunk.finish_reason and calls_sent else chunk.finish_reason
                     yield chunk_event(delta, index=index, logprobs=logprobs_of([chunk]), finish_reason=finish_reason)
@@ -148,7 +177,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             for generation in run.generations:
                 generation.cancel()
         if include_usage:
-            yield sse(dump(ChatCompletionChunk(id=completion_id, model=model_name, choices=[], usage=run.usage(count))))
+            yield sse(dump(ChatCompletionChunk(id=completion_id, model=model_name, choices=[],
+                                               usage=run.usage(count, reasoned))))
         yield SSE_DONE
 
     return StreamingResponse(ending_with_error_event(events()), media_type="text/event-stream")
@@ -168,12 +198,13 @@ def why_not_mapped(body: ChatCompletionRequest, prompt: Prompt, grammar, tools) 
     return None
 
 
-def in_original_pixels(content: str, prompt: Prompt) -> tuple[str, str | None]:
-    """The JSON answer with its positions moved from the last image as resized to that image as
-    sent, and why not when the answer is not complete JSON."""
+def in_original_pixels(content: str, prompt: Prompt, coordinates: CoordinateSpace) -> tuple[str, str | None]:
+    """The JSON answer with its positions moved from the family's coordinate space on the last image
+    as resized to that image as sent, and why not when the answer is not complete JSON."""
     try:
         answer = json.loads(content)
     except json.JSONDecodeError:
         return content, "not mapped: the answer is not complete JSON"
     image = prompt.images[-1]
-    return json.dumps(map_answer(answer, image.resized_size, image.original_size), ensure_ascii=False), None
+    return json.dumps(map_answer(answer, image.resized_size, image.original_size, coordinates),
+                      ensure_ascii=False), None

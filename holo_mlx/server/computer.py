@@ -4,10 +4,10 @@
 Each turn the model gets its family's navigation prompt, the task, the actions so far and the
 latest screenshot, and answers one navigation step (thought, notes, action) under constrained
 decoding, so the step always parses. The action becomes computer calls in the display's pixels:
-Holo answers in the pixels of the screenshot as resized for it, which are mapped onto the
-display (`display_width` x `display_height`; the screenshot's own size for the GA tool, which
-sends none). On a HiDPI screen the screenshot has more pixels than the display, and clicks go in
-display pixels.
+Holo answers in its family's coordinate space (Holo1.5: pixels of the screenshot as resized for
+it; Holo2: 0-1000 on each axis), which is mapped onto the display (`display_width` x
+`display_height`; the screenshot's own size for the GA tool, which sends none). On a HiDPI screen
+the screenshot has more pixels than the display, and clicks go in display pixels.
 
 Holo's action -> computer calls (docs/API.md has the table):
     click_element(x, y)           -> click(x, y, button "left")
@@ -20,9 +20,10 @@ A conversation without a screenshot yet is answered with a screenshot call, with
 """
 
 import json
+from functools import cache
 
 from ..agent import ComputerStep, bounded_schema, navigation_prompt, navigation_state
-from ..coordinates import map_point
+from ..coordinates import CoordinateSpace, map_point
 from ..tools import as_parts
 from .errors import APIError
 from .protocol import ComputerCallItem, ResponsesRequest, new_id
@@ -30,6 +31,9 @@ from .protocol import ComputerCallItem, ResponsesRequest, new_id
 ITEM_TYPES = ("computer_call", "computer_call_output")
 TOOL_TYPES = ("computer_use_preview", "computer")
 MAX_CHARS = 200  # longest thought, notes or typed text: a step's length stays bounded
+# The step's schema is written before its screenshot is resized: pixel positions are bounded as on
+# a screenshot this large (four digits), which still ends decoding.
+LARGEST_SCREEN = (10_000, 10_000)
 DEFAULT_MAX_TOKENS = 1024
 
 
@@ -90,13 +94,14 @@ def navigation_messages(conversation: list[dict], schema: dict) -> list[dict]:
                                          {"type": "text", "text": navigation_state(task, actions)}]}]
 
 
-def computer_calls(step: ComputerStep, screen: Screen, resized: tuple[int, int],
-                   original: tuple[int, int]) -> tuple[list[dict], str | None]:
-    """(computer actions, final answer) of a step, positions mapped from the resized screenshot to the display."""
+def computer_calls(step: ComputerStep, screen: Screen, resized: tuple[int, int], original: tuple[int, int],
+                   coordinates: CoordinateSpace) -> tuple[list[dict], str | None]:
+    """(computer actions, final answer) of a step, positions mapped from the family's space on the
+    resized screenshot to the display."""
     action = step.action
     display = screen.size or original
     if action.action in ("click_element", "write_element"):
-        x, y = map_point(action.x, action.y, resized, display)
+        x, y = map_point(action.x, action.y, resized, display, coordinates)
         actions = [{"type": "click", "button": "left", "x": x, "y": y}]
         if action.action == "write_element":
             actions.append({"type": "type", "text": action.content})
@@ -131,5 +136,12 @@ def navigation_request(body: ResponsesRequest) -> ResponsesRequest:
                                    "temperature": 0.0 if body.temperature is None else body.temperature})
 
 
-STEP_SCHEMA = bounded_schema(ComputerStep.model_json_schema(), max_chars=MAX_CHARS, max_coordinate=9999)
-STEP_FORMAT = {"type": "json_schema", "json_schema": {"name": "computer_step", "schema": STEP_SCHEMA, "strict": True}}
+@cache
+def step_schema(coordinates: CoordinateSpace) -> dict:
+    """A step's schema: strings bounded, x and y bounded and described in the family's coordinate space."""
+    return bounded_schema(ComputerStep.model_json_schema(), max_chars=MAX_CHARS,
+                          max_coordinate=max(coordinates.maximum(LARGEST_SCREEN)), coordinates=coordinates)
+
+
+def step_format(schema: dict) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "computer_step", "schema": schema, "strict": True}}

@@ -1,5 +1,5 @@
-"""Request inputs into prompts: text checked for UTF-8, raw inputs split and built, and the `holo`
-field that reports each image's resize."""
+"""Request inputs into prompts: text checked for UTF-8, chat template kwargs checked, raw inputs split
+and built, and the `holo` field that reports each image's resize."""
 
 import asyncio
 from collections.abc import Callable
@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pydantic import BaseModel
 
 from ..engine.worker import Engine
-from ..prompt import Prompt
+from ..prompt import RENDER_ARGUMENTS, Prompt
 from .content import ImagePolicy, to_parts
 from .errors import APIError
 from .protocol import HoloInfo, ImageResize, ImageSize
@@ -31,6 +31,21 @@ def reject_lone_surrogates(value, param: str = "") -> None:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             reject_lone_surrogates(item, f"{param}.{index}")
+
+
+def template_kwargs(value, param: str = "chat_template_kwargs") -> dict:
+    """A request's chat template variables: an object, none of them one the server sets itself."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        kind = {str: "a string", int: "a number", float: "a number", bool: "a boolean", list: "an array"}[type(value)]
+        raise APIError(400, f"{param} must be an object of chat template variables, e.g. "
+                       f'{{"enable_thinking": false}}, not {kind}', param=param)
+    for key in value:
+        if key in RENDER_ARGUMENTS:
+            raise APIError(400, f"{param} may not set {key!r}: the server sets it (or it is no template "
+                           "variable)", param=f"{param}.{key}")
+    return value
 
 
 def split_inputs(value) -> list:

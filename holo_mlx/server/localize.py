@@ -1,7 +1,9 @@
-"""POST /v1/localize (extension): screenshot + target -> click position, in the resized and the original image.
+"""POST /v1/localize (extension): screenshot + target -> click position, as the model answered it and in
+the original image.
 
-The model family's own localization prompt, decoded under its schema that keeps x and y inside the resized
-image, so the answer is always a position on the screenshot.
+The model family's own localization prompt, with thinking off, decoded under its schema that keeps x and
+y on the image in the family's coordinate space (Holo1.5: pixels of the resized image; Holo2: 0-1000),
+so the answer is always a position on the screenshot.
 """
 
 import asyncio
@@ -24,6 +26,9 @@ router = APIRouter()
 
 # {"action": "click_absolute", "x": 1315, "y": 727} is about 20 tokens; the grammar ends it sooner.
 MAX_TOKENS = 64
+# Hcompany localizes with Holo2 thinking off: the answer is the JSON at once. Templates without the
+# switch (Holo1.5's) ignore it.
+TEMPLATE_KWARGS = {"enable_thinking": False}
 
 
 @router.post("/v1/localize", responses=responses(Localization, *API_ERRORS))
@@ -39,7 +44,8 @@ async def localize(body: LocalizeRequest, request: Request):
     def build():
         screenshot = to_part(screenshot_part(body.image), state.image_policy, "image", engine.prompts.process_image)
         return engine.prompts.build([{"role": "user", "content": [
-            screenshot, {"type": "text", "text": family.localization_prompt(body.target)}]}])
+            screenshot, {"type": "text", "text": family.localization_prompt(body.target)}]}],
+            template_kwargs=TEMPLATE_KWARGS)
 
     prompt = await build_prompt(build, "image")
     image = prompt.images[0]
@@ -50,7 +56,8 @@ async def localize(body: LocalizeRequest, request: Request):
                              default_max_tokens=MAX_TOKENS, grammar=grammar)
     chunks = await collect(request, served.generate(prompt, params))
     click = json.loads("".join(chunk.text for chunk in chunks))  # complete: the grammar ends well within MAX_TOKENS
-    original_x, original_y = map_point(click["x"], click["y"], image.resized_size, image.original_size)
+    original_x, original_y = map_point(click["x"], click["y"], image.resized_size, image.original_size,
+                                       family.coordinates)
     return dump(Localization(
         x=click["x"], y=click["y"], resized=ImageSize(width=width, height=height),
         original=OriginalClick(x=original_x, y=original_y, width=image.original_size[0],

@@ -1,8 +1,8 @@
 """OpenAI-compatible request and response types, fields in the OpenAI reference's order.
 
 Unknown request fields are accepted (clients send many) and logged, never silently relied on.
-Extensions (vLLM's top_k / min_tokens / ignore_eos, Holo's image part and resize report) are
-marked as such.
+Extensions (vLLM's top_k / min_tokens / ignore_eos / chat_template_kwargs, the reasoning of thinking
+models, Holo's image part and resize report) are marked as such.
 """
 
 import logging
@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, model_validator
 
 log = logging.getLogger("holo_mlx.server")
 
@@ -99,6 +99,8 @@ class ChatMessage(Request):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None  # assistant
     tool_call_id: str | None = None  # tool
+    # Extension: an assistant turn's reasoning, as this server returns it (vLLM's newer name accepted too).
+    reasoning_content: str | None = Field(None, validation_alias=AliasChoices("reasoning_content", "reasoning"))
 
 
 class StreamOptions(Request):
@@ -176,6 +178,9 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = None
     top_logprobs: int | None = None
     holo: HoloOptions | None = None
+    # Extension (vLLM): more chat template variables, e.g. {"enable_thinking": false}. Any JSON here:
+    # inputs.template_kwargs answers a non-object with a 400 naming it.
+    chat_template_kwargs: Any = None
 
 
 class CompletionRequest(SamplingFields):
@@ -212,11 +217,16 @@ class PromptTokensDetails(BaseModel):
     cached_tokens: int = 0
 
 
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = 0  # a thinking model's, `</think>` included
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int = 0
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None  # chat completions
 
 
 class TopLogprob(BaseModel):
@@ -233,9 +243,21 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprobEntry]
 
 
-class AssistantMessage(BaseModel):
+class ReasoningAlias(BaseModel):
+    """Extension: a thinking model's `reasoning_content` (the name vLLM's reasoning parsers first
+    gave it; null when the prompt opened no reasoning) also sent as `reasoning`, vLLM's and mlx-lm's
+    name now."""
+
+    @computed_field
+    @property
+    def reasoning(self) -> str | None:
+        return self.reasoning_content
+
+
+class AssistantMessage(ReasoningAlias):
     role: Literal["assistant"] = "assistant"
     content: str | None
+    reasoning_content: str | None = None
     tool_calls: list[ToolCall] | None = None
 
 
@@ -298,9 +320,10 @@ class ToolCallDelta(BaseModel):
     function: FunctionCall
 
 
-class ChatDelta(BaseModel):
+class ChatDelta(ReasoningAlias):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
 
 
@@ -405,8 +428,10 @@ class Health(BaseModel):
     model_path: str
     device: str
     dtype: str | None
-    max_side: int | None
-    max_pixels: int | None
+    family: str | None = Field(description="the model family (registry name) once loaded")
+    max_side: int | None = Field(description="longest image side before resizing; null: no cap")
+    max_pixels: int | None = Field(description="pixel budget per image after resizing, in force")
+    min_pixels: int | None = Field(description="the checkpoint's pixel floor per image")
     load_error: str | None
     requests_running: int
     requests_waiting: int
@@ -450,6 +475,22 @@ class ResponsesRequest(Request):
     include: list[str] | None = None
     truncation: Literal["auto", "disabled"] | None = None
     user: str | None = None
+    chat_template_kwargs: Any = None  # extension, as in chat completions
+
+
+class ReasoningText(BaseModel):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+class ReasoningItem(BaseModel):
+    """A thinking model's reasoning, before the answer's items: the text itself (no summary)."""
+
+    type: Literal["reasoning"] = "reasoning"
+    id: str
+    summary: list = []
+    content: list[ReasoningText]
+    status: Literal["in_progress", "completed", "incomplete"] = "completed"
 
 
 class OutputText(BaseModel):
@@ -484,7 +525,7 @@ class ComputerCallItem(BaseModel):
     status: Literal["in_progress", "completed", "incomplete"] = "completed"
 
 
-OutputItem = OutputMessage | FunctionCallItem | ComputerCallItem
+OutputItem = ReasoningItem | OutputMessage | FunctionCallItem | ComputerCallItem
 
 
 class InputTokensDetails(BaseModel):

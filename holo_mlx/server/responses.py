@@ -1,7 +1,8 @@
 """POST /v1/responses, and GET / DELETE of stored responses: OpenAI's Responses API over the chat
 path. Input items become chat messages (function calls and their outputs as tool calls and tool
-messages), the request becomes a chat request, and the answer becomes output items: a message,
-function calls, or (with a computer tool, server/computer.py) computer calls."""
+messages, reasoning as the next assistant turn's), the request becomes a chat request, and the answer
+becomes output items: a thinking model's reasoning, then a message, function calls, or (with a
+computer tool, server/computer.py) computer calls."""
 
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -11,13 +12,15 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from ..agent import ComputerStep
+from ..engine.stream import GenerationChunk
 from . import computer
-from .chat import ChatRun, start_chat
+from .chat import ChatRun, reasoning_tokens, start_chat
 from .errors import APIError
 from .openapi import API_ERRORS, responses
 from .protocol import (ChatCompletionRequest, DeletedResponse, FunctionCallItem, IncompleteDetails,
-                       InputTokensDetails, OutputMessage, OutputText, OutputTokensDetails, ResponseObject,
-                       ResponsesRequest, ResponseUsage, dump, new_id)
+                       InputTokensDetails, OutputMessage, OutputText, OutputTokensDetails, ReasoningItem,
+                       ReasoningText, ResponseObject, ResponsesRequest, ResponseUsage, dump, new_id)
+from .served import ready_model
 from .streaming import collect, ending_with_error_event, sse
 
 router = APIRouter()
@@ -89,9 +92,13 @@ def chat_messages(items: str | list[dict], param: str = "input") -> list[dict]:
     if isinstance(items, str):
         return [{"role": "user", "content": items}]
     messages: list[dict] = []
+    reasoning = None  # a reasoning item's text: the reasoning of the assistant turn the next item is part of
     for index, item in enumerate(items):
         where = f"{param}.{index}"
         kind = item.get("type", "message")
+        if kind == "reasoning":
+            reasoning = reasoning_text(item)
+            continue
         if kind == "message":
             role = item.get("role")
             if role not in ("user", "system", "developer", "assistant"):
@@ -111,11 +118,18 @@ def chat_messages(items: str | list[dict], param: str = "input") -> list[dict]:
             messages.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": content})
         elif kind in computer.ITEM_TYPES:
             messages.extend(computer.chat_messages(item, where))
-        elif kind == "reasoning":
-            continue  # a reasoning model's earlier thoughts: this model has none to continue from
         else:
             raise APIError(400, f"{where}: input items of type {kind!r} are not supported", param=f"{where}.type")
+        if reasoning is not None and messages and messages[-1]["role"] == "assistant":
+            messages[-1]["reasoning_content"] = reasoning
+        reasoning = None
     return messages
+
+
+def reasoning_text(item: dict) -> str:
+    """A reasoning item's text: its reasoning_text parts (as this server writes them), else its summary."""
+    parts = item.get("content") or item.get("summary")
+    return "".join(part.get("text") or "" for part in parts if isinstance(part, dict)) if isinstance(parts, list) else ""
 
 
 def chat_tools(tools: list[dict] | None) -> list[dict] | None:
@@ -156,7 +170,7 @@ def chat_request(body: ResponsesRequest, conversation: list[dict], tools: list[d
               "temperature": body.temperature, "top_p": body.top_p, "stream": body.stream,
               "tools": tools, "tool_choice": chat_tool_choice(body.tool_choice) if tools else None,
               "parallel_tool_calls": True if body.parallel_tool_calls is None else body.parallel_tool_calls,
-              "response_format": schema}
+              "response_format": schema, "chat_template_kwargs": body.chat_template_kwargs}
     try:
         return ChatCompletionRequest.model_validate({key: value for key, value in fields.items() if value is not None})
     except ValidationError as error:
@@ -183,8 +197,7 @@ async def create_response(body: ResponsesRequest, request: Request):
     shaped = Shaped(body, request.app.state.config.model_name, run, conversation)
     if not body.stream:
         chunks = await collect(request, run.generations[0])
-        items = shaped.items("".join(chunk.text for chunk in chunks))
-        return shaped.finish(store, items, len(chunks), chunks[-1].finish_reason)
+        return shaped.finish(store, shaped.items(chunks), chunks, chunks[-1].finish_reason)
     return StreamingResponse(ending_with_error_event(shaped.events(store)), media_type="text/event-stream")
 
 
@@ -195,22 +208,25 @@ async def computer_turn(body: ResponsesRequest, request: Request, screen: comput
     store, model = request.app.state.responses, request.app.state.config.model_name
     if not computer.screenshots(conversation):
         shaped = Shaped(body, model, None, conversation)
-        return shaped.reply(store, [computer.call_item({"type": "screenshot"})], 0, "stop")
-    chat = chat_request(computer.navigation_request(body), computer.navigation_messages(conversation, computer.STEP_SCHEMA),
-                        None, computer.STEP_FORMAT)
+        return shaped.reply(store, [computer.call_item({"type": "screenshot"})], [], "stop")
+    coordinates = ready_model(request, body.model).engine.model.family.coordinates
+    schema = computer.step_schema(coordinates)
+    chat = chat_request(computer.navigation_request(body), computer.navigation_messages(conversation, schema),
+                        None, computer.step_format(schema))
     run = await start_chat(chat, request)
     shaped = Shaped(body, model, run, conversation)
     chunks = await collect(request, run.generations[0])
     text, finish_reason = "".join(chunk.text for chunk in chunks), chunks[-1].finish_reason
+    reasoning = reasoning_items(run.reasoning(chunks))
     try:
         step = ComputerStep.model_validate_json(text)
     except ValidationError:  # cut short by max_output_tokens: said so by the status
-        return shaped.reply(store, [message_item(text)], len(chunks), finish_reason)
+        return shaped.reply(store, reasoning + [message_item(text)], chunks, finish_reason)
     image = run.prompt.images[-1]
-    actions, answer = computer.computer_calls(step, screen, image.resized_size, image.original_size)
+    actions, answer = computer.computer_calls(step, screen, image.resized_size, image.original_size, coordinates)
     items = [computer.call_item(action) for action in actions] + ([message_item(answer)] if answer is not None else [])
     # A step that parses is whole, however close to the budget it ended.
-    return shaped.reply(store, items, len(chunks), "stop", answer={"role": "assistant", "content": text})
+    return shaped.reply(store, reasoning + items, chunks, "stop", answer={"role": "assistant", "content": text})
 
 
 @router.get("/v1/responses/{response_id}", responses=responses(ResponseObject, 400, 401, 404, 422))
@@ -238,17 +254,19 @@ class Shaped:
             text={"format": body.text.format.model_dump(by_alias=True, exclude_none=True)}
             if body.text and body.text.format else {"format": {"type": "text"}})
 
-    def items(self, text: str) -> list:
-        content, calls = self.run.answer(text)
+    def items(self, chunks: list[GenerationChunk]) -> list:
+        """The answer's items: its reasoning (of a thinking model), then a message and function calls."""
+        content, calls = self.run.answer("".join(chunk.text for chunk in chunks))
         items = [message_item(content)] if content or not calls else []
-        return items + [function_call_item(call) for call in calls]
+        return reasoning_items(self.run.reasoning(chunks)) + items + [function_call_item(call) for call in calls]
 
-    def finish(self, store: ResponseStore, items: list, output_tokens: int, finish_reason: str | None,
+    def finish(self, store: ResponseStore, items: list, chunks: list[GenerationChunk], finish_reason: str | None,
                answer: dict | None = None) -> dict:
         """The completed response (stored when asked, its answer continuing the conversation as
         `answer` or else as its items say), as a JSON body."""
         prompt_tokens = len(self.run.prompt.input_ids) if self.run else 0
         cached = self.run.generations[0].cached_tokens if self.run else 0
+        output_tokens = len(chunks)
         response = self.response
         response.output = items
         # Whole calls are a complete answer even when the budget ran out after them.
@@ -257,16 +275,17 @@ class Shaped:
         response.incomplete_details = IncompleteDetails(reason="max_output_tokens") if cut else None
         response.usage = ResponseUsage(
             input_tokens=prompt_tokens, output_tokens=output_tokens, total_tokens=prompt_tokens + output_tokens,
-            input_tokens_details=InputTokensDetails(cached_tokens=cached), output_tokens_details=OutputTokensDetails())
+            input_tokens_details=InputTokensDetails(cached_tokens=cached),
+            output_tokens_details=OutputTokensDetails(reasoning_tokens=reasoning_tokens(chunks)))
         body = dump(response)
         if self.body.store:
             store.put(Stored(body, self.conversation + [answer or answer_message(items)]))
         return body
 
-    def reply(self, store: ResponseStore, items: list, output_tokens: int, finish_reason: str | None,
+    def reply(self, store: ResponseStore, items: list, chunks: list[GenerationChunk], finish_reason: str | None,
               answer: dict | None = None):
         """Items known whole: the JSON body, or the event stream that carries them when asked."""
-        body = self.finish(store, items, output_tokens, finish_reason, answer)
+        body = self.finish(store, items, chunks, finish_reason, answer)
         if not self.body.stream:
             return body
 
@@ -276,8 +295,8 @@ class Shaped:
             yield events.send("response.created", response=started)
             yield events.send("response.in_progress", response=started)
             for index, item in enumerate(body["output"]):
-                if item["type"] == "message":
-                    for event in message_events(events, index, item):
+                if item["type"] in TEXT_EVENTS:
+                    for event in text_item_events(events, index, item):
                         yield event
                 else:
                     yield events.send("response.output_item.added", output_index=index,
@@ -290,38 +309,64 @@ class Shaped:
 
     async def events(self, store: ResponseStore):
         """The Responses event stream: created, in_progress, each output item added / its deltas /
-        done, then completed (or incomplete)."""
+        done (the reasoning's before the answer's), then completed (or incomplete)."""
         events = EventStream()
         yield events.send("response.created", response=dump(self.response))
         yield events.send("response.in_progress", response=dump(self.response))
         split = self.run.tools.format.stream() if self.run.tools is not None else None
-        items, message, text, count, finish_reason = [], None, "", 0, None
+        items, chunks, reasoning, message, finish_reason = [], [], None, None, None
         async for chunk in self.run.generations[0]:
-            count, finish_reason = count + 1, chunk.finish_reason
+            chunks.append(chunk)
+            finish_reason = chunk.finish_reason
+            if chunk.reasoning is not None:
+                if reasoning is None:
+                    reasoning = reasoning_item("")
+                    for event in self.text_opening(events, items, reasoning):
+                        yield event
+                if chunk.reasoning:
+                    yield self.text_delta(events, items, reasoning, chunk.reasoning)
+                continue
+            if reasoning is not None and reasoning.status == "in_progress":  # the answer began
+                for event in self.text_closing(events, items, reasoning):
+                    yield event
             piece, calls = (chunk.text, []) if split is None else split.add(chunk.text)
             if chunk.finish_reason and split is not None:
                 piece += split.finish()
             if piece:
                 if message is None:
                     message = message_item("")
-                    items.append(message)
-                    for event in message_opening(events, len(items) - 1, dump(message)):
+                    for event in self.text_opening(events, items, message):
                         yield event
-                text += piece
-                yield events.send("response.output_text.delta", item_id=message.id, output_index=items.index(message),
-                                  content_index=0, delta=piece, logprobs=[])
+                yield self.text_delta(events, items, message, piece)
             for call in calls:
                 for event in self.call_events(events, items, function_call_item(call)):
                     yield event
-        if message is not None:
-            message.content[0].text = text
-            for event in message_closing(events, items.index(message), dump(message)):
-                yield event
-        if not items:  # nothing at all was generated: still one (empty) message
-            items.append(message_item(""))
-        body = self.finish(store, items, count, finish_reason)
+        for item in (reasoning, message):
+            if item is not None and item.status == "in_progress":
+                for event in self.text_closing(events, items, item):
+                    yield event
+        if not any(isinstance(item, (OutputMessage, FunctionCallItem)) for item in items):
+            items.append(message_item(""))  # no answer at all: still one (empty) message
+        body = self.finish(store, items, chunks, finish_reason)
         kind = "response.incomplete" if body["status"] == "incomplete" else "response.completed"
         yield events.send(kind, response=body)
+
+    @staticmethod
+    def text_opening(events: "EventStream", items: list, item: "ReasoningItem | OutputMessage"):
+        """A message or reasoning item added to the answer, its text to come."""
+        item.status = "in_progress"
+        items.append(item)
+        yield from item_opening(events, len(items) - 1, dump(item))
+
+    @staticmethod
+    def text_delta(events: "EventStream", items: list, item: "ReasoningItem | OutputMessage", delta: str) -> str:
+        item.content[0].text += delta
+        return text_event(events, "delta", items.index(item), dump(item), delta=delta)
+
+    @staticmethod
+    def text_closing(events: "EventStream", items: list, item: "ReasoningItem | OutputMessage"):
+        item.status = "completed"
+        yield from item_closing(events, items.index(item), dump(item))
 
     @staticmethod
     def call_events(events: "EventStream", items: list, call: FunctionCallItem):
@@ -336,29 +381,38 @@ class Shaped:
         yield events.send("response.output_item.done", output_index=index, item=dump(call))
 
 
-def message_events(events: "EventStream", index: int, item: dict):
-    """The events of a whole message item: added, its part, its text in one delta, done."""
-    yield from message_opening(events, index, item)
-    yield events.send("response.output_text.delta", item_id=item["id"], output_index=index, content_index=0,
-                      delta=item["content"][0]["text"], logprobs=[])
-    yield from message_closing(events, index, item)
+# The events of an item's text part, by the item's type.
+TEXT_EVENTS = {"message": "response.output_text", "reasoning": "response.reasoning_text"}
 
 
-def message_opening(events: "EventStream", index: int, item: dict):
-    """A message item added, with its (empty) text part."""
+def text_item_events(events: "EventStream", index: int, item: dict):
+    """The events of a whole message or reasoning item: added, its part, its text in one delta, done."""
+    yield from item_opening(events, index, item)
+    yield text_event(events, "delta", index, item, delta=item["content"][0]["text"])
+    yield from item_closing(events, index, item)
+
+
+def item_opening(events: "EventStream", index: int, item: dict):
+    """A message or reasoning item added, with its (empty) text part."""
     yield events.send("response.output_item.added", output_index=index,
                       item={**item, "status": "in_progress", "content": []})
     yield events.send("response.content_part.added", item_id=item["id"], output_index=index, content_index=0,
                       part={**item["content"][0], "text": ""})
 
 
-def message_closing(events: "EventStream", index: int, item: dict):
-    """A message item's text part and the item done, with the whole text."""
+def item_closing(events: "EventStream", index: int, item: dict):
+    """A message or reasoning item's text part and the item done, with the whole text."""
     part = item["content"][0]
-    yield events.send("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                      text=part["text"], logprobs=[])
+    yield text_event(events, "done", index, item, text=part["text"])
     yield events.send("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part)
     yield events.send("response.output_item.done", output_index=index, item=item)
+
+
+def text_event(events: "EventStream", stage: str, index: int, item: dict, **fields) -> str:
+    """An output_text or reasoning_text delta or done event (a message's text carries its logprobs: none)."""
+    logprobs = {"logprobs": []} if item["type"] == "message" else {}
+    return events.send(f"{TEXT_EVENTS[item['type']]}.{stage}", item_id=item["id"], output_index=index,
+                       content_index=0, **fields, **logprobs)
 
 
 class EventStream:
@@ -375,6 +429,15 @@ def message_item(text: str) -> OutputMessage:
     return OutputMessage(id=new_id("msg"), content=[OutputText(text=text)])
 
 
+def reasoning_item(text: str) -> ReasoningItem:
+    return ReasoningItem(id=new_id("rs"), content=[ReasoningText(text=text)])
+
+
+def reasoning_items(text: str | None) -> list[ReasoningItem]:
+    """The reasoning item of an answer (none when its prompt opened no reasoning)."""
+    return [] if text is None else [reasoning_item(text)]
+
+
 def function_call_item(call) -> FunctionCallItem:
     return FunctionCallItem(id=new_id("fc"), call_id=call.id, name=call.name, arguments=call.arguments)
 
@@ -384,4 +447,6 @@ def answer_message(items: list) -> dict:
     text = "".join(part.text for item in items if isinstance(item, OutputMessage) for part in item.content)
     calls = [{"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
              for item in items if isinstance(item, FunctionCallItem)]
-    return {"role": "assistant", "content": text or None, **({"tool_calls": calls} if calls else {})}
+    reasoning = [part.text for item in items if isinstance(item, ReasoningItem) for part in item.content]
+    return {"role": "assistant", "content": text or None, **({"tool_calls": calls} if calls else {}),
+            **({"reasoning_content": "".join(reasoning)} if reasoning else {})}

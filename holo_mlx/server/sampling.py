@@ -12,10 +12,12 @@ from .schemas import check_answer_fits
 
 def sampling_params(body: SamplingFields, *, max_tokens: int | None, prompt_tokens: int, context: int,
                     logprobs: int | None, prompt_param: str, default_max_tokens: int,
-                    grammar: Grammar | None = None, vocab_size: int | None = None) -> SamplingParams:
+                    grammar: Grammar | None = None, vocab_size: int | None = None,
+                    reasoning_end: int | None = None) -> SamplingParams:
     """Validated sampling settings for one sequence; with a grammar, its own constraint. Without
     max_tokens a request gets the server's default, capped by what is left of the context.
-    vocab_size bounds logit_bias's token ids: a caller whose body may carry logit_bias passes it."""
+    vocab_size bounds logit_bias's token ids: a caller whose body may carry logit_bias passes it.
+    reasoning_end: the `</think>` of a prompt that opened a think block (SamplingParams')."""
     if grammar is not None and (body.ignore_eos or body.min_tokens):
         # The grammar decides where the answer ends; holding back the end would break the JSON.
         raise APIError(400, "ignore_eos and min_tokens cannot be combined with a response schema",
@@ -59,7 +61,7 @@ def sampling_params(body: SamplingFields, *, max_tokens: int | None, prompt_toke
     return SamplingParams(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=max(top_k, 0), seed=seed,
         stop=stop, logprobs=logprobs, min_tokens=body.min_tokens, ignore_eos=body.ignore_eos,
-        constraint=grammar.constraint() if grammar is not None else None,
+        constraint=grammar.constraint() if grammar is not None else None, reasoning_end=reasoning_end,
         presence_penalty=_penalty(body.presence_penalty, "presence_penalty"),
         frequency_penalty=_penalty(body.frequency_penalty, "frequency_penalty"),
         repetition_penalty=repetition_penalty, logit_bias=_logit_bias(body.logit_bias or {}, vocab_size),

@@ -6,7 +6,8 @@ normalized to 0-1000 on each axis; its processor resizes to multiples of 32 (pat
 
 from functools import partial
 
-from ...agent import localization_prompt as holo2_localization_prompt, localization_schema as holo2_localization_schema  # TEMP
+from ...agent import holo2_localization_prompt, holo2_localization_schema
+from ...coordinates import NORMALIZED_1000
 from ...image import ImageProcessorConfig
 from .. import register
 from ..base import Family
@@ -25,6 +26,7 @@ FAMILY = register(Family(
     image_processor=partial(ImageProcessorConfig.from_pretrained, defaults=PROCESSOR),
     image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
     localization_prompt=holo2_localization_prompt, localization_schema=holo2_localization_schema,
+    coordinates=NORMALIZED_1000,
     # Hcompany's Holo2 cookbook resizes with the processor's own limits (65,536 to 16,777,216 pixels).
     max_side=None, max_pixels=None,
 ))
