@@ -147,6 +147,7 @@ def test_bad_requests_get_the_openai_envelope(server, path, payload, status, par
 # --- a family answering 0-1000 (Holo2) -------------------------------------------------------------
 
 # Hcompany's element-localization guide: VisualLocalizerOutput.model_json_schema().
+THINKING_OFF = {"chat_template_kwargs": {"enable_thinking": False}}
 HOLO2_SCHEMA = {
     "properties": {
         "x": {"description": "X coordinate as integer in [0, 1000]", "maximum": 1000, "minimum": 0, "title": "X",
@@ -303,3 +304,34 @@ def test_localize_on_holo2(holo2_root_checkpoint):
     messages = localization_messages(image, holo2_localization_prompt("the Submit button"))
     thinking_off = builder.build(messages, template_kwargs={"enable_thinking": False})
     assert counted == len(thinking_off.input_ids) != len(builder.build(messages).input_ids)
+
+
+def test_computer_use_in_a_0_1000_family_asks_for_its_step(normalized_server):
+    """A computer turn runs the family's step schema (x, y described and bounded as 0-1000): the same
+    navigation prompt asked through chat completions has its token count and gives the step it
+    acted on. (The random weights answer rather than click: test_computer_use_clicks_convert_from_the_familys_space
+    maps a click; the turn takes both from the one family.)"""
+    shot = data_url(synthetic_screenshot(1917, 1079, seed=3))
+    items = [{"role": "user", "content": "Open the settings"},
+             {"type": "computer_call", "call_id": "call_0", "action": {"type": "screenshot"}},
+             {"type": "computer_call_output", "call_id": "call_0", "output": {"type": "computer_screenshot", "image_url": shot}}]
+    conversation = [{"role": "user", "content": "Open the settings"}, {"role": "assistant", "content": '{"type": "screenshot"}'},
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": shot}}]}]
+
+    def asked(coordinates):
+        schema = computer.step_schema(coordinates)
+        return httpx.post(f"{normalized_server.url}/v1/chat/completions", timeout=120, json={
+            "messages": computer.navigation_messages(conversation, schema), "temperature": 0, "max_tokens": 400,
+            "response_format": computer.step_format(schema), **THINKING_OFF}).json()
+
+    normalized, pixels = asked(NORMALIZED_1000), asked(RESIZED_PIXELS)
+    response = httpx.post(f"{normalized_server.url}/v1/responses", timeout=120, json={
+        "input": items, "tools": [{"type": "computer_use_preview", "display_width": 1280, "display_height": 800,
+                                   "environment": "browser"}], "max_output_tokens": 400, "store": False, **THINKING_OFF}).json()
+    assert response["usage"]["input_tokens"] == normalized["usage"]["prompt_tokens"] != pixels["usage"]["prompt_tokens"]
+    step = ComputerStep.model_validate_json(normalized["choices"][0]["message"]["content"])
+    expected, answer = computer.computer_calls(step, computer.Screen({"type": "computer"}, "tools.0"), (1, 1), (1, 1),
+                                               NORMALIZED_1000)
+    output = [item["action"]["type"] if item["type"] == "computer_call" else item["content"][0]["text"]
+              for item in response["output"]]
+    assert output == [action["type"] for action in expected] + ([answer] if answer is not None else [])

@@ -303,3 +303,21 @@ def test_chat_template_kwargs_reach_the_template(server):
         "messages": HELLO, "max_tokens": 1, **({"chat_template_kwargs": kwargs} if kwargs is not None else {})}).json()["usage"]
         for kwargs in (None, {"enable_thinking": True}, {"enable_thinking": False})]
     assert usage[0]["prompt_tokens"] == usage[1]["prompt_tokens"] < usage[2]["prompt_tokens"]  # `\n</think>\n\n` more
+
+
+# --- Holo2 itself --------------------------------------------------------------------------------
+
+def test_holo2_thinks_first_and_its_json_answer_follows_the_reasoning(holo2_root_checkpoint):
+    holo2 = Server("--model", str(holo2_root_checkpoint), "--served-model-name", "holo2")
+    try:
+        client = holo2.client()
+        answers = {thinking: client.chat.completions.create(
+            model="holo2", messages=HELLO, temperature=0, max_tokens=40, response_format=response_format(POINT),
+            **({} if thinking else {"extra_body": THINKING_OFF})) for thinking in (True, False)}
+    finally:
+        holo2.stop()
+    for thinking, answer in answers.items():
+        message = answer.choices[0].message
+        jsonschema.validate(json.loads(message.content), POINT)
+        assert bool(reasoning_of(message)) == thinking
+        assert (answer.usage.completion_tokens_details.reasoning_tokens > 0) == thinking

@@ -74,9 +74,13 @@ def test_concurrent_requests_match_lone_ones(family_server):
         [{"role": "user", "content": "Count."}],
         [SYSTEM, {"role": "user", "content": "Scroll down."}],
     ]
-    alone = [chat(server, messages)["choices"][0]["message"]["content"] for messages in conversations]
+    def answer(messages):  # Holo2 thinks first: its reasoning is part of the answer compared
+        message = chat(server, messages)["choices"][0]["message"]
+        return message["reasoning_content"], message["content"]
+
+    alone = [answer(messages) for messages in conversations]
     with ThreadPoolExecutor(len(conversations)) as pool:
-        together = list(pool.map(lambda m: chat(server, m)["choices"][0]["message"]["content"], conversations))
+        together = list(pool.map(answer, conversations))
     assert together == alone
 
 

@@ -573,6 +573,16 @@ class ResponseObject(BaseModel):
     user: str | None = None
 
 
+class ResponseEvent(BaseModel):
+    """One event of a streamed response (`event:` its type): created, output items and their text,
+    then completed or incomplete; the fields besides these two depend on the type."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    sequence_number: int
+
+
 class DeletedResponse(BaseModel):
     id: str
     object: Literal["response"] = "response"

@@ -19,7 +19,7 @@ from .errors import APIError
 from .openapi import API_ERRORS, responses
 from .protocol import (ChatCompletionRequest, DeletedResponse, FunctionCallItem, IncompleteDetails,
                        InputTokensDetails, OutputMessage, OutputText, OutputTokensDetails, ReasoningItem,
-                       ReasoningText, ResponseObject, ResponsesRequest, ResponseUsage, dump, new_id)
+                       ReasoningText, ResponseEvent, ResponseObject, ResponsesRequest, ResponseUsage, dump, new_id)
 from .served import ready_model
 from .streaming import collect, ending_with_error_event, sse
 
@@ -181,7 +181,7 @@ def chat_request(body: ResponsesRequest, conversation: list[dict], tools: list[d
 
 # --- the route --------------------------------------------------------------------------------------------
 
-@router.post("/v1/responses", responses=responses(ResponseObject, *API_ERRORS))
+@router.post("/v1/responses", responses=responses(ResponseObject, *API_ERRORS, stream=ResponseEvent))
 async def create_response(body: ResponsesRequest, request: Request):
     store: ResponseStore = request.app.state.responses
     if body.truncation == "auto":
