@@ -1,4 +1,4 @@
-"""One step of a Holo1.5 web agent against a holo-mlx server, with the openai SDK.
+"""One step of a Holo web agent (Holo1.5 or Holo2) against a holo-mlx server, with the openai SDK.
 
     pip install openai -e .       # holo_mlx.agent holds the action models
     python docs/agent_step.py screen.png "Find the opening hours of the Louvre"
@@ -7,8 +7,9 @@ The step asks the model twice, each time under a JSON schema that the server enf
 decoding, so each answer parses:
 
 1. navigation (chat completions): task + screenshot -> a NavigationStep (a thought, notes, one
-   action), with `holo.map_coordinates` so its positions are in the screenshot's own pixels;
-2. localization (the server's /v1/localize, with Holo1.5's own prompt): when the action targets
+   action), its x, y described in the coordinates the served family answers in (/health says
+   which), with `holo.map_coordinates` so its positions come back in the screenshot's own pixels;
+2. localization (the server's /v1/localize, with the family's own prompt): when the action targets
    an element, that element's click position, which replaces the navigation's rough x, y.
 """
 
@@ -21,12 +22,14 @@ from openai import OpenAI
 
 from holo_mlx.agent import (ClickElementAction, NavigationStep, WriteElementAction, bounded_schema, navigation_prompt,
                             navigation_state)
+from holo_mlx.coordinates import SPACES, CoordinateSpace
 
 
-def navigate(client: OpenAI, model: str, screenshot: str, task: str, history: list[str],
-             max_chars: int) -> NavigationStep:
+def navigate(client: OpenAI, model: str, coordinates: CoordinateSpace, screenshot: str, task: str,
+             history: list[str], max_chars: int) -> NavigationStep:
     # Bounded strings and coordinates bound the answer's length: a thought cannot ramble on.
-    schema = bounded_schema(NavigationStep.model_json_schema(), max_chars=max_chars, max_coordinate=9999)
+    schema = bounded_schema(NavigationStep.model_json_schema(), max_chars=max_chars,
+                            max_coordinate=coordinates.scale or 9999, coordinates=coordinates)
     state = navigation_state(task, history)
     response = client.chat.completions.create(
         model=model, temperature=0, max_tokens=1024,
@@ -57,11 +60,12 @@ def main() -> None:
 
     client = OpenAI(base_url=args.base_url, api_key=args.api_key)
     model = client.models.list().data[0].id
+    health = httpx.get(args.base_url.removesuffix("/v1") + "/health").json()
     kind = mimetypes.guess_type(args.screenshot)[0] or "image/png"
     with open(args.screenshot, "rb") as file:
         screenshot = f"data:{kind};base64,{base64.b64encode(file.read()).decode()}"
 
-    step = navigate(client, model, screenshot, args.task, args.history, args.max_chars)
+    step = navigate(client, model, SPACES[health["coordinates"]], screenshot, args.task, args.history, args.max_chars)
     if isinstance(step.action, (ClickElementAction, WriteElementAction)):
         step.action.x, step.action.y = localize(client, screenshot, step.action.element)
     print(step.model_dump_json(indent=2))

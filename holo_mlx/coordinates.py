@@ -25,6 +25,7 @@ BOX_KEYS = ("bbox", "box", "bounding_box")
 class CoordinateSpace:
     """How a family's answers write a position on the image it saw."""
 
+    name: str  # as /health reports it
     scale: int | None  # every axis runs 0..scale whatever the image; None: the resized image's pixels
     axis_descriptions: tuple[str, str]  # what a schema tells the model x and y are
 
@@ -37,11 +38,12 @@ class CoordinateSpace:
         return (resized[0] - 1, resized[1] - 1) if self.scale is None else (self.scale, self.scale)
 
 
-RESIZED_PIXELS = CoordinateSpace(scale=None, axis_descriptions=(
+RESIZED_PIXELS = CoordinateSpace("resized_pixels", scale=None, axis_descriptions=(
     "The x coordinate, number of pixels from the left edge.", "The y coordinate, number of pixels from the top edge."))
 # Hcompany's words for Holo2's localization schema.
-NORMALIZED_1000 = CoordinateSpace(scale=1000, axis_descriptions=(
+NORMALIZED_1000 = CoordinateSpace("normalized_1000", scale=1000, axis_descriptions=(
     "X coordinate as integer in [0, 1000]", "Y coordinate as integer in [0, 1000]"))
+SPACES = {space.name: space for space in (RESIZED_PIXELS, NORMALIZED_1000)}
 
 
 def to_original(value: float, extent: int, original: int) -> int:

@@ -100,8 +100,9 @@ def test_health_reports_the_family_and_its_image_limits(family_server):
     health = httpx.get(f"{family_server.url}/health", timeout=10).json()
     if health["family"] == "qwen2_5_vl":  # Holo1.5's cookbook caps
         assert (health["max_side"], health["max_pixels"], health["min_pixels"]) == (1440, 1_003_520, 3136)
+        assert health["coordinates"] == "resized_pixels"
     else:  # Holo2's cookbook: its processor's own limits
-        assert (health["family"], health["max_side"]) == ("qwen3_vl", None)
+        assert (health["family"], health["max_side"], health["coordinates"]) == ("qwen3_vl", None, "normalized_1000")
         assert (health["max_pixels"], health["min_pixels"]) == (16_777_216, 65_536)
 
 

@@ -78,10 +78,11 @@ def create_app(config: ServerConfig) -> FastAPI:
 
 
 def image_limits(engine) -> dict:
-    """The family and the resize limits in force once the model is loaded (None before)."""
+    """The family, its coordinate space and the resize limits in force once the model is loaded (None before)."""
     prompts = engine.prompts
     if prompts is None:
-        return {"family": None, "max_side": None, "max_pixels": None, "min_pixels": None}
+        return {"family": None, "coordinates": None, "max_side": None, "max_pixels": None, "min_pixels": None}
     ceiling = prompts.image_config.max_pixels
-    return {"family": engine.model.family.name, "max_side": prompts.max_side,
+    family = engine.model.family
+    return {"family": family.name, "coordinates": family.coordinates.name, "max_side": prompts.max_side,
             "max_pixels": min(prompts.max_pixels or ceiling, ceiling), "min_pixels": prompts.image_config.min_pixels}

@@ -429,6 +429,8 @@ class Health(BaseModel):
     device: str
     dtype: str | None
     family: str | None = Field(description="the model family (registry name) once loaded")
+    coordinates: Literal["resized_pixels", "normalized_1000"] | None = Field(
+        description="where the family's answers put x and y: pixels of the resized image, or 0-1000 on each axis")
     max_side: int | None = Field(description="longest image side before resizing; null: no cap")
     max_pixels: int | None = Field(description="pixel budget per image after resizing, in force")
     min_pixels: int | None = Field(description="the checkpoint's pixel floor per image")
