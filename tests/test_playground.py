@@ -82,11 +82,24 @@ def test_localize_draws_the_click_on_the_original_screenshot(serving, artifact, 
 def test_chat_box_shows_the_models_answer(server, browser):
     browser.get(f"{server.url}/")
     WebDriverWait(browser, 10).until(lambda driver: driver.find_element(By.ID, "model").text == "holo-tiny")
+    assert chat_lines(browser, "Hello")[1:] == [("assistant", None)]  # Holo1.5 does not think
+
+
+def test_chat_box_shows_a_thinking_models_reasoning_apart(normalized_server, browser):
+    browser.get(f"{normalized_server.url}/")
+    WebDriverWait(browser, 10).until(lambda driver: driver.find_element(By.ID, "model").text == "toy")
+    lines = chat_lines(browser, "Hello")  # the budget runs out inside the random weights' reasoning
+    assert [role for role, _ in lines] == ["user", "reasoning", "assistant"] and lines[1][1]
+
+
+def chat_lines(browser, text: str) -> list[tuple[str, str | None]]:
+    """Send one chat message with max_tokens 4; the chat log's lines (role, text) once answered."""
     browser.find_element(By.ID, "max-tokens").clear()
     browser.find_element(By.ID, "max-tokens").send_keys("4")
-    browser.find_element(By.ID, "chat-input").send_keys("Hello")
+    browser.find_element(By.ID, "chat-input").send_keys(text)
     browser.find_element(By.ID, "chat-send").click()
-    answer = WebDriverWait(browser, 60).until(
+    WebDriverWait(browser, 60).until(
         lambda driver: driver.find_elements(By.CSS_SELECTOR, "#chat-log .assistant, #chat-log .error"))
-    assert answer[0].get_attribute("class") == "assistant"
-    assert browser.find_element(By.CSS_SELECTOR, "#chat-log .user").text == "Hello"
+    lines = [(line.get_attribute("class"), line.text) for line in browser.find_elements(By.CSS_SELECTOR, "#chat-log p")]
+    assert lines[0] == ("user", text)
+    return [(role, None if role in ("user", "assistant") else line) for role, line in lines]
