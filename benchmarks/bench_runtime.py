@@ -8,12 +8,15 @@ speed as a percentage of the memory-bandwidth roofline. Rows are appended to a C
 compares the runtimes.
 
     python benchmarks/bench_runtime.py --quick                      # smoke run, tiny model
+    python benchmarks/bench_runtime.py --quick --preset holo2-tiny  # smoke run, tiny Holo2 (Qwen3-VL)
     python benchmarks/bench_runtime.py --preset 0.5b --runs 3       # random weights, real shape
+    python benchmarks/bench_runtime.py --preset holo2-0.6b --runtimes holo_mlx:float32,torch:float32,mlx_vlm:float32
     python benchmarks/bench_runtime.py --model models/Holo1.5-7B-mlx-8bit --hf-model Hcompany/Holo1.5-7B
     python benchmarks/bench_runtime.py --machine-only               # bandwidth and GEMM figures only
 """
 
 import argparse
+import copy
 import importlib
 import json
 import math
@@ -109,19 +112,21 @@ def preset_models(preset: str, cache_dir: Path) -> Models:
 
 
 def build_source(preset: str, folder: Path) -> None:
-    """Random-weight HF checkpoint stored in bfloat16, as the published Holo1.5 checkpoints are.
+    """Random-weight HF checkpoint stored in bfloat16, as the published Holo1.5 and Holo2 checkpoints are.
 
     Built with torch's default dtype set to bfloat16 so no float32 copy of the model is ever held
     (a 7b float32 model alone is 33 GB).
     """
     import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import CONFIG_MAPPING
 
-    from holo_mlx.testing import build_checkpoint, root_layout_config
+    from holo_mlx.testing import build_checkpoint, published_config
 
+    config = published_config(preset)
     with torch.device("meta"):
-        params = sum(p.numel() for p in Qwen2_5_VLForConditionalGeneration(
-            Qwen2_5_VLConfig(**root_layout_config(preset))).parameters())
+        # The config classes rewrite nested dicts in place; keep the preset's intact.
+        params = sum(p.numel() for p in transformers_class(config)(
+            CONFIG_MAPPING[config["model_type"]](**copy.deepcopy(config))).parameters())
     # The model plus one re-read shard (<= 5 GB) while build_checkpoint renames keys.
     needed, available = params * 2 + min(params * 2, 5 << 30), available_memory_bytes()
     if needed > available:
@@ -134,11 +139,19 @@ def build_source(preset: str, folder: Path) -> None:
         build_checkpoint(folder, preset, dtype="bfloat16")
     finally:
         torch.set_default_dtype(previous)
-    fit_mrope_section(folder / "config.json")
+    if config["model_type"] == "qwen2_5_vl":  # the Holo2 presets' sections already fit their head_dim
+        fit_mrope_section(folder / "config.json")
+
+
+def transformers_class(config: dict):
+    """The transformers model class a config.json names (Qwen2_5_VL..., Qwen3VL..., Qwen3VLMoe...)."""
+    import transformers
+
+    return getattr(transformers, config["architectures"][0])
 
 
 def fit_mrope_section(config_file: Path) -> None:
-    """Scale M-RoPE's [16, 24, 24] (sized for head_dim 128) to the preset's head_dim.
+    """Scale Qwen2.5-VL's M-RoPE [16, 24, 24] (sized for head_dim 128) to the preset's head_dim.
 
     holo_mlx.testing's 0.5b preset has head_dim 64 (896 / 14 heads) but Qwen2.5-VL's sections,
     which holo_mlx's config check rejects; the weights do not depend on the sections.
@@ -213,6 +226,12 @@ def memory_shortfall(models: Models, runtime: str) -> str | None:
 
 # --- runtimes (run inside the worker process) -------------------------------------------------
 
+def expert_share(text_config) -> float:
+    """Share of each MoE layer's experts that one decoded token reads: top-k of them (1 when dense)."""
+    experts = getattr(text_config, "num_experts", 0) or 0
+    return text_config.num_experts_per_tok / experts if experts else 1.0
+
+
 class MLXBackend:
     """What holo_mlx and mlx-vlm share: MLX memory counters and the weights read per decoded token."""
 
@@ -239,13 +258,14 @@ class MLXBackend:
 
     def decode_bytes(self) -> int:
         """Decoder layers, final norm and lm_head as held in memory (embed_tokens is one row per token,
-        unless tied, when it is the lm_head)."""
+        unless tied, when it is the lm_head; an MoE layer's experts count for the share a token reads)."""
         from mlx.utils import tree_flatten
 
         params = dict(tree_flatten(self.model.language_model.parameters()))
         tied = not any(name.startswith("lm_head.") for name in params)
-        return sum(value.nbytes for name, value in params.items()
-                   if tied or not name.startswith("model.embed_tokens."))
+        share = expert_share(self.model.config.text_config)
+        return round(sum(value.nbytes * (share if ".switch_mlp." in name else 1) for name, value in params.items()
+                         if tied or not name.startswith("model.embed_tokens.")))
 
 
 class HoloMLX(MLXBackend):
@@ -296,17 +316,17 @@ class MlxVlm(MLXBackend):
 
 
 class Torch:
-    """transformers' Qwen2_5_VLForConditionalGeneration.generate on the best torch device."""
+    """generate() of the transformers class the folder's config.json names, on the best torch device."""
 
     def __init__(self, folder: Path, variant: str, tokenizer):
         import torch
-        from transformers import Qwen2_5_VLForConditionalGeneration
 
         self.torch = torch
         self.device = ("mps" if torch.backends.mps.is_available()
                        else "cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = getattr(torch, variant)
-        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(folder), dtype=self.dtype)
+        model_class = transformers_class(json.loads((folder / "config.json").read_text()))
+        self.model = model_class.from_pretrained(str(folder), dtype=self.dtype)
         self.model.to(self.device).eval()
         self.image_token_id = self.model.config.image_token_id
 
@@ -358,17 +378,22 @@ class Torch:
         return str(self.dtype).removeprefix("torch.")
 
     def decode_bytes(self) -> int:
-        """Decoder layers, final norm and lm_head (embed_tokens is one row per token)."""
-        language = self.model.model.language_model
-        params = [p for name, p in language.named_parameters() if not name.startswith("embed_tokens.")]
-        params.append(self.model.lm_head.weight)  # the embedding itself when tied
-        return sum(p.numel() * p.element_size() for p in params)
+        """Decoder layers, final norm and lm_head (embed_tokens is one row per token; an MoE layer's
+        experts count for the share a token reads)."""
+        share = expert_share(self.model.config.text_config)
+        params = [(p, share if ".mlp.experts." in name else 1)
+                  for name, p in self.model.model.language_model.named_parameters()
+                  if not name.startswith("embed_tokens.")]
+        params.append((self.model.lm_head.weight, 1))  # the embedding itself when tied
+        return round(sum(p.numel() * p.element_size() * part for p, part in params))
 
 
 BACKENDS = {"holo_mlx": HoloMLX, "mlx_vlm": MlxVlm, "torch": Torch}
-# Imported before the load is timed, so load_s is reading weights, not importing a library.
-BACKEND_MODULES = {"holo_mlx": ["holo_mlx.generate"], "mlx_vlm": ["mlx_vlm.utils", "mlx_vlm.generate"],
-                   "torch": ["transformers.models.qwen2_5_vl.modeling_qwen2_5_vl"]}
+# Imported before the load is timed, so load_s is reading weights, not importing a library; filled
+# in with the folder's model_type.
+BACKEND_MODULES = {"holo_mlx": ["holo_mlx.generate"],
+                   "mlx_vlm": ["mlx_vlm.utils", "mlx_vlm.generate", "mlx_vlm.models.{model_type}"],
+                   "torch": ["transformers.models.{model_type}.modeling_{model_type}"]}
 
 
 def build_prompts(folder: Path, workloads: list[str]) -> tuple[object, dict]:
@@ -413,8 +438,9 @@ def run_worker(spec: dict) -> None:
     tokenizer, prompts = build_prompts(folder, workloads)
     progress = tqdm(total=(warmup + runs) * len(workloads), desc=spec["desc"], unit="req", file=sys.stderr)
     progress.set_postfix_str("loading")
+    model_type = json.loads((folder / "config.json").read_text())["model_type"]
     for module in BACKEND_MODULES[family]:
-        importlib.import_module(module)
+        importlib.import_module(module.format(model_type=model_type))
     start = time.perf_counter()
     backend = BACKENDS[family](folder, variant, tokenizer)
     load_s = time.perf_counter() - start
@@ -550,11 +576,11 @@ def ratio_rows(rows: list[dict]) -> list[dict]:
 
 
 def parse_args() -> argparse.Namespace:
-    from holo_mlx.testing import PRESETS
+    from holo_mlx.testing import HOLO2_PRESETS, PRESETS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--preset", choices=sorted(PRESETS),
+    source.add_argument("--preset", choices=[*sorted(PRESETS), *HOLO2_PRESETS],
                         help=f"random weights of this shape, built and converted once (default {DEFAULTS['preset']})")
     source.add_argument("--model", help="a converted MLX folder (python -m convert) or hub id")
     parser.add_argument("--hf-model", help="with --model: its Hugging Face source (folder or hub id), for torch")

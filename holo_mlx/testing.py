@@ -412,6 +412,16 @@ def holo2_published_config(preset: str = "holo2-tiny", dtype: str = "float32") -
     }
 
 
+def published_config(preset: str = "tiny", dtype: str = "float32") -> dict:
+    """A preset's config.json as its family publishes it (Holo1.5's root layout, or Holo2's)."""
+    return holo2_published_config(preset, dtype) if preset.startswith("holo2-") else root_layout_config(preset, dtype)
+
+
+def preprocessor_config(preset: str = "tiny") -> dict:
+    """A preset's preprocessor_config.json (Holo1.5's, or Holo2's)."""
+    return HOLO2_PREPROCESSOR_CONFIG if preset.startswith("holo2-") else PREPROCESSOR_CONFIG
+
+
 def build_holo2_checkpoint(path: str | Path, preset: str = "holo2-tiny", *, config_layout: str = "root",
                            dtype: str = "float32", seed: int = 0) -> Path:
     """Write a random-weight Qwen3-VL checkpoint (dense or MoE) with transformers.
