@@ -73,6 +73,13 @@ def main(argv=None) -> None:
         sys.exit(f"error: model folder {config.model} does not exist; create it with "
                  f"`python -m convert --hf-path Hcompany/Holo1.5-7B --mlx-path {config.model}`")
 
+    from holo_mlx.distributed import world
+
+    if world() is not None:
+        # N copies of a whole server would each load the model and race for the port.
+        sys.exit("error: serve.py does not run under mlx.launch yet (the engine does not share its batches "
+                 "across ranks); `mlx.launch ... -- -m holo_mlx.generate` runs one model across ranks")
+
     import logging
 
     import uvicorn

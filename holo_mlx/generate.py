@@ -5,6 +5,7 @@ same engine as its server: there is one generation path.
 """
 
 import argparse
+import secrets
 from collections import deque
 from collections.abc import Iterator
 
@@ -58,8 +59,15 @@ def main() -> None:
     args = parser.parse_args()
 
     from . import load
+    from .distributed import world
 
-    model, prompts = load(args.model)
+    group = world()  # under mlx.launch: the decoder split across the ranks, rank 0 prints
+    model, prompts = load(args.model, group)
+    leader = group is None or group.rank() == 0
+    if group is not None and args.seed is None:
+        # Every rank samples for itself and must draw the same tokens: rank 0's random seed, shared.
+        seed = mx.array(secrets.randbelow(2**31) if leader else 0)
+        args.seed = mx.distributed.all_sum(seed, group=group, stream=mx.cpu).item()
     content = [{"type": "image", "image": open(file, "rb").read()} for file in args.image]
     content.append({"type": "text", "text": args.prompt})
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
@@ -68,8 +76,11 @@ def main() -> None:
     prompt = prompts.build(messages)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temp, top_p=args.top_p, seed=args.seed)
     for chunk in stream_generate(model, prompts.tokenizer, prompt, params):
-        print(chunk.text, end="", flush=True)
+        if leader:
+            print(chunk.text, end="", flush=True)
     stats = chunk.stats
+    if not leader:
+        return
     print(
         f"\n==========\nPrompt: {stats.prompt_tokens} tokens, {stats.prompt_tps:.1f} tokens-per-sec\n"
         f"Generation: {stats.generation_tokens} tokens, {stats.generation_tps:.1f} tokens-per-sec\n"

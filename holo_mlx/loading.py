@@ -41,9 +41,10 @@ def read_config(path: Path) -> dict:
     return json.loads(file.read_text())
 
 
-def load_model(path_or_repo: str | Path) -> VisionLanguageModel:
+def load_model(path_or_repo: str | Path, group: mx.distributed.Group | None = None) -> VisionLanguageModel:
     """Build the model of the folder's family and load its weights, in float32 on the CPU backend
-    (see runtime.py), with the kernels of the default device; `model.family` is the Family."""
+    (see runtime.py), with the kernels of the default device; `model.family` is the Family. With a
+    group of ranks (mlx.launch), this rank's tensor-parallel slice of the decoder only (distributed.py)."""
     keep_freed_buffers()
     kernels.select()
     path = resolve_path(path_or_repo)
@@ -76,7 +77,18 @@ def load_model(path_or_repo: str | Path) -> VisionLanguageModel:
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as error:
         raise LoadError(f"{path}: weights do not match the config: {error}") from None
+    del weights  # the model holds what it keeps: a rank's full tensors go once its slices are made
+    if group is not None:  # before anything is evaluated: the weights are still lazy reads of the files
+        from .distributed import ShardingError, tensor_parallel
+
+        try:
+            tensor_parallel(model, group)
+        except ShardingError as error:
+            raise LoadError(f"{path}: {error}") from None
     model.apply(lambda p: p.astype(compute_dtype(p.dtype)) if mx.issubdtype(p.dtype, mx.floating) else p)
     wire_weights(sum(p.nbytes for _, p in tree_flatten(model.parameters())))
+    if group is not None:  # layer by layer: a layer's whole tensors are freed once its slices are made
+        for layer in model.language_model.model.layers:
+            mx.eval(layer.parameters())
     mx.eval(model.parameters())
     return model

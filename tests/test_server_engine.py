@@ -98,6 +98,9 @@ def test_repeated_prefix_reports_cached_tokens(family_server):
 
 def test_health_reports_the_family_and_its_image_limits(family_server):
     health = httpx.get(f"{family_server.url}/health", timeout=10).json()
+    # One process holds the whole model: one rank, with the bytes of every weight.
+    (rank,) = health["ranks"]
+    assert (rank["rank"], rank["host"]) == (0, socket.gethostname()) and rank["weight_bytes"] > 100_000_000
     if health["family"] == "qwen2_5_vl":  # Holo1.5's cookbook caps
         assert (health["max_side"], health["max_pixels"], health["min_pixels"]) == (1440, 1_003_520, 3136)
         assert health["coordinates"] == "resized_pixels"

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Awaitable, Callable
 
 from .. import load
+from ..distributed import Rank, ranks
 from ..embed import EmbeddingJob
 from ..runtime import device_name, release_freed_memory
 from ..settings import ServerConfig
@@ -82,6 +83,7 @@ class Engine:
         self.vision_cache = VisionCache(config.vision_cache_bytes)
         self.status, self.load_error = "loading", None
         self.model = self.prompts = self.scheduler = None
+        self.ranks: list[Rank] | None = None  # the processes holding the model, once loaded
         self._inbox: queue.Queue = queue.Queue()
         self._outbox: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, object]] = []
         self._thread = threading.Thread(target=self._serve, name="mlx-engine", daemon=True)
@@ -99,6 +101,7 @@ class Engine:
         config = self.config
         try:
             self.model, self.prompts = load(config.model, **config.resize)
+            self.ranks = ranks(self.model, None)
             self.scheduler = Scheduler(self.model, self.prompts.tokenizer, max_num_seqs=config.max_num_seqs,
                                        prefix_cache=self.prefix_cache, vision_cache=self.vision_cache)
             self.status = "ready"

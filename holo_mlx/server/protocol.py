@@ -420,6 +420,12 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class RankInfo(BaseModel):
+    rank: int
+    host: str
+    weight_bytes: int = Field(description="bytes of the weights this rank holds")
+
+
 class Health(BaseModel):
     """GET /health, 200 once the model is ready and 503 before (or if it failed to load)."""
 
@@ -435,6 +441,8 @@ class Health(BaseModel):
     max_pixels: int | None = Field(description="pixel budget per image after resizing, in force")
     min_pixels: int | None = Field(description="the checkpoint's pixel floor per image")
     load_error: str | None
+    ranks: list[RankInfo] | None = Field(description="the processes holding the model once loaded: one for a "
+                                                     "single-process server")
     requests_running: int
     requests_waiting: int
 

@@ -21,13 +21,15 @@ class SparseMoeBlock(nn.Module):
         self.top_k = config.num_experts_per_tok
         self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)
         self.switch_mlp = SwitchGLU(config.hidden_size, config.moe_intermediate_size, config.num_experts)
+        self.sharding_group = None  # set by distributed.tensor_parallel: each rank holds a slice of every expert
 
     def __call__(self, x: mx.array) -> mx.array:
         probabilities = mx.softmax(self.gate(x).astype(mx.float32), axis=-1)
         experts = mx.argpartition(-probabilities, kth=self.top_k - 1, axis=-1)[..., :self.top_k]
         scores = mx.take_along_axis(probabilities, experts, axis=-1)
         scores = (scores / scores.sum(axis=-1, keepdims=True)).astype(x.dtype)
-        return (self.switch_mlp(x, experts) * scores[..., None]).sum(axis=-2)
+        out = (self.switch_mlp(x, experts) * scores[..., None]).sum(axis=-2)
+        return out if self.sharding_group is None else mx.distributed.all_sum(out, group=self.sharding_group)
 
 
 class Qwen3Model(Decoder):

@@ -1,0 +1,100 @@
+"""One model across the ranks of `mlx.launch` (mx.distributed): tensor parallelism as mlx-lm's
+`shard()` does it.
+
+Each decoder layer is split across the ranks: q/k/v and the MLP's gate/up by output columns,
+o_proj and down_proj by input rows with an all-sum after them, so a layer costs two all-sums of
+the hidden states per pass. Heads are divided, so the KV-head count must be a multiple of the rank
+count. MoE blocks split every expert the same way (the router stays whole) and all-sum their
+output. The vision tower, the embedding, the final norm and lm_head stay whole on every rank:
+each rank encodes images and samples the same tokens itself, so nothing but the two all-sums per
+layer crosses the link (docs/scale-out.md weighs this).
+
+Sharding runs on the lazily loaded weights before they are evaluated, so a rank reads each tensor
+once and keeps only its slice: no process ever holds the whole decoder.
+"""
+
+import socket
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.nn.layers.distributed import shard_inplace, shard_linear
+from mlx.utils import tree_flatten
+
+from .models.layers import MLP
+
+
+class ShardingError(ValueError):
+    pass
+
+
+def world() -> mx.distributed.Group | None:
+    """The group of ranks this process was launched in by mlx.launch, or None when it runs alone."""
+    if not mx.distributed.is_available():
+        return None
+    group = mx.distributed.init()
+    return group if group.size() > 1 else None
+
+
+def check_shardable(config, ranks: int) -> None:
+    """The heads and MLP widths of a text config divide over `ranks`; else a ShardingError saying what does not."""
+    for field in ("num_key_value_heads", "num_attention_heads", "intermediate_size", "moe_intermediate_size"):
+        value = getattr(config, field, None)
+        if value and value % ranks:
+            raise ShardingError(f"{field} = {value} does not split over {ranks} ranks: tensor parallelism "
+                                f"needs a rank count that divides it (this model takes at most "
+                                f"{config.num_key_value_heads} ranks, a divisor of its KV heads)")
+
+
+def tensor_parallel(model: nn.Module, group: mx.distributed.Group) -> None:
+    """Split every decoder layer of `model` (a models.vlm.Model) across `group`, in place."""
+    ranks = group.size()
+    check_shardable(model.config.text_config, ranks)
+    for layer in model.language_model.model.layers:
+        attention = layer.self_attn
+        for name in ("q_proj", "k_proj", "v_proj"):
+            setattr(attention, name, shard_linear(getattr(attention, name), "all-to-sharded", group=group))
+        attention.o_proj = shard_linear(attention.o_proj, "sharded-to-all", group=group)
+        attention.n_heads //= ranks
+        attention.n_kv_heads //= ranks
+        mlp = layer.mlp
+        if isinstance(mlp, MLP):
+            mlp.gate_proj = shard_linear(mlp.gate_proj, "all-to-sharded", group=group)
+            mlp.up_proj = shard_linear(mlp.up_proj, "all-to-sharded", group=group)
+            mlp.down_proj = shard_linear(mlp.down_proj, "sharded-to-all", group=group)
+        else:  # an MoE block: its experts split in place, the block all-sums its output
+            experts = mlp.switch_mlp
+            shard_inplace(experts.gate_proj, "all-to-sharded", group=group)
+            shard_inplace(experts.up_proj, "all-to-sharded", group=group)
+            shard_inplace(experts.down_proj, "sharded-to-all", group=group)
+            mlp.sharding_group = group
+
+
+@dataclass(frozen=True)
+class Rank:
+    """One rank as /health reports it."""
+
+    rank: int
+    host: str
+    weight_bytes: int
+
+
+def weight_bytes(parameters) -> int:
+    """Bytes of a parameter tree (a module's `parameters()`, or part of it)."""
+    return sum(parameter.nbytes for _, parameter in tree_flatten(parameters))
+
+
+def ranks(model: nn.Module, group: mx.distributed.Group | None) -> list[Rank]:
+    """Every rank's host and weight bytes (gathered from all ranks: a collective, every rank calls it)."""
+    own = Rank(0 if group is None else group.rank(), socket.gethostname(), weight_bytes(model.parameters()))
+    if group is None:
+        return [own]
+    size = group.size()
+    # Fixed-width rows so one all_gather carries them: the byte count, then the host name's bytes.
+    row = mx.zeros(65, dtype=mx.int64)
+    name = own.host.encode()[:64]
+    row[0] = own.weight_bytes
+    row[1:1 + len(name)] = mx.array(list(name), dtype=mx.int64)
+    rows = mx.distributed.all_gather(row[None], group=group, stream=mx.cpu).reshape(size, 65).tolist()
+    return [Rank(index, bytes(value for value in values[1:] if value).decode(), int(values[0]))
+            for index, values in enumerate(rows)]
