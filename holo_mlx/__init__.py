@@ -3,14 +3,15 @@
 from pathlib import Path
 
 
-def load(path_or_repo: str | Path, group=None, **prompt_options):
+def load(path_or_repo: str | Path, group=None, pipeline: bool = False, **prompt_options):
     """(model, prompt builder) for a model folder or hub id; prompt_options: max_side, max_pixels.
-    `group`: the mx.distributed ranks to split the decoder across (holo_mlx.distributed.world())."""
+    `group`: the mx.distributed ranks to split the decoder across (holo_mlx.distributed.world()),
+    by tensor parallelism, or by pipeline parallelism with `pipeline`."""
     from .loading import load_model, resolve_path
     from .prompt import PromptBuilder
 
     path = resolve_path(path_or_repo)
-    return load_model(path, group), PromptBuilder.from_pretrained(path, **prompt_options)
+    return load_model(path, group, pipeline), PromptBuilder.from_pretrained(path, **prompt_options)
 
 
 def __getattr__(name: str):

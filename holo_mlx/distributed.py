@@ -1,5 +1,5 @@
 """One model across the ranks of `mlx.launch` (mx.distributed): tensor parallelism as mlx-lm's
-`shard()` does it.
+`shard()` does it, or pipeline parallelism as its `pipeline()` does.
 
 Each decoder layer is split across the ranks: q/k/v and the MLP's gate/up by output columns,
 o_proj and down_proj by input rows with an all-sum after them, so a layer costs two all-sums of
@@ -9,8 +9,13 @@ output. The vision tower, the embedding, the final norm and lm_head stay whole o
 each rank encodes images and samples the same tokens itself, so nothing but the two all-sums per
 layer crosses the link (docs/scale-out.md weighs this).
 
+Pipeline parallelism gives each rank a run of whole layers instead (the last rank the first
+layers, rank 0 the last, as mlx-lm orders them): a pass goes from rank to rank once, one hidden
+state per token crossing each link, then rank 0's output is gathered to every rank. It moves
+fewer bytes than tensor parallelism but runs the ranks one after another.
+
 Sharding runs on the lazily loaded weights before they are evaluated, so a rank reads each tensor
-once and keeps only its slice: no process ever holds the whole decoder.
+once and keeps only its slice (or its layers): no process ever holds the whole decoder.
 """
 
 import socket
@@ -68,6 +73,55 @@ def tensor_parallel(model: nn.Module, group: mx.distributed.Group) -> None:
             shard_inplace(experts.up_proj, "all-to-sharded", group=group)
             shard_inplace(experts.down_proj, "sharded-to-all", group=group)
             mlp.sharding_group = group
+
+
+@dataclass(frozen=True)
+class PipelineStage:
+    """The layers [start, end) one rank runs, and the hand-over between ranks around them."""
+
+    group: mx.distributed.Group
+    start: int
+    end: int
+
+    @classmethod
+    def of(cls, group: mx.distributed.Group, layers: int) -> "PipelineStage":
+        """An even split (the lower ranks take one more where it is uneven); rank 0 runs the last layers."""
+        rank, size = group.rank(), group.size()
+        if layers < size:
+            raise ShardingError(f"{layers} decoder layers do not split over {size} pipeline ranks")
+        counts = [layers // size + (r < layers % size) for r in range(size)]
+        start = sum(counts[rank + 1:])
+        return cls(group, start, start + counts[rank])
+
+    def receive(self, x: mx.array) -> mx.array:
+        """The hidden states from the rank running the layers before this one's (the input itself on the first)."""
+        rank, size = self.group.rank(), self.group.size()
+        return x if rank == size - 1 else mx.distributed.recv_like(x, rank + 1, group=self.group)
+
+    def hand_on(self, x: mx.array, last_rows: mx.array | None, caches: list) -> mx.array:
+        """Send this rank's output on, then every rank gets rank 0's (the final layer's) output."""
+        if self.group.rank() != 0:
+            x = mx.distributed.send(x, self.group.rank() - 1, group=self.group)
+            for cache in caches:  # evaluating only the caches (a prefill chunk) must still send
+                if cache is not None:
+                    cache.keys = mx.depends(cache.keys, x)
+            if last_rows is not None:  # rank 0's final layer kept each sequence's last row
+                x = x[last_rows]
+        return mx.distributed.all_gather(x, group=self.group)[:x.shape[0]]
+
+
+def layer_index(key: str) -> int | None:
+    """The decoder layer a (sanitized) weight belongs to, or None."""
+    prefix = "language_model.model.layers."
+    return int(key[len(prefix):].split(".", 1)[0]) if key.startswith(prefix) else None
+
+
+def pipeline(model: nn.Module, group: mx.distributed.Group) -> None:
+    """Keep this rank's run of decoder layers (the others become None) before the weights are loaded."""
+    decoder = model.language_model.model
+    stage = PipelineStage.of(group, len(decoder.layers))
+    decoder.layers = [layer if stage.start <= index < stage.end else None for index, layer in enumerate(decoder.layers)]
+    decoder.stage = stage
 
 
 @dataclass(frozen=True)

@@ -56,13 +56,16 @@ def main() -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--system", default=None, help="system message (default: the chat template's)")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="under mlx.launch: give each rank whole layers (pipeline parallelism) instead of a "
+                             "slice of every layer (tensor parallelism)")
     args = parser.parse_args()
 
     from . import load
     from .distributed import world
 
     group = world()  # under mlx.launch: the decoder split across the ranks, rank 0 prints
-    model, prompts = load(args.model, group)
+    model, prompts = load(args.model, group, args.pipeline)
     leader = group is None or group.rank() == 0
     if group is not None and args.seed is None:
         # Every rank samples for itself and must draw the same tokens: rank 0's random seed, shared.

@@ -41,10 +41,15 @@ def read_config(path: Path) -> dict:
     return json.loads(file.read_text())
 
 
-def load_model(path_or_repo: str | Path, group: mx.distributed.Group | None = None) -> VisionLanguageModel:
+def load_model(path_or_repo: str | Path, group: mx.distributed.Group | None = None,
+               pipeline: bool = False) -> VisionLanguageModel:
     """Build the model of the folder's family and load its weights, in float32 on the CPU backend
     (see runtime.py), with the kernels of the default device; `model.family` is the Family. With a
-    group of ranks (mlx.launch), this rank's tensor-parallel slice of the decoder only (distributed.py)."""
+    group of ranks (mlx.launch), this rank's part of the decoder only (distributed.py): its
+    tensor-parallel slice of every layer, or with `pipeline` its run of whole layers."""
+    from .distributed import ShardingError, layer_index, tensor_parallel
+    from .distributed import pipeline as pipeline_stage
+
     keep_freed_buffers()
     kernels.select()
     path = resolve_path(path_or_repo)
@@ -65,6 +70,14 @@ def load_model(path_or_repo: str | Path, group: mx.distributed.Group | None = No
         config.eos_token_id = sorted(set(config.eos_token_id) | set(extra if isinstance(extra, list) else [extra]))
     model = family.model(config)
     model.family = family
+    if group is not None and pipeline:
+        try:
+            pipeline_stage(model, group)
+        except ShardingError as error:
+            raise LoadError(f"{path}: {error}") from None
+        layers = model.language_model.model.layers  # another rank's layers: never read from the files
+        weights = {key: value for key, value in weights.items()
+                   if (index := layer_index(key)) is None or layers[index] is not None}
     if quantization := raw_config.get("quantization"):
         nn.quantize(
             model,
@@ -78,9 +91,7 @@ def load_model(path_or_repo: str | Path, group: mx.distributed.Group | None = No
     except ValueError as error:
         raise LoadError(f"{path}: weights do not match the config: {error}") from None
     del weights  # the model holds what it keeps: a rank's full tensors go once its slices are made
-    if group is not None:  # before anything is evaluated: the weights are still lazy reads of the files
-        from .distributed import ShardingError, tensor_parallel
-
+    if group is not None and not pipeline:  # before anything is evaluated: the weights are still lazy reads
         try:
             tensor_parallel(model, group)
         except ShardingError as error:
@@ -88,7 +99,7 @@ def load_model(path_or_repo: str | Path, group: mx.distributed.Group | None = No
     model.apply(lambda p: p.astype(compute_dtype(p.dtype)) if mx.issubdtype(p.dtype, mx.floating) else p)
     wire_weights(sum(p.nbytes for _, p in tree_flatten(model.parameters())))
     if group is not None:  # layer by layer: a layer's whole tensors are freed once its slices are made
-        for layer in model.language_model.model.layers:
+        for _, layer in model.language_model.model.own_layers():
             mx.eval(layer.parameters())
     mx.eval(model.parameters())
     return model

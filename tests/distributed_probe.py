@@ -1,5 +1,6 @@
-"""Run under mlx.launch by tests/test_distributed.py: load a model split across the ranks and print,
-from rank 0, every rank's weight bytes, this rank's decoder bytes and peak memory as JSON."""
+"""Run under mlx.launch by tests/test_distributed.py: load a model split across the ranks (by tensor
+parallelism, or with --pipeline by layers) and print, from rank 0, every rank's weight bytes, this
+rank's decoder bytes and peak memory as JSON."""
 
 import json
 import sys
@@ -14,7 +15,7 @@ from holo_mlx.runtime import use_fast_blas
 use_fast_blas()
 group = world()
 try:
-    model = load_model(sys.argv[1], group)
+    model = load_model(sys.argv[1], group, pipeline="--pipeline" in sys.argv)
 except LoadError as error:
     print(json.dumps({"error": str(error)}), flush=True)
     sys.exit(3)

@@ -31,9 +31,9 @@ def launch(ranks: int, *command: str, timeout: float = 300) -> subprocess.Comple
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
 
-def generated(ranks: int, checkpoint: Path, image: Path) -> str:
+def generated(ranks: int, checkpoint: Path, image: Path, *flags: str) -> str:
     result = launch(ranks, "-m", "holo_mlx.generate", "--model", str(checkpoint), "--image", str(image),
-                    "--prompt", "Click the Submit button.", "--max-tokens", "24")
+                    "--prompt", "Click the Submit button.", "--max-tokens", "24", *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     text, _, stats = result.stdout.partition("\n==========\n")
     assert stats.count("Generation: 24 tokens") == 1  # rank 0 alone prints
@@ -44,11 +44,13 @@ def generated(ranks: int, checkpoint: Path, image: Path) -> str:
 def test_two_ranks_generate_what_one_process_does(checkpoint, request, tmp_path):
     path, image = request.getfixturevalue(checkpoint), tmp_path / "screen.png"
     synthetic_screenshot(333, 217, seed=5).save(image)
-    assert generated(2, path, image) == generated(1, path, image)
+    alone = generated(1, path, image)
+    assert generated(2, path, image) == alone  # tensor parallel
+    assert generated(2, path, image, "--pipeline") == alone
 
 
-def probe(ranks: int, checkpoint: Path) -> dict:
-    result = launch(ranks, str(PROBE), str(checkpoint))
+def probe(ranks: int, checkpoint: Path, *flags: str) -> dict:
+    result = launch(ranks, str(PROBE), str(checkpoint), *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 
@@ -66,6 +68,18 @@ def test_each_rank_loads_half_the_decoder_and_never_the_whole(checkpoint, reques
         assert rank["weight_bytes"] == alone["ranks"][0]["weight_bytes"] - (whole - split["decoder_layer_bytes"])
     # Read from the files tensor by tensor: rank 0 never held its neighbour's half.
     assert split["peak_memory"] - split["ranks"][0]["weight_bytes"] < whole / 4
+
+
+@pytest.mark.parametrize("checkpoint", ["hf_root_checkpoint", "holo2_moe_root_checkpoint"])
+def test_pipeline_ranks_load_their_own_layers_only(checkpoint, request):
+    path = request.getfixturevalue(checkpoint)
+    alone, split = probe(1, path), probe(2, path, "--pipeline")
+    replicated = split["replicated_bytes"]
+    assert replicated == alone["replicated_bytes"]
+    # The layers are split, none held twice: the ranks' layers add up to the whole decoder.
+    layers = [rank["weight_bytes"] - replicated for rank in split["ranks"]]
+    assert sum(layers) == alone["decoder_layer_bytes"] and all(layers)
+    assert split["peak_memory"] - split["ranks"][0]["weight_bytes"] < alone["decoder_layer_bytes"] / 4
 
 
 def test_a_rank_count_that_does_not_divide_the_kv_heads_is_refused(hf_root_checkpoint):

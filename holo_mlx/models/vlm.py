@@ -61,7 +61,8 @@ class Model(nn.Module):
                           spatial_merge_size=self.config.vision_config.spatial_merge_size)
 
     def make_cache(self) -> list[KVCache]:
-        return [KVCache() for _ in self.language_model.model.layers]
+        """One cache per decoder layer this process runs (all of them but under pipeline parallelism)."""
+        return [KVCache() for _ in self.language_model.model.own_layers()]
 
     def hidden(self, spans: list[Span], last_only: bool = False) -> list[mx.array]:
         return self.language_model.model.forward(spans, last_only)
