@@ -1,0 +1,103 @@
+"""One model on one rank vs two ranks (tensor parallel, pipeline parallel), launched by mlx.launch.
+
+Each configuration runs `python -m holo_mlx.generate` greedily on the same prompt twice, with two
+token budgets: decode tok/s and TTFT come
+from the longer run, and the bytes the ranks exchanged per decoded token from the difference of
+the two runs' loopback traffic (/proc/net/dev), so the prompt's share cancels out. The ranks talk
+over loopback on this one machine: the figures are a link with no bandwidth limit and a shared
+CPU, not two Macs (docs/scale-out.md has the arithmetic for real links).
+
+    python benchmarks/bench_distributed.py --preset 0.5b
+    python benchmarks/bench_distributed.py --model models/tiny-mlx --tokens 8,24
+"""
+
+import argparse
+import json
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from common import TEXT_PROMPT, format_table
+
+REPO = Path(__file__).resolve().parent.parent
+LAUNCHER = Path(sys.executable).parent / "mlx.launch"
+CONFIGURATIONS = {"1 rank": (1, []), "2 ranks, tensor": (2, []), "2 ranks, pipeline": (2, ["--pipeline"])}
+
+
+def loopback_bytes() -> int:
+    """Bytes received on the loopback interface so far (every byte sent on it is received once)."""
+    for line in Path("/proc/net/dev").read_text().splitlines():
+        name, _, counters = line.partition(":")
+        if name.strip() == "lo":
+            return int(counters.split()[0])
+    raise SystemExit("no loopback interface in /proc/net/dev (Linux only)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def generate(model: Path, ranks: int, flags: list[str], tokens: int) -> tuple[dict, int]:
+    """One generate run: its printed figures and the loopback bytes it caused."""
+    command = ["-m", "holo_mlx.generate", "--model", str(model), "--prompt", TEXT_PROMPT,
+               "--max-tokens", str(tokens), *flags]
+    if ranks > 1:
+        command = [str(LAUNCHER), "--backend", "ring", "--hosts", "127.0.0.1", "-n", str(ranks),
+                   "--starting-port", str(free_port()), "--python", sys.executable, "--", *command]
+    else:
+        command = [sys.executable, *command]
+    before = loopback_bytes()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    moved = loopback_bytes() - before
+    figures = re.search(r"Prompt: (\d+) tokens, ([\d.]+) tokens-per-sec\nGeneration: (\d+) tokens, "
+                        r"([\d.]+) tokens-per-sec", result.stdout)
+    if result.returncode or figures is None:
+        raise SystemExit(f"generate failed ({' '.join(command)}):\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    prompt, prompt_tps, generated, decode_tps = figures.groups()
+    return {"prompt_tokens": int(prompt), "ttft_s": int(prompt) / float(prompt_tps), "generated": int(generated),
+            "decode_tps": float(decode_tps)}, moved
+
+
+def measure(model: Path, tokens: tuple[int, int]) -> list[dict]:
+    rows = []
+    for label, (ranks, flags) in CONFIGURATIONS.items():
+        short, short_bytes = generate(model, ranks, flags, tokens[0])
+        long, long_bytes = generate(model, ranks, flags, tokens[1])
+        per_token = (long_bytes - short_bytes) / (long["generated"] - short["generated"])
+        rows.append({"configuration": label, "ttft_s": round(long["ttft_s"], 3), "decode_tps": long["decode_tps"],
+                     "bytes_per_token": round(per_token)})
+        print(f"{label}: {rows[-1]}", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--preset", default="0.5b", help="random weights of this Holo1.5 shape (bench_runtime's)")
+    source.add_argument("--model", type=Path, help="a converted model folder instead")
+    parser.add_argument("--tokens", default="16,80", help="the two token budgets, shorter first")
+    parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "bench")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    tokens = tuple(int(value) for value in args.tokens.split(","))
+    model = args.model
+    if model is None:
+        from bench_runtime import prepare, preset_models
+
+        models = preset_models(args.preset, args.cache_dir)
+        prepare(models, "holo_mlx:float32")
+        model = models.mlx["float32"]
+    rows = measure(model, tokens)
+    if args.json:
+        args.json.write_text(json.dumps({"model": str(model), "tokens": tokens, "rows": rows}, indent=2))
+    print(f"\n{model}, {tokens[1]} tokens decoded, ranks on 127.0.0.1 (loopback, one machine)")
+    print(format_table(rows, [("configuration", "configuration"), ("ttft_s", "TTFT s"), ("decode_tps", "decode tok/s"),
+                              ("bytes_per_token", "bytes exchanged / token")]))
+
+
+if __name__ == "__main__":
+    main()

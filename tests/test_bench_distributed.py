@@ -1,0 +1,28 @@
+"""benchmarks/bench_distributed.py on the tiny checkpoint: one rank, two tensor-parallel and two
+pipeline ranks over loopback, each with its figures and the bytes its ranks exchanged per token."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "benchmarks" / "bench_distributed.py"
+
+
+def test_each_configuration_reports_speed_and_the_bytes_it_moved(hf_root_checkpoint, tmp_path):
+    out = tmp_path / "distributed.json"
+    run = subprocess.run([sys.executable, str(SCRIPT), "--model", str(hf_root_checkpoint), "--tokens", "4,12",
+                          "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = {row["configuration"]: row for row in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["1 rank", "2 ranks, tensor", "2 ranks, pipeline"]
+    assert all(row["decode_tps"] > 0 and row["ttft_s"] > 0 for row in rows.values())
+    config = json.loads((hf_root_checkpoint / "config.json").read_text())
+    hidden = config["hidden_size"] * 4  # float32 on the CPU backend
+    # At least the payload: two all-sums per layer, each rank sending its half twice (ring), for tensor
+    # parallelism; one hand-over and the final gather for the pipeline. Headers come on top.
+    assert rows["2 ranks, tensor"]["bytes_per_token"] >= 4 * hidden * config["num_hidden_layers"]
+    assert 3 * hidden <= rows["2 ranks, pipeline"]["bytes_per_token"] < rows["2 ranks, tensor"]["bytes_per_token"]
+    assert rows["1 rank"]["bytes_per_token"] < hidden  # nothing but stray loopback traffic
+    assert "bytes exchanged / token" in run.stdout
