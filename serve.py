@@ -7,6 +7,7 @@ Every flag --some-flag also reads HOLO_SOME_FLAG (holo_mlx/settings.py); docs/AP
 """
 
 import errno
+import os
 import socket
 import subprocess
 import sys
@@ -73,14 +74,15 @@ def main(argv=None) -> None:
         sys.exit(f"error: model folder {config.model} does not exist; create it with "
                  f"`python -m convert --hf-path Hcompany/Holo1.5-7B --mlx-path {config.model}`")
 
+    import logging
+
     from holo_mlx.distributed import world
 
-    if world() is not None:
-        # N copies of a whole server would each load the model and race for the port.
-        sys.exit("error: serve.py does not run under mlx.launch yet (the engine does not share its batches "
-                 "across ranks); `mlx.launch ... -- -m holo_mlx.generate` runs one model across ranks")
-
-    import logging
+    group = world()
+    if group is not None and group.rank() > 0:
+        # Under mlx.launch: rank 0 serves HTTP; the others run their share of each pass in step with it.
+        logging.basicConfig(level=config.log_level.upper(), format=f"%(levelname)s: rank {group.rank()}: %(message)s")
+        follow(config)
 
     import uvicorn
 
@@ -95,6 +97,34 @@ def main(argv=None) -> None:
           flush=True)
     server = uvicorn.Server(uvicorn.Config(create_app(config), log_level=config.log_level))
     server.run(sockets=[sock])
+    if group is not None:
+        os._exit(0)  # the engine thread may still wait in a collective for ranks that are gone
+
+
+def follow(config) -> None:
+    """A rank other than 0: its engine follows rank 0's on a thread, so that Ctrl-C (which reaches
+    every rank) ends it even while it waits inside a collective, where Python runs no handler."""
+    import threading
+
+    from holo_mlx.engine.worker import Engine
+
+    failures = []
+
+    def run() -> None:
+        try:
+            Engine(config).follow()
+        except BaseException as error:  # its load failed, or it fell out of step: said on stderr
+            failures.append(error)
+            print(error, file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=run, name="mlx-engine", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        pass
+    os._exit(1 if failures else 0)
 
 
 if __name__ == "__main__":

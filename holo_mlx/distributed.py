@@ -18,8 +18,11 @@ Sharding runs on the lazily loaded weights before they are evaluated, so a rank 
 once and keeps only its slice (or its layers): no process ever holds the whole decoder.
 """
 
+import hashlib
+import json
 import socket
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -152,3 +155,21 @@ def ranks(model: nn.Module, group: mx.distributed.Group | None) -> list[Rank]:
     rows = mx.distributed.all_gather(row[None], group=group, stream=mx.cpu).reshape(size, 65).tolist()
     return [Rank(index, bytes(value for value in values[1:] if value).decode(), int(values[0]))
             for index, values in enumerate(rows)]
+
+
+def same_everywhere(config, group: mx.distributed.Group | None) -> None:
+    """Refuse to start when a rank was given other flags or another model than rank 0 (a ShardingError
+    on every rank): they would not make the same passes."""
+    if group is None:
+        return
+    from .loading import resolve_path
+
+    folder = resolve_path(config.model)
+    files = sorted((file.name, file.stat().st_size) for file in folder.glob("*.safetensors"))
+    # The folder's path may differ from machine to machine; its config and weight files may not.
+    described = {**asdict(config), "model": [(folder / "config.json").read_text(), files]}
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).digest()
+    digests = mx.distributed.all_gather(mx.array(list(digest), dtype=mx.uint8)[None], group=group).tolist()
+    others = [rank for rank, row in enumerate(digests) if row != digests[0]]
+    if others:
+        raise ShardingError(f"rank(s) {others} started with other flags or another model than rank 0")

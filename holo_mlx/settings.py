@@ -99,6 +99,8 @@ class ServerConfig:
                                        "beyond it: 400. Each input must also fit the context", parse=at_least(1))
     embedding_chunk: int = option(512, "tokens per embedding work unit, a chunk of a long input or a batch of short "
                                   "ones; generation steps run between units", parse=at_least(1))
+    pipeline: bool = option(False, "under mlx.launch: give each rank a run of whole decoder layers (pipeline "
+                            "parallelism) instead of a slice of every layer (tensor parallelism)")
     log_level: str = option("info", "uvicorn's log level: critical, error, warning, info, debug or trace",
                             metavar="LEVEL")
 

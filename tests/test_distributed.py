@@ -1,15 +1,23 @@
-"""Tensor parallelism (holo_mlx/distributed.py): ranks launched by the real `mlx.launch` on the ring
-backend over loopback, against one process on the same checkpoints."""
+"""One model across ranks (holo_mlx/distributed.py, engine/lockstep.py): tensor and pipeline
+parallelism, ranks launched by the real `mlx.launch` on the ring backend over loopback, the
+generate CLI and the server against one process on the same checkpoints."""
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 
 from holo_mlx.testing import synthetic_screenshot
+from test_server import Server, data_url
 
 LAUNCHER = Path(sys.executable).parent / "mlx.launch"
 PROBE = Path(__file__).parent / "distributed_probe.py"
@@ -89,7 +97,83 @@ def test_a_rank_count_that_does_not_divide_the_kv_heads_is_refused(hf_root_check
     assert "exited with code 3" in result.stderr
 
 
-def test_the_server_refuses_to_run_once_per_rank(hf_root_checkpoint):
-    server = Path(__file__).parent.parent / "serve.py"
-    result = launch(2, str(server), "--model", str(hf_root_checkpoint), "--port", "0")
-    assert "serve.py does not run under mlx.launch yet" in result.stderr
+# --- the server on two ranks ------------------------------------------------------------------------
+
+def launcher(ranks: int = 2) -> tuple[str, ...]:
+    return (str(LAUNCHER), "--backend", "ring", "--hosts", "127.0.0.1", "-n", str(ranks),
+            "--starting-port", str(free_port()), "--python", sys.executable, "--")
+
+
+@pytest.fixture(scope="module")
+def alone(hf_root_checkpoint):
+    running = Server("--model", str(hf_root_checkpoint), "--max-num-seqs", "4")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module", params=["tensor", "pipeline"])
+def ranked(request, hf_root_checkpoint):
+    flags = ["--pipeline"] if request.param == "pipeline" else []
+    running = Server("--model", str(hf_root_checkpoint), "--max-num-seqs", "4", *flags, launcher=launcher())
+    yield running
+    running.stop()
+
+
+SHOT = data_url(synthetic_screenshot(400, 300, seed=3))
+CONVERSATIONS = [
+    [{"role": "user", "content": "Say hi."}],
+    [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": SHOT}}, {"type": "text", "text": "Click OK."}]}],
+    [{"role": "system", "content": "You are Holo."}, {"role": "user", "content": "Count to three."}],
+    [{"role": "user", "content": "Scroll down."}],
+]
+
+
+def answers(server: Server, together: bool) -> list[str]:
+    def ask(messages):
+        response = server.post("/v1/chat/completions", {"messages": messages, "max_tokens": 12, "temperature": 0,
+                                                       "ignore_eos": True})
+        assert response.status_code == 200, response.text
+        return response.json()["choices"][0]["message"]["content"]
+
+    if not together:
+        return [ask(messages) for messages in CONVERSATIONS]
+    with ThreadPoolExecutor(len(CONVERSATIONS)) as pool:
+        return list(pool.map(ask, CONVERSATIONS))
+
+
+def test_two_ranks_serve_what_one_process_does(alone, ranked):
+    expected = answers(alone, together=False)
+    assert answers(ranked, together=False) == expected  # text, a screenshot, one by one
+    assert answers(ranked, together=True) == expected  # and batched
+    schema = {"response_format": {"type": "json_object"}, "messages": CONVERSATIONS[1], "max_tokens": 16,
+              "temperature": 0}
+    assert ranked.post("/v1/chat/completions", schema).json()["choices"] == \
+        alone.post("/v1/chat/completions", schema).json()["choices"]
+    embedded = [np.array([item["embedding"] for item in server.post("/v1/embeddings", {"input": ["Hello", "world"]})
+                          .json()["data"]]) for server in (alone, ranked)]
+    np.testing.assert_allclose(embedded[1], embedded[0], atol=1e-5)
+
+
+def test_health_names_both_ranks_and_their_weights(alone, ranked):
+    (one,) = httpx.get(f"{alone.url}/health").json()["ranks"]
+    two = httpx.get(f"{ranked.url}/health").json()["ranks"]
+    assert [rank["rank"] for rank in two] == [0, 1] and all(rank["host"] == one["host"] for rank in two)
+    # Each holds the replicated weights and its half of the decoder: together more than one, each less.
+    assert all(rank["weight_bytes"] < one["weight_bytes"] for rank in two)
+    assert sum(rank["weight_bytes"] for rank in two) > one["weight_bytes"]
+
+
+def test_ctrl_c_stops_every_rank(hf_root_checkpoint):
+    running = Server("--model", str(hf_root_checkpoint), launcher=launcher())
+    assert running.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}],
+                                                 "max_tokens": 2}).status_code == 200
+    os.killpg(running.process.pid, signal.SIGINT)  # what a terminal sends the launcher and its ranks
+    running.process.wait(timeout=60)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            os.killpg(running.process.pid, 0)  # any rank left in the launcher's session?
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    pytest.fail("a rank outlived Ctrl-C")

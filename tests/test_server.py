@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -28,14 +29,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Server:
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, launcher: tuple[str, ...] = (sys.executable,)):
+        """serve.py ARGS, run by `launcher` (the python here, or mlx.launch and its flags)."""
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "serve.py"), "--port", "0", "--log-level", "warning", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+            [*launcher, str(ROOT / "serve.py"), "--port", "0", "--log-level", "warning", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, start_new_session=True,
         )
         line = self.process.stdout.readline()
         match = re.search(r"(http://\S+)/v1", line)
-        assert match, f"no URL printed: {line!r}"
+        assert match, f"no URL printed: {line!r}{self.process.stdout.read() if self.process.poll() is not None else ''}"
         self.url = match.group(1)
         self.health_statuses = []
         deadline = time.time() + 120
@@ -56,7 +58,7 @@ class Server:
         return httpx.post(f"{self.url}{path}", json=payload, timeout=timeout, **kwargs)
 
     def stop(self) -> None:
-        self.process.terminate()
+        os.killpg(self.process.pid, signal.SIGTERM)  # its session: mlx.launch's ranks too
         self.process.wait(timeout=30)
 
 

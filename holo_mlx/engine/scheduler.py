@@ -13,6 +13,10 @@ BatchCache once it decodes; its positions, sampler and text stream stay on its S
 Embedding requests wait in a FIFO: each step first runs one unit of the first (a chunk of a long
 input, or a batch of short ones), so a long embedding never holds generation up for more than a
 unit.
+
+A cancellation takes effect at a step's start (a snapshot of each request's `cancelled`), and the
+rows that ended leave the batch there too: under mlx.launch every rank's scheduler then changes
+its batch at the same point, with what rank 0 decided (engine/lockstep.py).
 """
 
 import threading
@@ -20,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import mlx.core as mx
 
@@ -32,6 +37,9 @@ from .prepare import PreparedPrompt
 from .sampling import Choice, SamplingParams, TokenChooser, choose
 from .stream import GenerationChunk, TextStream
 
+if TYPE_CHECKING:
+    from .lockstep import Lockstep
+
 
 @dataclass(eq=False)  # identity: two identical requests are still two rows of the batch
 class Sequence:
@@ -41,6 +49,7 @@ class Sequence:
     params: SamplingParams
     emit: Callable[[object], None]  # receives GenerationChunks, then None at the end, or an Exception
     cancelled: threading.Event = field(default_factory=threading.Event)
+    dropped: bool = False  # cancelled as of this step's start
     cached_tokens: int = 0
     # set when the sequence starts
     prepared: PreparedPrompt | None = None
@@ -53,7 +62,7 @@ class Sequence:
 
     @property
     def live(self) -> bool:
-        return not (self.finished or self.cancelled.is_set())
+        return not (self.finished or self.dropped)
 
 
 @dataclass(eq=False)
@@ -63,10 +72,11 @@ class Embedding:
     work: EmbeddingJob
     emit: Callable[[object], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    dropped: bool = False  # cancelled as of this step's start
 
     def step(self) -> bool:
         """Run the next work unit; True once the request has ended (done, failed or cancelled)."""
-        if self.cancelled.is_set():
+        if self.dropped:
             return True
         try:
             if not self.work.step():
@@ -98,8 +108,10 @@ class StepStats:
 
 class Scheduler:
     def __init__(self, model: VisionLanguageModel, tokenizer, *, max_num_seqs: int = 8,
-                 prefix_cache: PrefixCache | None = None, vision_cache: VisionCache | None = None):
+                 prefix_cache: PrefixCache | None = None, vision_cache: VisionCache | None = None,
+                 lockstep: "Lockstep | None" = None):
         self.model, self.tokenizer = model, tokenizer
+        self.lockstep = lockstep  # under mlx.launch: rank 0's decisions shared with the other ranks
         self.eos_token_ids = set(model.config.eos_token_id)
         self.max_num_seqs = max_num_seqs
         self.prefix_cache = prefix_cache or PrefixCache(0)
@@ -124,6 +136,10 @@ class Scheduler:
         return bool(self.waiting or self.prefilling or self.running or self.pending or self.embeddings)
 
     def step(self) -> None:
+        if self.lockstep is None or self.lockstep.leader:
+            self._snapshot_cancellations()
+        if self.lockstep is not None:
+            self.lockstep.exchange(self)
         if self.embeddings and self.embeddings[0].step():
             self.embeddings.popleft()
         started, waited = time.perf_counter(), self.stats.wait_seconds
@@ -138,15 +154,28 @@ class Scheduler:
         except Exception as error:  # a failed pass fails the requests in it, not the engine
             for sequence in self._in_flight():
                 sequence.emit(error)
-            self.prefilling, self.running, self.batch_cache, self.pending = None, [], None, None
+            self.reset(waiting=False)
         self.stats.host_seconds += time.perf_counter() - started - (self.stats.wait_seconds - waited)
 
     def fail_all(self, error: Exception) -> None:
         """End every request with `error` and start empty: for a failure outside one request's work."""
         for work in [*self.waiting, *self._in_flight(), *self.embeddings]:
             work.emit(error)
-        self.waiting, self.prefilling, self.running, self.batch_cache, self.pending = deque(), None, [], None, None
-        self.embeddings = deque()
+        self.reset(waiting=True)
+
+    def reset(self, waiting: bool) -> None:
+        """Nothing in flight any more (and, with `waiting`, nothing queued either)."""
+        self.prefilling, self.running, self.batch_cache, self.pending = None, [], None, None
+        if waiting:
+            self.waiting, self.embeddings = deque(), deque()
+        if self.lockstep is not None:
+            self.lockstep.note_reset(waiting)
+
+    def _snapshot_cancellations(self) -> None:
+        """Each request's cancellation as of now: the step acts on this, whenever the client leaves."""
+        rows = self.pending.rows if self.pending else []
+        for work in [*self.waiting, *filter(None, [self.prefilling]), *self.running, *rows, *self.embeddings]:
+            work.dropped = work.cancelled.is_set()
 
     def _in_flight(self) -> list[Sequence]:
         """Live sequences past the queue, each once (the newcomer may also be a row of the pending step)."""
@@ -168,8 +197,9 @@ class Scheduler:
         sequence.emit(error)
 
     def _drop_cancelled(self) -> None:
-        self.waiting = deque(s for s in self.waiting if not s.cancelled.is_set())
-        if self.prefilling is not None and self.prefilling.cancelled.is_set():
+        """Cancelled requests leave the queue, and every request that ended leaves the batch."""
+        self.waiting = deque(s for s in self.waiting if not s.dropped)
+        if self.prefilling is not None and self.prefilling.dropped:
             self.prefilling = None
         self._keep_live()
 
@@ -266,6 +296,10 @@ class Scheduler:
         return tokens if rows == list(range(len(previous.rows))) else tokens[mx.array(rows)]
 
     def _choose(self, logits: mx.array, sampled: list[Sequence]) -> Choice:
+        if self.lockstep is not None and not self.lockstep.leader:  # rank 0 chooses for every rank
+            for sequence in sampled:
+                sequence.generated += 1
+            return Choice(self.lockstep.share_tokens(None, logits), [])
         masks = []
         for sequence in sampled:  # a row's own failure (its grammar) ends that row only
             mask = None
@@ -276,7 +310,10 @@ class Scheduler:
                     self._fail(sequence, error)
             masks.append(mask)
             sequence.generated += 1
-        return choose(logits, [s.chooser for s in sampled], masks)
+        choice = choose(logits, [s.chooser for s in sampled], masks)
+        if self.lockstep is not None:
+            choice.tokens = self.lockstep.share_tokens(choice.tokens, logits)
+        return choice
 
     def _join(self, previous: Step) -> None:
         """A newcomer whose prompt ended in the previous step joins the batch for the next one."""
@@ -297,14 +334,16 @@ class Scheduler:
     # --- handing out ---------------------------------------------------------------------------------
 
     def _hand_out(self, step: Step) -> None:
-        """Read a step's tokens and give each live row its chunk; rows that end leave the batch."""
+        """Read a step's tokens and give each live row its chunk (rows that end leave the batch at the
+        next step's start). The other ranks hand out nothing: rank 0 answers the requests."""
+        if self.lockstep is not None and not self.lockstep.leader:
+            return
         waited = time.perf_counter()
         picks = step.choice.read([s.chooser for s in step.rows])
         self.stats.wait_seconds += time.perf_counter() - waited
         for sequence, (token, logprob) in zip(step.rows, picks):
             if sequence.live:
                 self._guard(sequence, self._emit, sequence, token, logprob)
-        self._keep_live()
 
     def _emit(self, sequence: Sequence, token: int, logprob) -> None:
         """Hand one token's chunk to the requester; the last one ends the sequence."""

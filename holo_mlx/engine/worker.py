@@ -6,6 +6,9 @@ away (client disconnect, error) its sequence or embedding is cancelled and stops
 The waiting queue is bounded: beyond it, new work is refused at once.
 
 It knows nothing of HTTP: it raises QueueFull and NotReady, and the server answers them.
+
+Under mlx.launch every rank builds an Engine: rank 0's serves, the others `follow()` it, stepping
+their schedulers in lockstep with rank 0's (lockstep.py) over their share of the model.
 """
 
 import asyncio
@@ -15,11 +18,12 @@ import threading
 from collections.abc import Awaitable, Callable
 
 from .. import load
-from ..distributed import Rank, ranks
+from ..distributed import Rank, ranks, same_everywhere, world
 from ..embed import EmbeddingJob
 from ..runtime import device_name, release_freed_memory
 from ..settings import ServerConfig
 from .caches import PrefixCache, VisionCache
+from .lockstep import Lockstep
 from .sampling import SamplingParams
 from .scheduler import Embedding, Scheduler, Sequence
 
@@ -97,18 +101,38 @@ class Engine:
         self._inbox.put(_DONE)
         self._thread.join(timeout=10)
 
-    def _serve(self) -> None:
-        config = self.config
+    def _load(self) -> bool:
+        """Load this rank's share of the model and make the scheduler; False (and status "error") on failure."""
+        config, group = self.config, world()
         try:
-            self.model, self.prompts = load(config.model, **config.resize)
-            self.ranks = ranks(self.model, None)
+            same_everywhere(config, group)
+            self.model, self.prompts = load(config.model, group, config.pipeline, **config.resize)
+            self.ranks = ranks(self.model, group)
             self.scheduler = Scheduler(self.model, self.prompts.tokenizer, max_num_seqs=config.max_num_seqs,
-                                       prefix_cache=self.prefix_cache, vision_cache=self.vision_cache)
+                                       prefix_cache=self.prefix_cache, vision_cache=self.vision_cache,
+                                       lockstep=Lockstep(group) if group is not None else None)
             self.status = "ready"
             log.info("model %s ready on %s (%s)", config.model, device_name(), self.dtype)
+            return True
         except Exception as error:
             self.status, self.load_error = "error", f"{type(error).__name__}: {error}"
             log.error("could not load %s: %s", config.model, self.load_error)
+            return False
+
+    def follow(self) -> None:
+        """A rank other than 0: step in lockstep with rank 0's engine until it stops."""
+        if not self._load():
+            raise SystemExit(f"error: {self.load_error}")
+        lockstep = self.scheduler.lockstep
+        while not lockstep.stopped:
+            try:
+                self.scheduler.step()
+            except Exception:  # rank 0 did not fail here: this rank is out of step
+                log.exception("rank %d: engine step failed", lockstep.group.rank())
+                raise
+
+    def _serve(self) -> None:
+        if not self._load():
             return
         worked = False
         while True:
@@ -123,6 +147,8 @@ class Engine:
                 except queue.Empty:
                     break
                 if item is _DONE:
+                    if self.scheduler.lockstep is not None:
+                        self.scheduler.lockstep.exchange(self.scheduler, stop=True)
                     return
                 if isinstance(item, Embedding):
                     self.scheduler.add_embedding(item)
