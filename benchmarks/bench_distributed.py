@@ -13,6 +13,7 @@ CPU, not two Macs (docs/scale-out.md has the arithmetic for real links).
 
 import argparse
 import json
+import os
 import re
 import socket
 import subprocess
@@ -50,9 +51,11 @@ def generate(model: Path, ranks: int, flags: list[str], tokens: int) -> tuple[di
                    "--starting-port", str(free_port()), "--python", sys.executable, "--", *command]
     else:
         command = [sys.executable, *command]
+    idle, keep_open = os.pipe()  # mlx.launch polls its stdin: at end of file it would spin on a core
     before = loopback_bytes()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, stdin=idle)
     moved = loopback_bytes() - before
+    os.close(idle), os.close(keep_open)
     figures = re.search(r"Prompt: (\d+) tokens, ([\d.]+) tokens-per-sec\nGeneration: (\d+) tokens, "
                         r"([\d.]+) tokens-per-sec", result.stdout)
     if result.returncode or figures is None:

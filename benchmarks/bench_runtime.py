@@ -396,14 +396,14 @@ BACKEND_MODULES = {"holo_mlx": ["holo_mlx.generate"],
                    "torch": ["transformers.models.{model_type}.modeling_{model_type}"]}
 
 
-def build_prompts(folder: Path, workloads: list[str]) -> tuple[object, dict]:
+def build_prompts(folder: Path, workloads: list[str], screenshot_size: tuple[int, int]) -> tuple[object, dict]:
     """The same Prompt object for a workload and its repeat, so the repeat is recognised as one."""
     from holo_mlx.prompt import PromptBuilder
     from holo_mlx.testing import synthetic_screenshot
 
     builder = PromptBuilder.from_pretrained(folder)  # holo_mlx's default resize limits
     screenshot = builder.build([{"role": "user", "content": [
-        {"type": "image", "image": synthetic_screenshot(*SCREENSHOT_SIZE)},
+        {"type": "image", "image": synthetic_screenshot(*screenshot_size)},
         {"type": "text", "text": SCREENSHOT_INSTRUCTION}]}])
     prompts = {"text": builder.build([{"role": "user", "content": TEXT_PROMPT}]), "screenshot": screenshot}
     prompts["screenshot_twice"] = prompts[REPEATS["screenshot_twice"]]
@@ -435,7 +435,7 @@ def run_worker(spec: dict) -> None:
     family, variant = spec["runtime"].split(":")
     folder = Path(spec["folder"])
     workloads, runs, warmup = spec["workloads"], spec["runs"], spec["warmup"]
-    tokenizer, prompts = build_prompts(folder, workloads)
+    tokenizer, prompts = build_prompts(folder, workloads, tuple(spec["screenshot_size"]))
     progress = tqdm(total=(warmup + runs) * len(workloads), desc=spec["desc"], unit="req", file=sys.stderr)
     progress.set_postfix_str("loading")
     model_type = json.loads((folder / "config.json").read_text())["model_type"]
@@ -525,8 +525,8 @@ def run_runtime(runtime: str, models: Models, args, index: int, total: int, out:
     if family != "torch" and quantized_bits(variant):
         config = json.loads((folder / "config.json").read_text())
         stored += f" ({config.get('torch_dtype', '?')} scales)"
-    spec = {"runtime": runtime, "folder": str(folder), "workloads": args.workloads, "runs": args.runs,
-            "warmup": args.warmup, "max_tokens": args.max_tokens, "out": str(out), "stored": stored,
+    spec = {"runtime": runtime, "folder": str(folder), "workloads": args.workloads, "screenshot_size": args.screenshot,
+            "runs": args.runs, "warmup": args.warmup, "max_tokens": args.max_tokens, "out": str(out), "stored": stored,
             "desc": f"[{index}/{total}] {runtime}"}
     result = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)])
     if result.returncode != 0 or not out.exists():
@@ -592,6 +592,9 @@ def parse_args() -> argparse.Namespace:
                              f"those on slow CPU kernels ({', '.join(sorted(SLOW_ON_CPU))})")
     parser.add_argument("--workloads", type=lambda text: text.split(","), default=list(WORKLOADS),
                         help=f"comma-separated, from {', '.join(WORKLOADS)}")
+    parser.add_argument("--screenshot", type=lambda text: tuple(map(int, text.lower().split("x"))),
+                        default=SCREENSHOT_SIZE, metavar="WxH",
+                        help="the screenshot workload's image size (default %dx%d)" % SCREENSHOT_SIZE)
     parser.add_argument("--runs", type=int, help=f"measured runs per workload (default {DEFAULTS['runs']})")
     parser.add_argument("--warmup", type=int, help=f"discarded runs first (default {DEFAULTS['warmup']})")
     parser.add_argument("--max-tokens", type=int, help=f"tokens generated per request (default {DEFAULTS['max_tokens']})")

@@ -54,13 +54,13 @@ def test_quick_run_writes_rows_for_every_runtime_and_workload_and_a_chart(tmp_pa
 
 
 def test_quick_run_on_holo2_measures_every_runtime_on_the_same_screenshot_prompt(tmp_path):
-    # screenshot_twice left out: a second 2,040-image-token request per runtime, nothing new to check.
-    stdout, found = quick_run(tmp_path, "holo2-tiny", "--workloads", "text,screenshot")
+    # screenshot_twice left out (nothing new to check), and a smaller screenshot than the default's.
+    stdout, found = quick_run(tmp_path, "holo2-tiny", "--workloads", "text,screenshot", "--screenshot", "700x390")
     assert_measured(stdout, found, ("text", "screenshot"))
     for runtime in QUICK_RUNTIMES:
         screenshot = found[(runtime, "screenshot")]
-        # Holo2 keeps 1920x1080 whole, resized to multiples of 32: 1920x1088, 60x34 tokens.
-        assert screenshot["image_tokens"] == "2040", screenshot
+        # Holo2 keeps the screenshot whole, resized to multiples of 32: 704x384, 22x12 tokens.
+        assert screenshot["image_tokens"] == "264", screenshot
         assert screenshot["prompt_tokens"] == found[("holo_mlx:float32", "screenshot")]["prompt_tokens"]
         assert screenshot["model"] == "preset holo2-tiny"
     bytes_per_token = {found[(runtime, "text")]["decode_bytes_per_token"] for runtime in QUICK_RUNTIMES}

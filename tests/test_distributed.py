@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
+from convert.convert import convert
 from holo_mlx.testing import synthetic_screenshot
 from test_server import Server, data_url
 
@@ -31,12 +32,18 @@ def free_port() -> int:
 
 def launch(ranks: int, *command: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python COMMAND` on `ranks` ranks of 127.0.0.1 (one process, as is, when ranks is 1)."""
-    if ranks == 1:
-        argv = [sys.executable, *command]
-    else:
-        argv = [str(LAUNCHER), "--backend", "ring", "--hosts", "127.0.0.1", "-n", str(ranks),
-                "--starting-port", str(free_port()), "--python", sys.executable, "--", *command]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    argv = [sys.executable, *command] if ranks == 1 else [*launcher(ranks), *command]
+    idle, keep_open = os.pipe()  # mlx.launch polls its stdin: at end of file it would spin
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=idle)
+    finally:
+        os.close(idle), os.close(keep_open)
+
+
+def launcher(ranks: int = 2) -> tuple[str, ...]:
+    """mlx.launch for `ranks` ranks on 127.0.0.1, the ring backend, this python; the command follows."""
+    return (str(LAUNCHER), "--backend", "ring", "--hosts", "127.0.0.1", "-n", str(ranks),
+            "--starting-port", str(free_port()), "--python", sys.executable, "--")
 
 
 def generated(ranks: int, checkpoint: Path, image: Path, *flags: str) -> str:
@@ -55,6 +62,14 @@ def test_two_ranks_generate_what_one_process_does(checkpoint, request, tmp_path)
     alone = generated(1, path, image)
     assert generated(2, path, image) == alone  # tensor parallel
     assert generated(2, path, image, "--pipeline") == alone
+
+
+@pytest.mark.parametrize("split", [[], ["--pipeline"]])
+def test_a_quantized_folder_splits_too(holo2_moe_root_checkpoint, tmp_path, split):
+    folder = convert(str(holo2_moe_root_checkpoint), tmp_path / "q4", quantize=True, q_bits=4)  # experts too
+    image = tmp_path / "screen.png"
+    synthetic_screenshot(200, 160, seed=2).save(image)
+    assert generated(2, folder, image, *split) == generated(1, folder, image)
 
 
 def probe(ranks: int, checkpoint: Path, *flags: str) -> dict:
@@ -98,11 +113,6 @@ def test_a_rank_count_that_does_not_divide_the_kv_heads_is_refused(hf_root_check
 
 
 # --- the server on two ranks ------------------------------------------------------------------------
-
-def launcher(ranks: int = 2) -> tuple[str, ...]:
-    return (str(LAUNCHER), "--backend", "ring", "--hosts", "127.0.0.1", "-n", str(ranks),
-            "--starting-port", str(free_port()), "--python", sys.executable, "--")
-
 
 @pytest.fixture(scope="module")
 def alone(hf_root_checkpoint):
@@ -161,6 +171,16 @@ def test_health_names_both_ranks_and_their_weights(alone, ranked):
     # Each holds the replicated weights and its half of the decoder: together more than one, each less.
     assert all(rank["weight_bytes"] < one["weight_bytes"] for rank in two)
     assert sum(rank["weight_bytes"] for rank in two) > one["weight_bytes"]
+
+
+def test_a_rank_started_with_other_flags_is_refused(hf_root_checkpoint):
+    # Rank 1 gets one flag more than rank 0, as a mistyped command on one host would.
+    code = ("import os, runpy, sys; sys.argv = sys.argv[1:] + (['--max-num-seqs', '3'] "
+            "if os.environ['MLX_RANK'] == '1' else []); runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = launch(2, "-c", code, str(Path(__file__).parent.parent / "serve.py"), "--model",
+                    str(hf_root_checkpoint), "--port", "0", timeout=120)
+    # Every rank refuses (rank 0 says so in /health too); the launcher then stops them all.
+    assert (result.stdout + result.stderr).count("rank(s) [1] started with other flags or another model") >= 2
 
 
 def test_ctrl_c_stops_every_rank(hf_root_checkpoint):

@@ -31,9 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 class Server:
     def __init__(self, *args: str, launcher: tuple[str, ...] = (sys.executable,)):
         """serve.py ARGS, run by `launcher` (the python here, or mlx.launch and its flags)."""
+        # stdin a pipe nobody writes to: mlx.launch polls its stdin, and spins at end of file.
         self.process = subprocess.Popen(
             [*launcher, str(ROOT / "serve.py"), "--port", "0", "--log-level", "warning", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, start_new_session=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+            start_new_session=True,
         )
         line = self.process.stdout.readline()
         match = re.search(r"(http://\S+)/v1", line)
