@@ -82,6 +82,9 @@ def main() -> None:
         if leader:
             print(chunk.text, end="", flush=True)
     stats = chunk.stats
+    if group is not None:
+        # The scheduler has queued one more pass, collectives included: no rank leaves before all finish it.
+        mx.eval(mx.distributed.all_sum(mx.array(1), group=group))
     if not leader:
         return
     print(

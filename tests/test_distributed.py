@@ -183,6 +183,32 @@ def test_a_rank_started_with_other_flags_is_refused(hf_root_checkpoint):
     assert (result.stdout + result.stderr).count("rank(s) [1] started with other flags or another model") >= 2
 
 
+def ranks_of(session: int) -> dict[int, int]:
+    """MLX_RANK -> pid of the serve.py processes in a launcher's session."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or os.getsid(int(proc.name)) != session:
+                continue
+            environ = dict(item.split("=", 1) for item in (proc / "environ").read_text().split("\0") if "=" in item)
+            if "serve.py" in (proc / "cmdline").read_text() and "MLX_RANK" in environ:
+                found[int(environ["MLX_RANK"])] = int(proc.name)
+        except (OSError, ProcessLookupError):
+            continue
+    return found
+
+
+def test_a_killed_rank_ends_the_server_instead_of_hanging_it(hf_root_checkpoint):
+    running = Server("--model", str(hf_root_checkpoint), launcher=launcher())
+    os.kill(ranks_of(running.process.pid)[1], signal.SIGKILL)
+    # mlx.launch stops the other ranks: a request then fails at once (no listener), never waits forever.
+    running.process.wait(timeout=30)
+    with pytest.raises(httpx.TransportError):
+        httpx.post(f"{running.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]},
+                   timeout=30)
+    assert not ranks_of(running.process.pid)
+
+
 def test_ctrl_c_stops_every_rank(hf_root_checkpoint):
     running = Server("--model", str(hf_root_checkpoint), launcher=launcher())
     assert running.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}],
