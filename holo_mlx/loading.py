@@ -5,7 +5,6 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
 
 from . import kernels
 from .models import Family, VisionLanguageModel, family_for
@@ -47,7 +46,7 @@ def load_model(path_or_repo: str | Path, group: mx.distributed.Group | None = No
     (see runtime.py), with the kernels of the default device; `model.family` is the Family. With a
     group of ranks (mlx.launch), this rank's part of the decoder only (distributed.py): its
     tensor-parallel slice of every layer, or with `pipeline` its run of whole layers."""
-    from .distributed import ShardingError, layer_index, tensor_parallel
+    from .distributed import ShardingError, layer_index, tensor_parallel, weight_bytes
     from .distributed import pipeline as pipeline_stage
 
     keep_freed_buffers()
@@ -97,7 +96,7 @@ def load_model(path_or_repo: str | Path, group: mx.distributed.Group | None = No
         except ShardingError as error:
             raise LoadError(f"{path}: {error}") from None
     model.apply(lambda p: p.astype(compute_dtype(p.dtype)) if mx.issubdtype(p.dtype, mx.floating) else p)
-    wire_weights(sum(p.nbytes for _, p in tree_flatten(model.parameters())))
+    wire_weights(weight_bytes(model.parameters()))
     if group is not None:  # layer by layer: a layer's whole tensors are freed once its slices are made
         for _, layer in model.language_model.model.own_layers():
             mx.eval(layer.parameters())

@@ -78,12 +78,14 @@ class Lockstep:
                      for s in scheduler.waiting if s not in self.numbers]
         embeddings = [(self._number(e), e.work.prompts, e.work.chunk)
                       for e in scheduler.embeddings if e not in self.numbers]
-        dropped = [number for request, number in self.numbers.items() if request.dropped]
-        finished = [number for request, number in self.numbers.items() if getattr(request, "finished", False)]
-        ended = [request for request in self.numbers if request.dropped or getattr(request, "finished", False)
-                 or (isinstance(request, Embedding) and request not in scheduler.embeddings)]
-        news = {"sequences": sequences, "embeddings": embeddings, "dropped": dropped, "finished": finished,
-                "ended": [self.numbers.pop(request) for request in ended],  # each end is told once
+        dropped = [request for request in self.numbers if request.dropped]
+        finished = [request for request in self.numbers if getattr(request, "finished", False)]
+        done = [request for request in self.numbers if isinstance(request, Embedding) and request not in scheduler.embeddings]
+        news = {"sequences": sequences, "embeddings": embeddings,
+                "dropped": [self.numbers[request] for request in dropped],
+                "finished": [self.numbers[request] for request in finished],
+                # each end is told once
+                "ended": [self.numbers.pop(request) for request in {*dropped, *finished, *done}],
                 "prefilling": self.numbers.get(scheduler.prefilling) if scheduler.prefilling is not None else None,
                 "reset": self.reset_level, "stop": stop}
         self.reset_level = 0
