@@ -76,9 +76,12 @@ def main(argv=None) -> None:
 
     import logging
 
-    from holo_mlx.distributed import world
+    from holo_mlx.distributed import RanksMissing, world
 
-    group = world()
+    try:
+        group = world(config.join_timeout)  # before binding: no request can wait on a join
+    except RanksMissing as error:
+        sys.exit(f"error: {error}")
     if group is not None and group.rank() > 0:
         # Under mlx.launch: rank 0 serves HTTP; the others run their share of each pass in step with it.
         logging.basicConfig(level=config.log_level.upper(), format=f"%(levelname)s: rank {group.rank()}: %(message)s")
@@ -103,28 +106,31 @@ def main(argv=None) -> None:
 
 def follow(config) -> None:
     """A rank other than 0: its engine follows rank 0's on a thread, so that Ctrl-C (which reaches
-    every rank) ends it even while it waits inside a collective, where Python runs no handler."""
+    every rank), or rank 0's loss, ends it even while it waits inside a collective, where Python
+    runs no handler."""
     import threading
 
     from holo_mlx.engine.worker import Engine
 
-    failures = []
+    engine, failures = Engine(config), []
 
     def run() -> None:
         try:
-            Engine(config).follow()
-        except BaseException as error:  # its load failed, or it fell out of step: said on stderr
+            engine.follow()
+        except BaseException as error:  # its load failed, or it fell out of step
             failures.append(error)
-            print(error, file=sys.stderr, flush=True)
 
     thread = threading.Thread(target=run, name="mlx-engine", daemon=True)
     thread.start()
     try:
-        while thread.is_alive():
+        while thread.is_alive() and engine.failure is None:
             thread.join(0.5)
     except KeyboardInterrupt:
         pass
-    os._exit(1 if failures else 0)
+    why = failures[0] if failures else f"error: {engine.failure.message}" if engine.failure is not None else None
+    if why is not None:  # said on stderr, which mlx.launch passes on
+        print(why, file=sys.stderr, flush=True)
+    os._exit(1 if why is not None else 0)
 
 
 if __name__ == "__main__":

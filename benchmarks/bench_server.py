@@ -153,7 +153,7 @@ class LocalServer:
                 if response.status_code == 200:
                     return self.url
                 if response.json().get("status") == "error":
-                    raise RuntimeError(f"the model failed to load: {response.json().get('load_error')}")
+                    raise RuntimeError(f"the model failed to load: {response.json().get('error')}")
             except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(0.25)

@@ -18,9 +18,12 @@ Sharding runs on the lazily loaded weights before they are evaluated, so a rank 
 once and keeps only its slice (or its layers): no process ever holds the whole decoder.
 """
 
+import faulthandler
 import hashlib
 import json
+import os
 import socket
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,16 +35,68 @@ from mlx.utils import tree_flatten
 from .models.layers import MLP
 
 
+JOIN_TIMEOUT_S = 60.0
+
+
 class ShardingError(ValueError):
     pass
 
 
-def world() -> mx.distributed.Group | None:
-    """The group of ranks this process was launched in by mlx.launch, or None when it runs alone."""
+class RanksMissing(RuntimeError):
+    """The ranks did not all join, or one was lost since: the group cannot run a pass."""
+
+
+def launched_rank() -> int | None:
+    """This process's rank as mlx.launch (or mpirun) set it, known before the group is joined; None
+    when no launcher started it."""
+    for name in ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return None
+
+
+def world(join_timeout: float = JOIN_TIMEOUT_S) -> mx.distributed.Group | None:
+    """The group of ranks this process was launched in by mlx.launch, or None when it runs alone
+    (joined once: later calls return it at once). RanksMissing when a rank finds no peer.
+
+    MLX's init waits forever for a rank that never starts, holding the GIL, so no Python code of
+    this process runs meanwhile: only faulthandler's watchdog (a C thread) can end the wait, by
+    exiting after `join_timeout` seconds."""
     if not mx.distributed.is_available():
         return None
-    group = mx.distributed.init()
+    launched = launched_rank() is not None
+    if launched:
+        print(f"holo-mlx: joining the other ranks ({launch_description()}); this process exits if they have not "
+              f"all joined within {join_timeout:g} s", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback_later(join_timeout, exit=True)
+    try:
+        group = mx.distributed.init()
+    except Exception as error:  # a rank that finds no peer gives up by itself: say why
+        raise RanksMissing(f"could not join the other ranks ({launch_description()}): {error}") from error
+    finally:
+        if launched:
+            faulthandler.cancel_dump_traceback_later()
     return group if group.size() > 1 else None
+
+
+def ring_hosts() -> list[str] | None:
+    """Each rank's first address in the ring backend's hostfile ("ip:port"), when there is one."""
+    path = os.environ.get("MLX_HOSTFILE")
+    if not path:
+        return None
+    try:
+        hosts = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return [host[0] if isinstance(host, list) else host for host in hosts]
+
+
+def launch_description() -> str:
+    if (hosts := ring_hosts()) is not None:
+        return f"ring backend, rank {launched_rank()} of {len(hosts)}: {', '.join(hosts)}"
+    if coordinator := os.environ.get("MLX_JACCL_COORDINATOR"):
+        return f"JACCL backend, coordinator {coordinator}"
+    return f"rank {launched_rank()}"
 
 
 def check_shardable(config, ranks: int) -> None:

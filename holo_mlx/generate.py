@@ -62,9 +62,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from . import load
-    from .distributed import world
+    from .distributed import RanksMissing, world
 
-    group = world()  # under mlx.launch: the decoder split across the ranks, rank 0 prints
+    try:
+        group = world()  # under mlx.launch: the decoder split across the ranks, rank 0 prints
+    except RanksMissing as error:
+        sys.exit(f"error: {error}")
     model, prompts = load(args.model, group, args.pipeline)
     leader = group is None or group.rank() == 0
     if group is not None and args.seed is None:

@@ -25,6 +25,13 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def names(text: str) -> tuple[str, ...]:
     """A comma-separated list: "a, b," -> ("a", "b")."""
     return tuple(name.strip() for name in text.split(",") if name.strip())
@@ -101,6 +108,11 @@ class ServerConfig:
                                   "ones; generation steps run between units", parse=at_least(1))
     pipeline: bool = option(False, "under mlx.launch: give each rank a run of whole decoder layers (pipeline "
                             "parallelism) instead of a slice of every layer (tensor parallelism)")
+    join_timeout: float = option(60.0, "under mlx.launch: seconds a rank waits for the others to join before it "
+                                 "exits saying so (MLX itself would wait forever)", parse=seconds, metavar="S")
+    rank_timeout: float = option(10.0, "under mlx.launch: seconds without a heartbeat after which a rank counts as "
+                                 "lost (it hangs, or its machine or link is down; a rank whose process ends is "
+                                 "seen at once)", parse=seconds, metavar="S")
     log_level: str = option("info", "uvicorn's log level: critical, error, warning, info, debug or trace",
                             metavar="LEVEL")
 

@@ -93,7 +93,7 @@ def engine(hf_root_checkpoint):
     deadline = time.time() + 120
     while running.status == "loading" and time.time() < deadline:
         time.sleep(0.1)
-    assert running.status == "ready", running.load_error
+    assert running.status == "ready", running.failure
     # Not stopped: when a thread that ran MLX work ends before the process, the process often
     # aborts at exit ("terminate called without an active exception"). Its daemon thread ends with it.
     return running

@@ -146,7 +146,7 @@ class InProcessServer:
                 response = httpx.get(f"{self.url}/health", timeout=5)
                 if response.status_code == 200:
                     break
-                assert response.json()["status"] != "error", response.json()["load_error"]
+                assert response.json()["status"] != "error", response.json()["error"]
             except httpx.TransportError:
                 pass
             assert time.time() < deadline, "the toy model never became ready"

@@ -12,7 +12,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from holo_mlx.engine.worker import NotReady, QueueFull
+from holo_mlx.distributed import RanksMissing
+from holo_mlx.engine.worker import LOADING, QueueFull, load_failed
+from holo_mlx.loading import LoadError
 from holo_mlx.server.app import create_app
 from holo_mlx.server.errors import as_api_error
 from holo_mlx.settings import ServerConfig
@@ -193,10 +195,11 @@ def test_a_loading_model_answers_503_with_retry_after_and_zero_steps():
 
 @pytest.mark.parametrize("error, status, message, code, headers", [
     (QueueFull(3), 429, "server busy: 3 requests already waiting; retry shortly", "queue_full", {"Retry-After": "1"}),
-    (NotReady("loading", None), 503, "the model is still loading; retry shortly", "model_loading",
-     {"Retry-After": "5"}),
-    (NotReady("error", "LoadError: no weights"), 503, "the model failed to load: LoadError: no weights",
+    (LOADING, 503, "the model is still loading; retry shortly", "model_loading", {"Retry-After": "5"}),
+    (load_failed(LoadError("no weights")), 503, "the model failed to load: LoadError: no weights",
      "model_load_failed", None),
+    (load_failed(RanksMissing("the ranks did not all join within 5 s")), 503, "a rank of this server is missing, "
+     "so it cannot answer until it is restarted: the ranks did not all join within 5 s", "rank_lost", None),
 ])
 def test_engine_refusals_map_to_their_api_errors(error, status, message, code, headers):
     answer = as_api_error(error)

@@ -14,7 +14,7 @@ OPTIONS = fields(ServerConfig)
 
 # A value to give each kind of option, and what it must parse to.
 SAMPLES = {"int": ("7", 7), "float": ("1.5", 1.5), "str": ("x", "x"), "names": ("a, b,", ("a", "b")),
-           "switch": ("1", True)}
+           "switch": ("1", True), "seconds": ("1.5", 1.5)}
 
 
 def sample(option) -> tuple[str, object]:
@@ -51,6 +51,8 @@ def test_the_documented_host_and_port_variables_still_work():
     ([], {"HOLO_PREFIX_CACHE_MB": "-1"}, "HOLO_PREFIX_CACHE_MB='-1': must be at least 0, got -1"),
     ([], {"HOLO_MAX_IMAGE_MB": "big"}, "HOLO_MAX_IMAGE_MB='big': not a valid float"),
     ([], {"HOLO_ENABLE_DOCS": "sure"}, "HOLO_ENABLE_DOCS='sure': must be 1/0, true/false, yes/no or on/off"),
+    (["--rank-timeout", "0"], {}, "argument --rank-timeout: must be a positive number of seconds, got 0"),
+    (["--join-timeout", "soon"], {}, "argument --join-timeout: invalid seconds value: 'soon'"),
 ])
 def test_bad_values_exit_naming_the_flag_or_the_variable(argv, environ, message, capsys):
     with pytest.raises(SystemExit):

@@ -152,6 +152,8 @@ class Scheduler:
                 self._guard(sequence, self._start, sequence)
             self._step()
         except Exception as error:  # a failed pass fails the requests in it, not the engine
+            if self.lockstep is not None:
+                raise  # unless the ranks share it: another may wait in a collective the pass never reached
             for sequence in self._in_flight():
                 sequence.emit(error)
             self.reset(waiting=False)
@@ -159,9 +161,13 @@ class Scheduler:
 
     def fail_all(self, error: Exception) -> None:
         """End every request with `error` and start empty: for a failure outside one request's work."""
-        for work in [*self.waiting, *self._in_flight(), *self.embeddings]:
+        for work in self.outstanding():
             work.emit(error)
         self.reset(waiting=True)
+
+    def outstanding(self) -> list:
+        """Every request taken and not ended: waiting, in flight, embeddings."""
+        return [*self.waiting, *self._in_flight(), *self.embeddings]
 
     def reset(self, waiting: bool) -> None:
         """Nothing in flight any more (and, with `waiting`, nothing queued either)."""

@@ -8,18 +8,23 @@ The waiting queue is bounded: beyond it, new work is refused at once.
 It knows nothing of HTTP: it raises QueueFull and NotReady, and the server answers them.
 
 Under mlx.launch every rank builds an Engine: rank 0's serves, the others `follow()` it, stepping
-their schedulers in lockstep with rank 0's (lockstep.py) over their share of the model.
+their schedulers in lockstep with rank 0's (lockstep.py) over their share of the model. A rank
+that never joins or is lost later (liveness.py) ends the engine's service for good: the group can
+run no pass without it, and the engine thread may be stuck inside a collective. Every request then
+fails with the reason, at once.
 """
 
 import asyncio
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from .. import load
-from ..distributed import Rank, ranks, same_everywhere, world
+from ..distributed import Rank, RanksMissing, ranks, same_everywhere, world
 from ..embed import EmbeddingJob
+from ..liveness import BEAT_S, Heartbeat
 from ..runtime import device_name, release_freed_memory
 from ..settings import ServerConfig
 from .caches import PrefixCache, VisionCache
@@ -41,11 +46,23 @@ class QueueFull(Exception):
 
 
 class NotReady(Exception):
-    """The model is still loading (status "loading") or failed to (status "error", with load_error)."""
+    """Why the engine takes no work: the model is still loading (status "loading"), or it cannot
+    serve (status "error": the model failed to load, code "model_load_failed", or a rank is missing,
+    "rank_lost"); `message` says so to a client."""
 
-    def __init__(self, status: str, load_error: str | None):
-        super().__init__(f"the model is not ready: {status}")
-        self.status, self.load_error = status, load_error
+    def __init__(self, status: str, message: str, code: str):
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+
+LOADING = NotReady("loading", "the model is still loading; retry shortly", "model_loading")
+
+
+def load_failed(error: Exception) -> NotReady:
+    if isinstance(error, RanksMissing):
+        return NotReady("error", f"a rank of this server is missing, so it cannot answer until it is restarted: "
+                                 f"{error}", "rank_lost")
+    return NotReady("error", f"the model failed to load: {type(error).__name__}: {error}", "model_load_failed")
 
 
 class Generation:
@@ -85,11 +102,13 @@ class Engine:
         self.config = config
         self.prefix_cache = PrefixCache(config.prefix_cache_bytes)
         self.vision_cache = VisionCache(config.vision_cache_bytes)
-        self.status, self.load_error = "loading", None
+        self.failure: NotReady | None = None  # why it cannot serve, for good
         self.model = self.prompts = self.scheduler = None
         self.ranks: list[Rank] | None = None  # the processes holding the model, once loaded
+        self.heartbeat: Heartbeat | None = None
         self._inbox: queue.Queue = queue.Queue()
-        self._outbox: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, object]] = []
+        self._admission = threading.Lock()  # work is queued, or everything failed, never both at once
+        self._outbox: deque[tuple[asyncio.AbstractEventLoop, asyncio.Queue, object]] = deque()
         self._thread = threading.Thread(target=self._serve, name="mlx-engine", daemon=True)
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -98,33 +117,64 @@ class Engine:
         self._thread.start()
 
     def stop(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()  # the other ranks leave now: no loss to report
         self._inbox.put(_DONE)
         self._thread.join(timeout=10)
 
+    @property
+    def status(self) -> str:
+        return self.failure.status if self.failure is not None else "ready" if self.scheduler else "loading"
+
     def _load(self) -> bool:
-        """Load this rank's share of the model and make the scheduler; False (and status "error") on failure."""
-        config, group = self.config, world()
+        """Join the other ranks, load this rank's share of the model and make the scheduler; False
+        (and status "error") on failure."""
+        config = self.config
         try:
+            group = world(config.join_timeout)
+            if group is not None:
+                self.heartbeat = Heartbeat(group, config.rank_timeout, self._lose_rank)
             same_everywhere(config, group)
             self.model, self.prompts = load(config.model, group, config.pipeline, **config.resize)
             self.ranks = ranks(self.model, group)
-            self.scheduler = Scheduler(self.model, self.prompts.tokenizer, max_num_seqs=config.max_num_seqs,
-                                       prefix_cache=self.prefix_cache, vision_cache=self.vision_cache,
-                                       lockstep=Lockstep(group) if group is not None else None)
-            self.status = "ready"
-            log.info("model %s ready on %s (%s)", config.model, device_name(), self.dtype)
-            return True
+            scheduler = Scheduler(self.model, self.prompts.tokenizer, max_num_seqs=config.max_num_seqs,
+                                  prefix_cache=self.prefix_cache, vision_cache=self.vision_cache,
+                                  lockstep=Lockstep(group) if group is not None else None)
         except Exception as error:
-            self.status, self.load_error = "error", f"{type(error).__name__}: {error}"
-            log.error("could not load %s: %s", config.model, self.load_error)
+            log.error("could not load %s: %s", config.model, error)
+            self._fail(load_failed(error))
             return False
+        with self._admission:
+            if self.failure is None:  # no rank was lost meanwhile
+                self.scheduler = scheduler
+                log.info("model %s ready on %s (%s)", config.model, device_name(), self.dtype)
+        return self.failure is None
+
+    def _lose_rank(self, reason: str) -> None:
+        """The heartbeat's word that a rank is gone: the group can run no pass any more."""
+        self._fail(NotReady("error", f"a rank of this server is lost, so it cannot answer until it is restarted: "
+                                     f"{reason}", "rank_lost"))
+
+    def _fail(self, failure: NotReady) -> None:
+        """Serve no more: refuse new work, and fail all work taken (from any thread: the engine
+        thread may never come back from the collective it waits in)."""
+        with self._admission:
+            if self.failure is not None:
+                return
+            self.failure = failure
+            taken = [item for item in self._inbox.queue if item is not _DONE]
+        if self.scheduler is not None:
+            taken += self.scheduler.outstanding()
+        for work in taken:
+            work.emit(failure)
+        self._deliver()
 
     def follow(self) -> None:
         """A rank other than 0: step in lockstep with rank 0's engine until it stops."""
         if not self._load():
-            raise SystemExit(f"error: {self.load_error}")
+            raise SystemExit(f"error: {self.failure.message}")
         lockstep = self.scheduler.lockstep
-        while not lockstep.stopped:
+        while not lockstep.stopped and self.failure is None:
             try:
                 self.scheduler.step()
             except Exception:  # rank 0 did not fail here: this rank is out of step
@@ -135,7 +185,7 @@ class Engine:
         if not self._load():
             return
         worked = False
-        while True:
+        while self.failure is None:
             # Block only when idle; otherwise take what has arrived and keep stepping.
             block = not self.scheduler.has_work()
             if block and worked and self._inbox.empty():
@@ -147,7 +197,7 @@ class Engine:
                 except queue.Empty:
                     break
                 if item is _DONE:
-                    if self.scheduler.lockstep is not None:
+                    if self.scheduler.lockstep is not None and self.failure is None:
                         self.scheduler.lockstep.exchange(self.scheduler, stop=True)
                     return
                 if isinstance(item, Embedding):
@@ -158,17 +208,28 @@ class Engine:
             if self.scheduler.has_work():
                 try:
                     self.scheduler.step()
-                except Exception as error:  # a scheduler bug fails the requests in flight, not the server
-                    log.exception("engine step failed")
-                    self.scheduler.fail_all(error)
+                except Exception as error:
+                    self._step_failed(error)
             self._deliver()
+
+    def _step_failed(self, error: Exception) -> None:
+        """A scheduler bug fails the requests in flight, not the server. Over several ranks it ends the
+        service: they no longer agree on the passes. Most often a rank is gone, which the heartbeat
+        names within a beat or two."""
+        if self.scheduler.lockstep is None:
+            log.exception("engine step failed")
+            self.scheduler.fail_all(error)
+        elif self.heartbeat is None or not self.heartbeat.lost.wait(2 * BEAT_S):
+            log.exception("engine step failed")
+            self._fail(NotReady("error", f"the ranks of this server fell out of step, so it cannot answer until "
+                                         f"it is restarted: {type(error).__name__}: {error}", "rank_lost"))
 
     def _deliver(self) -> None:
         """Hand this iteration's results to their event loops, one wake-up per loop instead of one
         per token: with many streams the loop otherwise spends its time waking up."""
-        outbox, self._outbox = self._outbox, []
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-        for loop, results, item in outbox:
+        while self._outbox:  # popleft is atomic: a failure may be delivered from another thread
+            loop, results, item = self._outbox.popleft()
             by_loop.setdefault(loop, []).append((results, item))
         for loop, items in by_loop.items():
             loop.call_soon_threadsafe(_put_all, items)
@@ -207,14 +268,18 @@ class Engine:
             (scheduler.prefilling is not None)
 
     def require_ready(self) -> None:
-        if self.status != "ready":
-            raise NotReady(self.status, self.load_error)
+        if (why := self.failure or (LOADING if self.scheduler is None else None)) is not None:
+            raise NotReady(why.status, why.message, why.code)  # a new one: each raise grows its traceback
 
     # --- work --------------------------------------------------------------------------------------
 
-    def _admit(self) -> None:
-        if (waiting := self.waiting) >= self.config.max_queue:
-            raise QueueFull(waiting)
+    def _enqueue(self, work: Sequence | Embedding) -> None:
+        """Queue work for the engine thread; QueueFull at once when the waiting queue is full."""
+        with self._admission:
+            self.require_ready()
+            if (waiting := self.waiting) >= self.config.max_queue:
+                raise QueueFull(waiting)
+            self._inbox.put(work)
 
     def _results(self) -> tuple[asyncio.Queue, Callable[[object], None]]:
         """A request's result queue, and the engine-thread function that posts to it."""
@@ -223,10 +288,9 @@ class Engine:
 
     def generate(self, prompt, params: SamplingParams) -> Generation:
         """Queue one generation; QueueFull at once when the waiting queue is full."""
-        self._admit()
         results, emit = self._results()
         sequence = Sequence(prompt, params, emit)
-        self._inbox.put(sequence)
+        self._enqueue(sequence)
         return Generation(sequence, results)
 
     def generate_many(self, prompts: list, params: list[SamplingParams]) -> list[Generation]:
@@ -244,10 +308,9 @@ class Engine:
     async def embed(self, prompts: list, client_gone: Callable[[], Awaitable[bool]] | None = None):
         """The prompts' vectors, or None when `client_gone` says so first; either way, and when the
         caller is cancelled, the job stops at its next unit. QueueFull at once when the queue is full."""
-        self._admit()
         results, emit = self._results()
         job = Embedding(EmbeddingJob(self.model, prompts, self.config.embedding_chunk), emit)
-        self._inbox.put(job)
+        self._enqueue(job)
         outcome = asyncio.ensure_future(results.get())
         try:
             while not (await asyncio.wait({outcome}, timeout=DISCONNECT_POLL_S))[0]:

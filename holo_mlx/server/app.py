@@ -53,7 +53,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.get("/health", responses={**responses(Health, 400), 503: {"model": Health}})
     async def health():
         body = {"status": engine.status, "model": config.model_name, "model_path": config.model,
-                "device": device_name(), "dtype": engine.dtype, **image_limits(engine), "load_error": engine.load_error,
+                "device": device_name(), "dtype": engine.dtype, **image_limits(engine),
+                "error": engine.failure.message if engine.failure is not None else None,
                 "ranks": None if engine.ranks is None else [vars(rank) for rank in engine.ranks],
                 "requests_running": engine.running, "requests_waiting": engine.waiting}
         return JSONResponse(body, status_code=200 if engine.status == "ready" else 503)

@@ -42,11 +42,9 @@ def as_api_error(error: Exception) -> APIError | None:
     if isinstance(error, QueueFull):
         return APIError(429, f"server busy: {error.waiting} requests already waiting; retry shortly",
                         code="queue_full", headers={"Retry-After": "1"})
-    if isinstance(error, NotReady) and error.status == "loading":
-        return APIError(503, "the model is still loading; retry shortly", code="model_loading",
-                        headers={"Retry-After": "5"})
-    if isinstance(error, NotReady):
-        return APIError(503, f"the model failed to load: {error.load_error}", code="model_load_failed")
+    if isinstance(error, NotReady):  # only a model still loading is worth a retry here
+        return APIError(503, error.message, code=error.code,
+                        headers={"Retry-After": "5"} if error.status == "loading" else None)
     if isinstance(error, SchemaError):  # met mid-answer: still the request's own schema
         return APIError(400, str(error), code="invalid_json_schema")
     return None

@@ -427,7 +427,8 @@ class RankInfo(BaseModel):
 
 
 class Health(BaseModel):
-    """GET /health, 200 once the model is ready and 503 before (or if it failed to load)."""
+    """GET /health, 200 once the model is ready and 503 before (or once it cannot serve: a failed load,
+    a lost rank)."""
 
     status: Literal["loading", "ready", "error"]
     model: str
@@ -440,7 +441,8 @@ class Health(BaseModel):
     max_side: int | None = Field(description="longest image side before resizing; null: no cap")
     max_pixels: int | None = Field(description="pixel budget per image after resizing, in force")
     min_pixels: int | None = Field(description="the checkpoint's pixel floor per image")
-    load_error: str | None
+    error: str | None = Field(description="why the server cannot serve (status \"error\"): the model failed "
+                                           "to load, or a rank was lost")
     ranks: list[RankInfo] | None = Field(description="the processes holding the model once loaded: one for a "
                                                      "single-process server")
     requests_running: int

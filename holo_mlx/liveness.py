@@ -1,0 +1,143 @@
+"""Whether every rank is still there, told outside the collectives.
+
+MLX's collectives have no timeout: a rank that dies, hangs or drops off the network can leave the
+others waiting inside one forever (ml-explore/mlx#3910, #4278), and mlx.launch only notices a rank
+whose process ended. So each rank other than 0 keeps a TCP connection to rank 0 and both ends send
+a byte on it every second: a closed connection, or silence longer than the timeout, is a lost rank.
+Rank 0 then reports it (its engine refuses work and fails what it holds) and closes every
+connection, so that the other ranks, finding rank 0 gone, end themselves.
+
+Rank 0 listens on its own address in the ring's hostfile (the one the other ranks already reach)
+or on JACCL's coordinator address; its port reaches the others in one all-sum at start-up.
+"""
+
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+from .distributed import RanksMissing, ring_hosts
+
+BEAT_S = 1.0
+log = logging.getLogger("holo_mlx.liveness")
+
+
+def rank0_host() -> str | None:
+    """The address the other ranks reach rank 0 at, when the backend names one."""
+    if hosts := ring_hosts():
+        return hosts[0].rsplit(":", 1)[0].strip("[]")
+    if coordinator := os.environ.get("MLX_JACCL_COORDINATOR"):
+        return coordinator.rsplit(":", 1)[0].strip("[]")
+    return None
+
+
+@dataclass
+class Peer:
+    rank: int
+    host: str
+    heard: float  # time.monotonic() of its last beat
+
+    def __str__(self) -> str:
+        return f"rank {self.rank} ({self.host})"
+
+
+class Heartbeat:
+    """A thread that beats to, and listens for, the other end(s): rank 0 every other rank, the
+    others rank 0. `on_lost(reason)` runs once, on that thread, when one is lost."""
+
+    def __init__(self, group: mx.distributed.Group, timeout: float, on_lost: Callable[[str], None]):
+        self.rank, self.size, self.timeout, self.on_lost = group.rank(), group.size(), timeout, on_lost
+        self.peers: dict[socket.socket, Peer] = {}
+        self.stopped = False
+        self.lost = threading.Event()  # set once on_lost has run
+        host = rank0_host()
+        listener = socket.create_server((host, 0)) if self.rank == 0 and host else None
+        # Every rank takes part in this all-sum, whether or not a heartbeat can run here.
+        port = mx.distributed.all_sum(mx.array(listener.getsockname()[1] if listener else 0), group=group,
+                                      stream=mx.cpu).item()
+        if not port:
+            log.warning("no heartbeat between the ranks (the backend names no address for rank 0): "
+                        "a rank that dies or hangs may leave the server waiting")
+            return
+        if listener is None:
+            self._connect(host, port)
+        self.address = f"{host}:{port}"
+        self.accept_by = time.monotonic() + timeout
+        threading.Thread(target=self._run, args=(listener,), name="heartbeat", daemon=True).start()
+
+    def stop(self) -> None:
+        """Watch no more (a shutdown): the connections stay open until the process ends."""
+        self.stopped = True
+
+    def _connect(self, host: str, port: int) -> None:
+        try:
+            connection = socket.create_connection((host, port), timeout=self.timeout)
+            connection.sendall(f"{self.rank} {socket.gethostname()}\n".encode())
+        except OSError as error:
+            raise RanksMissing(f"rank {self.rank} cannot reach rank 0's heartbeat at {host}:{port}: {error}") from error
+        self.peers[connection] = Peer(0, host, time.monotonic())
+
+    def _accept(self, listener: socket.socket) -> None:
+        connection, _ = listener.accept()
+        connection.settimeout(self.timeout)  # a peer that reads nothing must not stall the beats for long
+        hello = b""
+        try:  # "RANK HOST\n", perhaps with its first beats behind it
+            while b"\n" not in hello and len(hello) < 300:
+                hello += connection.recv(300) or b"\n"
+            rank, host = hello.split(b"\n", 1)[0].decode().split(maxsplit=1)
+            self.peers[connection] = Peer(int(rank), host, time.monotonic())
+        except (OSError, ValueError):
+            connection.close()  # not a rank of ours
+
+    def _run(self, listener: socket.socket | None) -> None:
+        next_beat = 0.0
+        while not self.stopped:
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + BEAT_S
+                for connection, peer in list(self.peers.items()):
+                    try:
+                        connection.sendall(b".")
+                    except OSError:
+                        return self._lose(f"{peer} closed its heartbeat connection: {self._why_closed}")
+            accepting = listener is not None and len(self.peers) < self.size - 1
+            readable, _, _ = select.select([*self.peers, *([listener] if accepting else [])], [], [], BEAT_S / 4)
+            for connection in readable:
+                if connection is listener:
+                    self._accept(listener)
+                    continue
+                try:
+                    beats = connection.recv(4096)
+                except OSError:
+                    beats = b""
+                if not beats:
+                    return self._lose(f"{self.peers[connection]} closed its heartbeat connection: {self._why_closed}")
+                self.peers[connection].heard = time.monotonic()
+            now = time.monotonic()
+            for peer in self.peers.values():
+                if now - peer.heard > self.timeout:
+                    return self._lose(f"{peer} sent no heartbeat for {self.timeout:g} s: it hangs, or its machine "
+                                      "or the link to it is down")
+            if accepting and now > self.accept_by:
+                missing = sorted({*range(1, self.size)} - {peer.rank for peer in self.peers.values()})
+                return self._lose(f"rank(s) {missing} never connected to rank 0's heartbeat at {self.address}")
+
+    @property
+    def _why_closed(self) -> str:
+        return "its process ended" if self.rank == 0 else "it ended, or counted this rank as lost"
+
+    def _lose(self, reason: str) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        for connection in self.peers:  # the other ranks find rank 0 gone and end themselves
+            connection.close()
+        log.error("%s", reason)
+        self.on_lost(reason)
+        self.lost.set()
