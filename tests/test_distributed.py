@@ -223,3 +223,93 @@ def test_ctrl_c_stops_every_rank(hf_root_checkpoint):
             return
         time.sleep(0.2)
     pytest.fail("a rank outlived Ctrl-C")
+
+
+# --- faults: a rank that never joins, dies or hangs ----------------------------------------------------
+
+def ring_hostfile(path: Path) -> dict[str, str]:
+    """The environment of rank 0 of a two-rank ring on loopback, as mlx.launch would set it."""
+    path.write_text(json.dumps([[f"127.0.0.1:{free_port()}"], [f"127.0.0.1:{free_port()}"]]))
+    return {"MLX_RANK": "0", "MLX_HOSTFILE": str(path)}
+
+
+def by_hand(checkpoint: Path, tmp_path: Path, *flags: str) -> tuple[Server, subprocess.Popen]:
+    """Rank 0 (the server) and rank 1 started without mlx.launch, as launchd or systemd on two Macs
+    would: nothing else stops rank 0 when rank 1 goes."""
+    env, args = ring_hostfile(tmp_path / "hosts.json"), ["--model", str(checkpoint), *flags]
+    follower = subprocess.Popen([sys.executable, "serve.py", "--port", "0", "--log-level", "warning", *args],
+                                cwd=Path(__file__).parent.parent, env={**os.environ, **env, "MLX_RANK": "1"},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return Server(*args, env=env), follower
+
+
+def first_events_then_the_rest(server: Server, kill) -> tuple[float, list[dict]]:
+    """Stream a long answer, call `kill()` once it runs; the seconds from then to the stream's end, and its events."""
+    body = {"messages": [{"role": "user", "content": "Count."}], "max_tokens": 3000, "ignore_eos": True,
+            "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        kill()
+        killed = time.monotonic()
+        events = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    return time.monotonic() - killed, events
+
+
+def assert_lost(server: Server, reason: str) -> None:
+    health = httpx.get(f"{server.url}/health", timeout=10)
+    assert health.status_code == 503 and health.json()["status"] == "error"
+    assert reason in health.json()["error"], health.json()
+    for path, body in [("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]}),
+                       ("/v1/embeddings", {"input": "Hi"})]:
+        response = server.post(path, body, timeout=10)
+        assert response.status_code == 503 and response.json()["error"]["code"] == "rank_lost"
+        assert reason in response.json()["error"]["message"]
+
+
+def test_a_rank_that_never_joins_ends_rank_0_after_the_join_timeout(hf_root_checkpoint, tmp_path):
+    env = ring_hostfile(tmp_path / "hosts.json")
+    result = subprocess.run([sys.executable, "serve.py", "--model", str(hf_root_checkpoint), "--port", "0",
+                             "--join-timeout", "2"], cwd=Path(__file__).parent.parent, env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=120)
+    # MLX's own init would wait forever; rank 0 never bound HTTP, so no client waited on it either.
+    assert result.returncode == 1 and "serving" not in result.stdout
+    assert "joining the other ranks (ring backend, rank 0 of 2" in result.stderr
+    assert "if they have not all joined within 2 s" in result.stderr and "Timeout (0:00:02)!" in result.stderr
+
+
+def test_a_killed_rank_is_reported_and_the_server_keeps_answering(hf_root_checkpoint, tmp_path):
+    server, follower = by_hand(hf_root_checkpoint, tmp_path)
+    try:
+        assert httpx.get(f"{server.url}/health").json()["status"] == "ready"
+        seconds, events = first_events_then_the_rest(server, follower.kill)
+        # The heartbeat's connection closes with the process: the answer in flight ends with the reason.
+        assert events[-1]["error"]["code"] == "rank_lost", events[-3:]
+        assert "rank 1 (" in events[-1]["error"]["message"] and "its process ended" in events[-1]["error"]["message"]
+        assert seconds < 10
+        assert_lost(server, "rank 1 (")
+        assert server.process.poll() is None  # still up, saying why it cannot answer
+    finally:
+        follower.kill()
+        server.stop()
+
+
+def test_a_hung_rank_is_reported_after_the_rank_timeout_and_ends_itself_later(hf_root_checkpoint):
+    server = Server("--model", str(hf_root_checkpoint), "--rank-timeout", "2", launcher=launcher())
+    follower = ranks_of(server.process.pid)[1]
+    try:
+        # A stopped process keeps its sockets open: only its silence tells (mlx.launch sees nothing).
+        seconds, events = first_events_then_the_rest(server, lambda: os.kill(follower, signal.SIGSTOP))
+        assert events[-1]["error"]["code"] == "rank_lost", events[-3:]
+        assert "sent no heartbeat for 2 s" in events[-1]["error"]["message"]
+        assert seconds < 12  # its last beat came up to a second before it stopped
+        assert_lost(server, "rank 1 (")
+        # Woken, it finds that rank 0 gave it up, and ends itself rather than linger.
+        os.kill(follower, signal.SIGCONT)
+        deadline = time.time() + 30
+        while 1 in ranks_of(server.process.pid) and time.time() < deadline:
+            time.sleep(0.2)
+        assert 1 not in ranks_of(server.process.pid)
+    finally:
+        os.killpg(server.process.pid, signal.SIGCONT)
+        server.stop()

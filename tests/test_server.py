@@ -29,13 +29,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Server:
-    def __init__(self, *args: str, launcher: tuple[str, ...] = (sys.executable,)):
-        """serve.py ARGS, run by `launcher` (the python here, or mlx.launch and its flags)."""
+    def __init__(self, *args: str, launcher: tuple[str, ...] = (sys.executable,), env: dict[str, str] | None = None):
+        """serve.py ARGS, run by `launcher` (the python here, or mlx.launch and its flags), with `env` added."""
         # stdin a pipe nobody writes to: mlx.launch polls its stdin, and spins at end of file.
         self.process = subprocess.Popen(
             [*launcher, str(ROOT / "serve.py"), "--port", "0", "--log-level", "warning", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-            start_new_session=True,
+            start_new_session=True, env={**os.environ, **(env or {})},
         )
         said = []  # ranks under mlx.launch say that they join before rank 0 prints its URL
         while (line := self.process.stdout.readline()) and not (match := re.search(r"(http://\S+)/v1", line)):
