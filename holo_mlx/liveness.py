@@ -57,7 +57,8 @@ class Heartbeat:
         self.stopped = False
         self.lost = threading.Event()  # set once on_lost has run
         host = rank0_host()
-        listener = socket.create_server((host, 0)) if self.rank == 0 and host else None
+        listener = socket.create_server((host, 0), family=socket.AF_INET6 if ":" in host else socket.AF_INET) \
+            if self.rank == 0 and host else None
         # Every rank takes part in this all-sum, whether or not a heartbeat can run here.
         port = mx.distributed.all_sum(mx.array(listener.getsockname()[1] if listener else 0), group=group,
                                       stream=mx.cpu).item()

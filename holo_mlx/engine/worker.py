@@ -9,9 +9,9 @@ It knows nothing of HTTP: it raises QueueFull and NotReady, and the server answe
 
 Under mlx.launch every rank builds an Engine: rank 0's serves, the others `follow()` it, stepping
 their schedulers in lockstep with rank 0's (lockstep.py) over their share of the model. A rank
-that never joins or is lost later (liveness.py) ends the engine's service for good: the group can
-run no pass without it, and the engine thread may be stuck inside a collective. Every request then
-fails with the reason, at once.
+lost once joined (liveness.py) ends the engine's service for good: the group can run no pass
+without it, and the engine thread may be stuck inside a collective. Every request then fails with
+the reason, at once.
 """
 
 import asyncio
