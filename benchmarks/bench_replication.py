@@ -7,7 +7,9 @@
   others would wait for it and then for its features (an all-sum with zeros from the others).
 
 The ranks talk over loopback on this one machine: the all-gather and all-sum times are a link with
-no bandwidth limit and a shared CPU; the bytes are what a real link would carry.
+no bandwidth limit and a shared CPU; the bytes are what a real link would carry. Two ranks also
+share this machine's two cores and memory bandwidth, so "replicated" is timed once more in one
+process alone: what each rank takes on a machine of its own.
 
     python benchmarks/bench_replication.py --preset 0.5b --screenshot 1280x720
 """
@@ -38,7 +40,8 @@ def timed(work, repeats: int) -> float:
 
 
 def worker(model_path: str, screenshot: tuple[int, int], repeats: int) -> None:
-    """One rank: time each side of both choices; rank 0 prints the rows as JSON."""
+    """One rank: time each side of both choices; rank 0 prints the rows as JSON. One process
+    alone (no mlx.launch) times the replicated side only."""
     import mlx.core as mx
 
     from holo_mlx import load
@@ -49,7 +52,7 @@ def worker(model_path: str, screenshot: tuple[int, int], repeats: int) -> None:
     use_fast_blas()
     group = world()
     model, prompts = load(model_path, group)
-    rank, ranks = group.rank(), group.size()
+    rank, ranks = (group.rank(), group.size()) if group is not None else (0, 2)
     language = model.language_model
     head = language.lm_head.weight if hasattr(language, "lm_head") else language.model.embed_tokens.weight
     vocab, hidden = head.shape
@@ -65,8 +68,10 @@ def worker(model_path: str, screenshot: tuple[int, int], repeats: int) -> None:
             return gathered.reshape(ranks, batch, rows_per_rank).transpose(1, 0, 2).reshape(batch, -1)
 
         rows.append({"choice": f"lm_head, decode batch {batch}",
-                     "replicated_ms": 1e3 * timed(lambda: model.logits(states), repeats),
-                     "split_ms": 1e3 * timed(split, repeats),
+                     "replicated_ms": 1e3 * timed(lambda: model.logits(states), repeats)})
+        if group is None:
+            continue
+        rows[-1].update({"split_ms": 1e3 * timed(split, repeats),
                      "of_which_link_ms": 1e3 * timed(lambda: mx.distributed.all_gather(
                          mx.zeros((batch, rows_per_rank), model.dtype), group=group), repeats),
                      "bytes_per_rank": (ranks - 1) * batch * rows_per_rank * model.dtype.size,
@@ -80,11 +85,14 @@ def worker(model_path: str, screenshot: tuple[int, int], repeats: int) -> None:
     tower_s = timed(encode, max(1, repeats // 10))
     features = encode()
     mx.eval(features)
+    rows.append({"choice": f"tower, {screenshot[0]}x{screenshot[1]} screenshot ({features.shape[0]} features)",
+                 "replicated_ms": 1e3 * tower_s})
+    if group is None:
+        return print(json.dumps(rows), flush=True)
     own = features if rank == 0 else mx.zeros_like(features)
     broadcast_s = timed(lambda: mx.distributed.all_sum(own, group=group), max(1, repeats // 10))
     tower_bytes = weight_bytes(model.vision_tower.parameters())
-    rows.append({"choice": f"tower, {screenshot[0]}x{screenshot[1]} screenshot ({features.shape[0]} features)",
-                 "replicated_ms": 1e3 * tower_s, "split_ms": 1e3 * (tower_s + broadcast_s),
+    rows[-1].update({"split_ms": 1e3 * (tower_s + broadcast_s),
                  "of_which_link_ms": 1e3 * broadcast_s, "bytes_per_rank": features.nbytes,
                  "memory_saved_per_rank": tower_bytes})
     if rank == 0:
@@ -92,11 +100,18 @@ def worker(model_path: str, screenshot: tuple[int, int], repeats: int) -> None:
 
 
 def measure(model: Path, screenshot: str, repeats: int) -> list[dict]:
+    """The rows of two ranks, each with the one-process time beside it."""
+    alone, ranked = (run(model, screenshot, repeats, ranks) for ranks in (1, 2))
+    return [{**row, "alone_ms": one["replicated_ms"]} for one, row in zip(alone, ranked)]
+
+
+def run(model: Path, screenshot: str, repeats: int, ranks: int) -> list[dict]:
     import os
 
+    command = [str(Path(__file__).resolve()), "--worker", str(model), "--screenshot", screenshot,
+               "--repeats", str(repeats)]
     command = [str(LAUNCHER), "--backend", "ring", "--hosts", "127.0.0.1", "-n", "2", "--starting-port",
-               str(free_port()), "--python", sys.executable, "--", str(Path(__file__).resolve()), "--worker",
-               str(model), "--screenshot", screenshot, "--repeats", str(repeats)]
+               str(free_port()), "--python", sys.executable, "--", *command] if ranks > 1 else [sys.executable, *command]
     idle, keep_open = os.pipe()  # mlx.launch polls its stdin: at end of file it would spin on a core
     try:
         result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, stdin=idle)
@@ -130,7 +145,8 @@ def main() -> None:
         model = models.mlx["float32"]
     rows = measure(model, args.screenshot, args.repeats)
     print(f"\n{model}, 2 tensor-parallel ranks on 127.0.0.1 (loopback, one machine)")
-    print(format_table(rows, [("choice", "choice"), ("replicated_ms", "replicated ms"), ("split_ms", "split ms"),
+    print(format_table(rows, [("choice", "choice"), ("alone_ms", "replicated, alone ms"),
+                              ("replicated_ms", "replicated ms"), ("split_ms", "split ms"),
                               ("of_which_link_ms", "of which link ms"), ("bytes_per_rank", "bytes moved / rank"),
                               ("memory_saved_per_rank", "memory saved / rank (B)")]))
 
