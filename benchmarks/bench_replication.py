@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--screenshot", default="1280x720", help="WIDTHxHEIGHT of the screenshot encoded")
     parser.add_argument("--repeats", type=int, default=50, help="timed repeats of each decode-step operation")
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "bench")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     width, height = (int(side) for side in args.screenshot.lower().split("x"))
     if args.worker:
@@ -144,6 +145,8 @@ def main() -> None:
         prepare(models, "holo_mlx:float32")
         model = models.mlx["float32"]
     rows = measure(model, args.screenshot, args.repeats)
+    if args.json:
+        args.json.write_text(json.dumps({"model": str(model), "screenshot": args.screenshot, "rows": rows}, indent=2))
     print(f"\n{model}, 2 tensor-parallel ranks on 127.0.0.1 (loopback, one machine)")
     print(format_table(rows, [("choice", "choice"), ("alone_ms", "replicated, alone ms"),
                               ("replicated_ms", "replicated ms"), ("split_ms", "split ms"),
