@@ -86,12 +86,13 @@ class Heartbeat:
 
     def _accept(self, listener: socket.socket) -> None:
         connection, _ = listener.accept()
-        connection.settimeout(self.timeout)  # a peer that reads nothing must not stall the beats for long
+        connection.settimeout(BEAT_S)  # a rank says hello at once: nothing else may stall the beats
         hello = b""
         try:  # "RANK HOST\n", perhaps with its first beats behind it
             while b"\n" not in hello and len(hello) < 300:
                 hello += connection.recv(300) or b"\n"
             rank, host = hello.split(b"\n", 1)[0].decode().split(maxsplit=1)
+            connection.settimeout(self.timeout)  # a peer that reads nothing must not stall the beats for long
             self.peers[connection] = Peer(int(rank), host, time.monotonic())
         except (OSError, ValueError):
             connection.close()  # not a rank of ours
