@@ -44,7 +44,7 @@ class Server:
         self.url = match.group(1)
         self.health_statuses = []
         deadline = time.time() + 120
-        while time.time() < deadline:
+        while time.time() < deadline and self.process.poll() is None:
             try:
                 response = httpx.get(f"{self.url}/health", timeout=5)
                 self.health_statuses.append((response.status_code, response.json()["status"]))
