@@ -43,7 +43,7 @@ class ShardingError(ValueError):
 
 
 class RanksMissing(RuntimeError):
-    """The ranks did not all join, or one was lost since: the group cannot run a pass."""
+    """A rank found no peer to join, or cannot reach rank 0's heartbeat: the group cannot serve."""
 
 
 def launched_rank() -> int | None:
