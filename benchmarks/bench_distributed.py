@@ -42,24 +42,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def on_ranks(ranks: int, *command: str) -> subprocess.CompletedProcess:
+    """`python COMMAND` on `ranks` ring ranks of 127.0.0.1 launched by mlx.launch (one process, as is, for 1)."""
+    if ranks > 1:
+        command = (str(LAUNCHER), "--backend", "ring", "--hosts", "127.0.0.1", "-n", str(ranks),
+                   "--starting-port", str(free_port()), "--python", sys.executable, "--", *command)
+    else:
+        command = (sys.executable, *command)
+    idle, keep_open = os.pipe()  # mlx.launch polls its stdin: at end of file it would spin on a core
+    try:
+        return subprocess.run(command, capture_output=True, text=True, cwd=REPO, stdin=idle)
+    finally:
+        os.close(idle), os.close(keep_open)
+
+
 def generate(model: Path, ranks: int, flags: list[str], tokens: int) -> tuple[dict, int]:
     """One generate run: its printed figures and the loopback bytes it caused."""
     command = ["-m", "holo_mlx.generate", "--model", str(model), "--prompt", TEXT_PROMPT,
                "--max-tokens", str(tokens), *flags]
-    if ranks > 1:
-        command = [str(LAUNCHER), "--backend", "ring", "--hosts", "127.0.0.1", "-n", str(ranks),
-                   "--starting-port", str(free_port()), "--python", sys.executable, "--", *command]
-    else:
-        command = [sys.executable, *command]
-    idle, keep_open = os.pipe()  # mlx.launch polls its stdin: at end of file it would spin on a core
     before = loopback_bytes()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, stdin=idle)
+    result = on_ranks(ranks, *command)
     moved = loopback_bytes() - before
-    os.close(idle), os.close(keep_open)
     figures = re.search(r"Prompt: (\d+) tokens, ([\d.]+) tokens-per-sec\nGeneration: (\d+) tokens, "
                         r"([\d.]+) tokens-per-sec", result.stdout)
     if result.returncode or figures is None:
-        raise SystemExit(f"generate failed ({' '.join(command)}):\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+        raise SystemExit(f"generate failed ({' '.join(result.args)}):\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     prompt, prompt_tps, generated, decode_tps = figures.groups()
     return {"prompt_tokens": int(prompt), "ttft_s": int(prompt) / float(prompt_tps), "generated": int(generated),
             "decode_tps": float(decode_tps)}, moved

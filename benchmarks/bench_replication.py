@@ -17,12 +17,10 @@ process alone: what each rank takes on a machine of its own.
 import argparse
 import io
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from bench_distributed import LAUNCHER, REPO, free_port
+from bench_distributed import REPO, on_ranks
 from common import format_table
 
 BATCHES = (1, 8)
@@ -106,17 +104,8 @@ def measure(model: Path, screenshot: str, repeats: int) -> list[dict]:
 
 
 def run(model: Path, screenshot: str, repeats: int, ranks: int) -> list[dict]:
-    import os
-
-    command = [str(Path(__file__).resolve()), "--worker", str(model), "--screenshot", screenshot,
-               "--repeats", str(repeats)]
-    command = [str(LAUNCHER), "--backend", "ring", "--hosts", "127.0.0.1", "-n", "2", "--starting-port",
-               str(free_port()), "--python", sys.executable, "--", *command] if ranks > 1 else [sys.executable, *command]
-    idle, keep_open = os.pipe()  # mlx.launch polls its stdin: at end of file it would spin on a core
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, stdin=idle)
-    finally:
-        os.close(idle), os.close(keep_open)
+    result = on_ranks(ranks, str(Path(__file__).resolve()), "--worker", str(model), "--screenshot", screenshot,
+                      "--repeats", str(repeats))
     printed = [line for line in result.stdout.splitlines() if line.startswith("[")]
     if not printed:
         raise SystemExit(f"the ranks failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")

@@ -58,10 +58,14 @@ class NotReady(Exception):
 LOADING = NotReady("loading", "the model is still loading; retry shortly", "model_loading")
 
 
+def rank_lost(what: str, reason: str) -> NotReady:
+    """The group of ranks cannot serve any more: `what` befell it, and why."""
+    return NotReady("error", f"{what}, so it cannot answer until it is restarted: {reason}", "rank_lost")
+
+
 def load_failed(error: Exception) -> NotReady:
     if isinstance(error, RanksMissing):
-        return NotReady("error", f"a rank of this server is missing, so it cannot answer until it is restarted: "
-                                 f"{error}", "rank_lost")
+        return rank_lost("a rank of this server is missing", str(error))
     return NotReady("error", f"the model failed to load: {type(error).__name__}: {error}", "model_load_failed")
 
 
@@ -152,8 +156,7 @@ class Engine:
 
     def _lose_rank(self, reason: str) -> None:
         """The heartbeat's word that a rank is gone: the group can run no pass any more."""
-        self._fail(NotReady("error", f"a rank of this server is lost, so it cannot answer until it is restarted: "
-                                     f"{reason}", "rank_lost"))
+        self._fail(rank_lost("a rank of this server is lost", reason))
 
     def _fail(self, failure: NotReady) -> None:
         """Serve no more: refuse new work, and fail all work taken (from any thread: the engine
@@ -221,8 +224,7 @@ class Engine:
             self.scheduler.fail_all(error)
         elif self.heartbeat is None or not self.heartbeat.lost.wait(2 * BEAT_S):
             log.exception("engine step failed")
-            self._fail(NotReady("error", f"the ranks of this server fell out of step, so it cannot answer until "
-                                         f"it is restarted: {type(error).__name__}: {error}", "rank_lost"))
+            self._fail(rank_lost("the ranks of this server fell out of step", f"{type(error).__name__}: {error}"))
 
     def _deliver(self) -> None:
         """Hand this iteration's results to their event loops, one wake-up per loop instead of one
