@@ -44,7 +44,8 @@ class Timed:
 
 def decode(model, tokenizer, prompt, params: list) -> tuple[float, list[str]]:
     """Decode tokens/s of one batch (steps with every sequence decoding), and the answers."""
-    from holo_mlx.engine.scheduler import Scheduler, Sequence
+    from holo_mlx.engine.requests import Sequence
+    from holo_mlx.engine.scheduler import Scheduler
 
     scheduler = Scheduler(model, tokenizer, max_num_seqs=len(params))
     outputs = [[] for _ in params]

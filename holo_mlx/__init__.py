@@ -8,10 +8,14 @@ def load(path_or_repo: str | Path, group=None, pipeline: bool = False, **prompt_
     `group`: the mx.distributed ranks to split the decoder across (holo_mlx.distributed.world()),
     by tensor parallelism, or by pipeline parallelism with `pipeline`."""
     from .loading import load_model, resolve_path
+    from .models.cache import all_trimmable
     from .prompt import PromptBuilder
 
     path = resolve_path(path_or_repo)
-    return load_model(path, group, pipeline), PromptBuilder.from_pretrained(path, **prompt_options)
+    model = load_model(path, group, pipeline)
+    # A model that resumes cached prompts only at stored boundaries needs to know its messages' ends.
+    marks = not all_trimmable(model.make_cache())
+    return model, PromptBuilder.from_pretrained(path, mark_message_ends=marks, **prompt_options)
 
 
 def __getattr__(name: str):

@@ -13,7 +13,8 @@ import mlx.core as mx
 
 from .engine.prepare import PreparedPrompt
 from .engine.sampling import SamplingParams
-from .engine.scheduler import Scheduler, Sequence
+from .engine.requests import Sequence
+from .engine.scheduler import Scheduler
 from .engine.stream import GenerationChunk
 from .models import VisionLanguageModel
 from .runtime import prefill_chunk

@@ -14,7 +14,7 @@ once per visual token.
 
 import inspect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,9 @@ class Prompt:
     input_ids: list[int]
     images: list[ProcessedImage]  # in prompt order
     thinking: bool = False  # the chat template's generation prompt opened a think block: the model reasons first
+    # Where each message's rendering ends, in input_ids (only when the builder marks them): where a
+    # model whose caches cannot be trimmed keeps prefix-cache snapshots for the conversation's next turn.
+    message_ends: list[int] = field(default_factory=list)
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
@@ -61,8 +64,10 @@ class PromptBuilder:
         max_side: int | None = MAX_SIDE,
         max_pixels: int | None = MAX_PIXELS,
         tool_format: ToolFormat = HERMES,
+        mark_message_ends: bool = False,
     ):
         self.tokenizer = tokenizer
+        self.mark_message_ends = mark_message_ends
         self.tool_format = tool_format
         # Qwen2.5-VL's template has no tools; Qwen3's (Holo2) writes them itself.
         self.template_writes_tools = "tools" in (tokenizer.chat_template or "")
@@ -76,6 +81,7 @@ class PromptBuilder:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> "PromptBuilder":
+        # kwargs: max_side, max_pixels, mark_message_ends
         """The folder's tokenizer and its family's image processor settings, image token and placeholder."""
         from .loading import read_config
         from .models import family_for
@@ -108,14 +114,40 @@ class PromptBuilder:
             if message.get("reasoning_content"):
                 entry["reasoning_content"] = message["reasoning_content"]
             template_messages.append(entry)
-        text = self.tokenizer.apply_chat_template(
-            template_messages, tools=tools if native else None, tokenize=False,
-            add_generation_prompt=add_generation_prompt, **(template_kwargs or {}),
-        )
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        def render(history: list[dict], generation_prompt: bool) -> str:
+            return self.tokenizer.apply_chat_template(
+                history, tools=tools if native else None, tokenize=False,
+                add_generation_prompt=generation_prompt, **(template_kwargs or {}),
+            )
+
+        text = render(template_messages, add_generation_prompt)
+        message_ends = []
+        if self.mark_message_ends and self.tokenizer.is_fast:
+            encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            ids = encoded["input_ids"]
+            message_ends = self._message_ends(text, encoded["offset_mapping"],
+                                              lambda count: render(template_messages[:count], False),
+                                              len(template_messages))
+        else:
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
         thinking = add_generation_prompt and self.think_tokens is not None \
             and self.think_tokens.opened_by(ids, self.tokenizer.decode)
-        return self._expand(ids, images, thinking)
+        return self._expand(ids, images, thinking, message_ends)
+
+    @staticmethod
+    def _message_ends(text: str, offsets: list[tuple[int, int]], render_first, count: int) -> list[int]:
+        """Token counts at which the rendering of the first 1, 2, ... messages ends, where that
+        rendering is a prefix of the whole prompt's `text` ending on a token boundary."""
+        token_ends = {end: index + 1 for index, (_, end) in enumerate(offsets)}
+        ends = []
+        for number in range(1, count + 1):
+            try:
+                prefix = render_first(number)
+            except Exception:  # a template may refuse a history that ends early (no user turn yet): no boundary
+                continue
+            if text.startswith(prefix) and len(prefix) in token_ends:
+                ends.append(token_ends[len(prefix)])
+        return ends
 
     def build_text(self, text: str) -> Prompt:
         """Raw text, no chat template and no added special tokens (completions, embeddings)."""
@@ -145,8 +177,10 @@ class PromptBuilder:
             return {"type": "image"}
         raise ValueError(f"unsupported content part type {part.get('type')!r}; expected 'text' or 'image'")
 
-    def _expand(self, ids: list[int], images: list[ProcessedImage], thinking: bool = False) -> Prompt:
-        """Repeat the i-th image token once per visual token of the i-th image."""
+    def _expand(self, ids: list[int], images: list[ProcessedImage], thinking: bool = False,
+                message_ends: list[int] = ()) -> Prompt:
+        """Repeat the i-th image token once per visual token of the i-th image (and move the message
+        ends, token counts in `ids`, to where they fall after that)."""
         placeholders = ids.count(self.image_token_id)
         if placeholders != len(images):
             raise ValueError(
@@ -155,9 +189,13 @@ class PromptBuilder:
             )
         remaining = iter(images)
         expanded: list[int] = []
-        for token in ids:
+        moved = {}  # token count in ids -> token count in the expanded ids
+        for count, token in enumerate(ids):
+            moved[count] = len(expanded)
             if token == self.image_token_id:
                 expanded.extend([token] * next(remaining).num_tokens)
             else:
                 expanded.append(token)
-        return Prompt(input_ids=expanded, images=images, thinking=thinking)
+        moved[len(ids)] = len(expanded)
+        return Prompt(input_ids=expanded, images=images, thinking=thinking,
+                      message_ends=[moved[end] for end in message_ends])

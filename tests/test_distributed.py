@@ -1,4 +1,4 @@
-"""One model across ranks (holo_mlx/distributed.py, engine/lockstep.py): tensor and pipeline
+"""One model across ranks (holo_mlx/distributed.py, engine/sync.py): tensor and pipeline
 parallelism, ranks launched by the real `mlx.launch` on the ring backend over loopback, the
 generate CLI and the server against one process on the same checkpoints."""
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from holo_mlx import load
-from holo_mlx.embed import EmbeddingJob, embed_prompts
+from holo_mlx.engine.embedding import EmbeddingJob, embed_prompts
 from holo_mlx.prompt import Prompt
 from holo_mlx.engine.worker import Engine
 from holo_mlx.settings import ServerConfig

@@ -8,11 +8,13 @@ import pytest
 from holo_mlx import load
 from mlx_lm.models.cache import BatchKVCache, KVCache
 
-from holo_mlx.engine.caches import BatchCache, PrefixCache, VisionCache
-from holo_mlx.engine.scheduler import Scheduler, Sequence
+from holo_mlx.engine.caches import PrefixCache, VisionCache
+from holo_mlx.engine.requests import Sequence
+from holo_mlx.engine.scheduler import Scheduler
 from holo_mlx.engine.sampling import SamplingParams, TokenChooser, choose
 from holo_mlx.generate import prompt_logits, stream_generate
 from holo_mlx.models.base import Span
+from holo_mlx.models.cache import BatchKVLayerCache
 from holo_mlx.runtime import prefill_chunk
 from holo_mlx.testing import synthetic_screenshot
 
@@ -231,7 +233,7 @@ def test_batch_cache_rows_match_mlx_lm_and_keep_their_padding_on_the_host():
     ours, reference = None, None
     for length in (3, 9, 5):
         row = kv(length)
-        ours_row, reference_row = BatchCache.row(row), BatchKVCache.merge([row])
+        ours_row, reference_row = BatchKVLayerCache.row(row), BatchKVCache.merge([row])
         if ours is None:
             ours, reference = ours_row, reference_row
         else:

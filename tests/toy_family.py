@@ -20,10 +20,10 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.models.base import create_attention_mask
-from mlx_lm.models.cache import KVCache
 
 from holo_mlx.image import ImageProcessorConfig
 from holo_mlx.models.base import ConfigError, Family, Span
+from holo_mlx.models.cache import KVLayerCache
 
 IMAGE_TOKEN_ID = 151654  # <|vision_pad|>: Qwen2.5-VL uses <|image_pad|> (151655)
 EOS_TOKEN_ID = 151643  # <|endoftext|>
@@ -275,8 +275,8 @@ class Model(nn.Module):
         # One axis, image tokens included: position = index, so decoding continues at the cache offset.
         return np.arange(len(input_ids))[None], 0
 
-    def make_cache(self) -> list[KVCache]:
-        return [KVCache() for _ in self.model.layers]
+    def make_cache(self) -> list[KVLayerCache]:
+        return [KVLayerCache() for _ in self.model.layers]
 
     def hidden(self, spans: list[Span], last_only: bool = False) -> list[mx.array]:
         return self.model.forward(spans, last_only)

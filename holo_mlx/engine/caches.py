@@ -1,15 +1,17 @@
-"""Byte-bounded LRU caches: vision features by image content, prompt KV by token prefix.
+"""Byte-bounded LRU caches: vision features by image content, prompt caches by token prefix.
 
 Prefix keys fold each image's content hash into its placeholder tokens, so two different
 screenshots never share KV just because their image-token runs are identical.
 """
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models.cache import BatchKVCache, KVCache
+
+from ..models.cache import Snapshot, snapshot_bytes
 
 
 class LRUBytes:
@@ -68,24 +70,50 @@ def prefix_key(input_ids: list[int], images: list, image_token_id: int) -> np.nd
 
 @dataclass
 class PrefixEntry:
+    """A prompt's per-layer caches as snapshots (models/cache.py): every layer at the prompt's end,
+    and the layers that cannot be trimmed also at earlier boundaries (image and message ends)."""
+
     key: np.ndarray
-    layers: list[tuple[mx.array, mx.array]]  # per decoder layer: keys, values (1, heads, length, dim)
+    kinds: list[type]  # each layer's cache class
+    layers: list[Snapshot]  # each layer at len(key)
+    boundaries: dict[int, list[Snapshot | None]]  # length -> the non-trimmable layers' state there
+
+    def usable(self, length: int) -> int:
+        """The longest stored prefix of at most `length` tokens that every layer can resume from."""
+        if all(kind.trimmable for kind in self.kinds):
+            return min(length, len(self.key))
+        return max((stop for stop in [*self.boundaries, len(self.key)] if stop <= length), default=0)
+
+    def restore(self, length: int) -> list:
+        """Fresh per-layer caches holding the first `length` tokens (a length `usable` gave)."""
+        at = self.layers if length == len(self.key) else self.boundaries.get(length)
+        return [kind.restore(whole if kind.trimmable else at[index], length)
+                for index, (kind, whole) in enumerate(zip(self.kinds, self.layers))]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(map(snapshot_bytes, self.layers)) + \
+            sum(snapshot_bytes(snapshot) for layers in self.boundaries.values() for snapshot in layers)
 
 
 class PrefixCache(LRUBytes):
-    """KV of earlier prompts; a new prompt reuses the longest stored prefix of its key."""
+    """Caches of earlier prompts; a new prompt resumes from the longest stored prefix of its key
+    that every layer can resume from."""
 
     def __init__(self, max_bytes: int, min_tokens: int = 16):
         super().__init__(max_bytes)
         self.min_tokens = min_tokens
         self.cached_tokens = 0
 
-    def lookup(self, key: np.ndarray) -> tuple[int, PrefixEntry | None]:
+    def lookup(self, key: np.ndarray, usable: Callable[[int], int] = lambda length: length
+               ) -> tuple[int, PrefixEntry | None]:
+        """The longest reusable prefix (its length and entry); `usable` shortens a shared length to
+        one the new prompt can resume at (not inside an image, short of its end)."""
         best, best_entry, best_id = 0, None, None
         for entry_id, (entry, _) in self.entries.items():
             shared = min(len(entry.key), len(key))
             mismatch = np.flatnonzero(entry.key[:shared] != key[:shared])
-            length = int(mismatch[0]) if len(mismatch) else shared
+            length = entry.usable(usable(int(mismatch[0]) if len(mismatch) else shared))
             if length > best:
                 best, best_entry, best_id = length, entry, entry_id
         if best_entry is None:
@@ -95,58 +123,11 @@ class PrefixCache(LRUBytes):
         self.entries.move_to_end(best_id)
         return best, best_entry
 
-    def store(self, key: np.ndarray, cache: list[KVCache]) -> None:
-        length = cache[0].offset
-        if length < self.min_tokens:
+    def store(self, key: np.ndarray, caches: list, boundaries: dict[int, list[Snapshot | None]]) -> None:
+        """Keep a prompt's caches (which hold exactly `key`) and the snapshots its prefill took."""
+        if len(key) < self.min_tokens:
             return
-        layers = [(c.keys[..., :length, :], c.values[..., :length, :]) for c in cache]
-        mx.async_eval(layers)  # copies of the prefix, made while the device runs the next step
-        size = sum(k.nbytes + v.nbytes for k, v in layers)
-        self.put(key[:length].tobytes(), PrefixEntry(key[:length].copy(), layers), size)
-
-
-def restore(entry: PrefixEntry, length: int) -> list[KVCache]:
-    """Fresh per-layer caches holding the first `length` tokens of a stored prefix."""
-    caches = []
-    for keys, values in entry.layers:
-        cache = KVCache()
-        cache.update_and_fetch(keys[..., :length, :], values[..., :length, :])
-        caches.append(cache)
-    return caches
-
-
-class BatchCache(BatchKVCache):
-    """mlx-lm's left-padded BatchKVCache with each row's padding also kept on the host, so dropping
-    rows reads nothing from the device (mlx-lm's filter reads the padding back, which waits for the
-    step in flight and so stalls the pipeline at every finishing row)."""
-
-    def __init__(self, left_padding: list[int]):
-        super().__init__(left_padding)
-        self.padding = list(left_padding)
-
-    @classmethod
-    def row(cls, cache: KVCache) -> "BatchCache":
-        """One sequence's prefilled cache as a batch of one row."""
-        batch = cls([0])
-        batch.keys, batch.values = cache.keys[..., :cache.offset, :], cache.values[..., :cache.offset, :]
-        batch.offset += cache.offset
-        batch._idx = cache.offset
-        return batch
-
-    def filter(self, rows: list[int]) -> None:
-        indices = mx.array(rows)
-        self.keys, self.values = self.keys[indices], self.values[indices]
-        self.offset, self.left_padding = self.offset[indices], self.left_padding[indices]
-        self.padding = [self.padding[row] for row in rows]
-        shift = min(self.padding)
-        if shift > 0:  # drop the columns that are padding in every remaining row
-            self.keys, self.values = self.keys[..., shift:, :], self.values[..., shift:, :]
-            self._idx -= shift
-            self.left_padding = self.left_padding - shift
-            self.padding = [p - shift for p in self.padding]
-
-    def extend(self, other: "BatchCache") -> None:
-        length = max(self._idx, other._idx)
-        self.padding = ([p + length - self._idx for p in self.padding]
-                        + [p + length - other._idx for p in other.padding])
-        super().extend(other)
+        entry = PrefixEntry(key.copy(), [type(cache) for cache in caches], [cache.snapshot() for cache in caches],
+                            {length: layers for length, layers in boundaries.items() if length >= self.min_tokens})
+        mx.async_eval(entry.layers)  # copies of the prefix, made while the device runs the next step
+        self.put(key.tobytes(), entry, entry.nbytes)

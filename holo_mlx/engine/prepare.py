@@ -29,6 +29,10 @@ class PreparedPrompt:
         is_image = np.concatenate([[0], np.asarray(ids) == image_token, [0]]).astype(np.int8)
         edges = np.flatnonzero(np.diff(is_image))
         self.image_spans = list(zip(edges[::2].tolist(), edges[1::2].tolist()))  # [start, end) per image
+        # Inside the prompt, where each image and each message ends: where the scheduler snapshots
+        # layers that cannot be trimmed, so that a later prompt sharing this far resumes there.
+        ends = {end for _, end in self.image_spans} | set(prompt.message_ends)
+        self.boundaries = sorted(end for end in ends if 0 < end < self.length)
         self._features: dict[int, mx.array] = {}
 
     def reusable(self, length: int) -> int:

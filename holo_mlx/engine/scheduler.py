@@ -7,8 +7,11 @@ host reads the previous step's tokens, detokenizes, checks stop strings and emit
 device works on step N+1 while the host handles step N, as mlx-lm's generate does. A row that
 ends at step N was already computed in step N+1; that result is dropped.
 
-A request's KV lives in its own cache while it prefills and in a row of the shared left-padded
-BatchCache once it decodes; its positions, sampler and text stream stay on its Sequence.
+A request's per-layer caches (models/cache.py: KV, or a recurrent state) are its own while it
+prefills and a row of the shared batch caches once it decodes; its positions, sampler and text
+stream stay on its Sequence. The prefix cache stores a prompt's caches when it joins the batch;
+for a model whose layers cannot be trimmed, also snapshots at its image and message ends, so that
+an agent's next turn resumes where its prompt first differs.
 
 Embedding requests wait in a FIFO: each step first runs one unit of the first (a chunk of a long
 input, or a batch of short ones), so a long embedding never holds generation up for more than a
@@ -16,75 +19,25 @@ unit.
 
 A cancellation takes effect at a step's start (a snapshot of each request's `cancelled`), and the
 rows that ended leave the batch there too: under mlx.launch every rank's scheduler then changes
-its batch at the same point, with what rank 0 decided (engine/lockstep.py).
+its batch at the same point, with what rank 0 decided (engine/sync.py).
 """
 
-import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import mlx.core as mx
 
-from ..embed import EmbeddingJob
 from ..models import VisionLanguageModel
 from ..models.base import Span
 from ..runtime import prefill_chunk
-from .caches import BatchCache, PrefixCache, VisionCache, restore
+from ..models.cache import all_trimmable
+from .caches import PrefixCache, VisionCache
 from .prepare import PreparedPrompt
-from .sampling import Choice, SamplingParams, TokenChooser, choose
+from .requests import EmbeddingRequest, Sequence
+from .sampling import Choice, TokenChooser, choose
 from .stream import GenerationChunk, TextStream
-
-if TYPE_CHECKING:
-    from .lockstep import Lockstep
-
-
-@dataclass(eq=False)  # identity: two identical requests are still two rows of the batch
-class Sequence:
-    """One generation request and all of its state."""
-
-    prompt: object  # holo_mlx.prompt.Prompt
-    params: SamplingParams
-    emit: Callable[[object], None]  # receives GenerationChunks, then None at the end, or an Exception
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    dropped: bool = False  # cancelled as of this step's start
-    cached_tokens: int = 0
-    # set when the sequence starts
-    prepared: PreparedPrompt | None = None
-    chooser: TokenChooser | None = None
-    stream: TextStream | None = None
-    cache: list | None = None  # its own caches while it prefills
-    prefilled: int = 0  # prompt tokens in its cache
-    generated: int = 0  # tokens sampled so far, read or still in flight
-    finished: bool = False
-
-    @property
-    def live(self) -> bool:
-        return not (self.finished or self.dropped)
-
-
-@dataclass(eq=False)
-class Embedding:
-    """One embeddings request: its work units, then its vectors (or its error) emitted at the end."""
-
-    work: EmbeddingJob
-    emit: Callable[[object], None]
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    dropped: bool = False  # cancelled as of this step's start
-
-    def step(self) -> bool:
-        """Run the next work unit; True once the request has ended (done, failed or cancelled)."""
-        if self.dropped:
-            return True
-        try:
-            if not self.work.step():
-                return False
-            self.emit(self.work.vectors)
-        except Exception as error:  # fails this request only
-            self.emit(error)
-        return True
+from .sync import Lockstep, Solo
 
 
 @dataclass
@@ -109,9 +62,9 @@ class StepStats:
 class Scheduler:
     def __init__(self, model: VisionLanguageModel, tokenizer, *, max_num_seqs: int = 8,
                  prefix_cache: PrefixCache | None = None, vision_cache: VisionCache | None = None,
-                 lockstep: "Lockstep | None" = None):
+                 sync: Solo | Lockstep | None = None):
         self.model, self.tokenizer = model, tokenizer
-        self.lockstep = lockstep  # under mlx.launch: rank 0's decisions shared with the other ranks
+        self.sync = sync or Solo()  # under mlx.launch: rank 0's decisions shared with the other ranks
         self.eos_token_ids = set(model.config.eos_token_id)
         self.max_num_seqs = max_num_seqs
         self.prefix_cache = prefix_cache or PrefixCache(0)
@@ -119,9 +72,12 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.prefilling: Sequence | None = None
         self.running: list[Sequence] = []
-        self.batch_cache: list[BatchCache] | None = None
+        self.batch_cache: list | None = None  # each layer's batch cache (models/cache.py)
+        # A model with layers that cannot be trimmed (recurrent state) resumes a cached prefix only
+        # where a snapshot was taken: its prefills stop and snapshot at every boundary.
+        self.snapshots_needed = not all_trimmable(model.make_cache())
         self.pending: Step | None = None  # queued, not yet read
-        self.embeddings: deque[Embedding] = deque()  # the first one is at work
+        self.embeddings: deque[EmbeddingRequest] = deque()  # the first one is at work
         self.stats = StepStats()
 
     # --- queue -------------------------------------------------------------------------------------
@@ -129,17 +85,16 @@ class Scheduler:
     def add(self, sequence: Sequence) -> None:
         self.waiting.append(sequence)
 
-    def add_embedding(self, embedding: Embedding) -> None:
+    def add_embedding(self, embedding: EmbeddingRequest) -> None:
         self.embeddings.append(embedding)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.prefilling or self.running or self.pending or self.embeddings)
 
     def step(self) -> None:
-        if self.lockstep is None or self.lockstep.leader:
+        if self.sync.leader:
             self._snapshot_cancellations()
-        if self.lockstep is not None:
-            self.lockstep.exchange(self)
+        self.sync.exchange(self)
         if self.embeddings and self.embeddings[0].step():
             self.embeddings.popleft()
         started, waited = time.perf_counter(), self.stats.wait_seconds
@@ -152,7 +107,7 @@ class Scheduler:
                 self._guard(sequence, self._start, sequence)
             self._step()
         except Exception as error:  # a failed pass fails the requests in it, not the engine
-            if self.lockstep is not None:
+            if self.sync.shared:
                 raise  # unless the ranks share it: another may wait in a collective the pass never reached
             for sequence in self._in_flight():
                 sequence.emit(error)
@@ -174,8 +129,7 @@ class Scheduler:
         self.prefilling, self.running, self.batch_cache, self.pending = None, [], None, None
         if waiting:
             self.waiting, self.embeddings = deque(), deque()
-        if self.lockstep is not None:
-            self.lockstep.note_reset(waiting)
+        self.sync.note_reset(waiting)
 
     def _snapshot_cancellations(self) -> None:
         """Each request's cancellation as of now: the step acts on this, whenever the client leaves."""
@@ -231,9 +185,8 @@ class Scheduler:
         sequence.chooser = TokenChooser(params, stop_ids, model.config.text_config.vocab_size,
                                         sequence.prompt.input_ids)
         sequence.stream = TextStream(self.tokenizer, params, stop_ids, prepared.length)
-        reused, entry = self.prefix_cache.lookup(prepared.key)
-        reused = prepared.reusable(reused)
-        sequence.cache = restore(entry, reused) if reused else model.make_cache()
+        reused, entry = self.prefix_cache.lookup(prepared.key, prepared.reusable)
+        sequence.cache = entry.restore(reused) if reused else model.make_cache()
         sequence.cached_tokens = sequence.prefilled = reused
         self.prefilling = sequence
 
@@ -247,9 +200,10 @@ class Scheduler:
         if spans:
             self.stats.steps += 1
             hidden = self.model.hidden(spans, last_only=True)
+            self._snapshot_boundary()
             states = [c.state for c in self.prefilling.cache] if self.prefilling is not None else []
-            if not sampled:  # a prefill chunk alone
-                self._queue(states)
+            if not sampled:  # a prefill chunk alone (its hidden state too: a pipeline stage sends it)
+                self._queue(hidden, states)
             elif any(s.params.constraint is not None for s in sampled):
                 # A grammar's next mask needs the previous token on the host: the pass runs meanwhile.
                 logits = self._logits(hidden, finishing)
@@ -277,6 +231,8 @@ class Scheduler:
         if (sequence := self.prefilling) is not None:
             prepared = sequence.prepared
             start, end = sequence.prefilled, min(sequence.prefilled + prefill_chunk(), prepared.length)
+            if self.snapshots_needed:
+                end = min([boundary for boundary in prepared.boundaries if boundary > start] + [end])
             spans.append(prepared.span(start, end, sequence.cache))
             sequence.prefilled = end
             if end == prepared.length:
@@ -287,6 +243,14 @@ class Scheduler:
             embeds = self.model.embed_tokens(self._fed_back(previous)[:, None])
             spans.append(Span(embeds, mx.broadcast_to(positions[None], (axes, len(self.running), 1)), self.batch_cache))
         return finishing, spans
+
+    def _snapshot_boundary(self) -> None:
+        """Keep the newcomer's non-trimmable layers as they are after a chunk that ended at a boundary
+        (the arrays are immutable: a snapshot is a reference, computed with the pass)."""
+        sequence = self.prefilling
+        if self.snapshots_needed and sequence is not None and sequence.prefilled in sequence.prepared.boundaries:
+            sequence.snapshots[sequence.prefilled] = [None if cache.trimmable else cache.snapshot()
+                                                      for cache in sequence.cache]
 
     def _logits(self, hidden: list[mx.array], finishing: list[Sequence]) -> mx.array:
         """One lm_head pass over the newcomer's last prompt position (when its prompt ends here)
@@ -302,10 +266,10 @@ class Scheduler:
         return tokens if rows == list(range(len(previous.rows))) else tokens[mx.array(rows)]
 
     def _choose(self, logits: mx.array, sampled: list[Sequence]) -> Choice:
-        if self.lockstep is not None and not self.lockstep.leader:  # rank 0 chooses for every rank
+        if not self.sync.leader:  # rank 0 chooses for every rank
             for sequence in sampled:
                 sequence.generated += 1
-            return Choice(self.lockstep.share_tokens(None, logits), [])
+            return Choice(self.sync.share_tokens(None, logits), [])
         masks = []
         for sequence in sampled:  # a row's own failure (its grammar) ends that row only
             mask = None
@@ -317,8 +281,7 @@ class Scheduler:
             masks.append(mask)
             sequence.generated += 1
         choice = choose(logits, [s.chooser for s in sampled], masks)
-        if self.lockstep is not None:
-            choice.tokens = self.lockstep.share_tokens(choice.tokens, logits)
+        choice.tokens = self.sync.share_tokens(choice.tokens, logits)
         return choice
 
     def _join(self, previous: Step) -> None:
@@ -327,9 +290,9 @@ class Scheduler:
         if sequence is None or sequence not in previous.rows:
             return
         self.prefilling = None
-        self.prefix_cache.store(sequence.prepared.key, sequence.cache)
-        rows = [BatchCache.row(layer) for layer in sequence.cache]
-        sequence.cache = None
+        self.prefix_cache.store(sequence.prepared.key, sequence.cache, sequence.snapshots)
+        rows = [layer.batch_row() for layer in sequence.cache]
+        sequence.cache, sequence.snapshots = None, {}
         if self.batch_cache is None:
             self.batch_cache = rows
         else:
@@ -342,7 +305,7 @@ class Scheduler:
     def _hand_out(self, step: Step) -> None:
         """Read a step's tokens and give each live row its chunk (rows that end leave the batch at the
         next step's start). The other ranks hand out nothing: rank 0 answers the requests."""
-        if self.lockstep is not None and not self.lockstep.leader:
+        if not self.sync.leader:
             return
         waited = time.perf_counter()
         picks = step.choice.read([s.chooser for s in step.rows])

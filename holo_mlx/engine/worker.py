@@ -8,7 +8,7 @@ The waiting queue is bounded: beyond it, new work is refused at once.
 It knows nothing of HTTP: it raises QueueFull and NotReady, and the server answers them.
 
 Under mlx.launch every rank builds an Engine: rank 0's serves, the others `follow()` it, stepping
-their schedulers in lockstep with rank 0's (lockstep.py) over their share of the model. A rank
+their schedulers in lockstep with rank 0's (engine/sync.py) over their share of the model. A rank
 lost once joined (liveness.py) ends the engine's service for good: the group can run no pass
 without it, and the engine thread may be stuck inside a collective. Every request then fails with
 the reason, at once.
@@ -23,14 +23,15 @@ from collections.abc import Awaitable, Callable
 
 from .. import load
 from ..distributed import Rank, RanksMissing, ranks, same_everywhere, world
-from ..embed import EmbeddingJob
 from ..liveness import BEAT_S, Heartbeat
 from ..runtime import device_name, release_freed_memory
 from ..settings import ServerConfig
 from .caches import PrefixCache, VisionCache
-from .lockstep import Lockstep
+from .embedding import EmbeddingJob
+from .requests import EmbeddingRequest, Sequence
 from .sampling import SamplingParams
-from .scheduler import Embedding, Scheduler, Sequence
+from .scheduler import Scheduler
+from .sync import Lockstep
 
 log = logging.getLogger("holo_mlx.engine")
 _DONE = None  # what a sequence emits after its last chunk
@@ -143,7 +144,7 @@ class Engine:
             self.ranks = ranks(self.model, group)
             scheduler = Scheduler(self.model, self.prompts.tokenizer, max_num_seqs=config.max_num_seqs,
                                   prefix_cache=self.prefix_cache, vision_cache=self.vision_cache,
-                                  lockstep=Lockstep(group) if group is not None else None)
+                                  sync=Lockstep(group) if group is not None else None)
         except Exception as error:
             log.error("could not load %s: %s", config.model, error)
             self._fail(load_failed(error))
@@ -176,7 +177,7 @@ class Engine:
         """A rank other than 0: step in lockstep with rank 0's engine until it stops."""
         if not self._load():
             raise SystemExit(f"error: {self.failure.message}")
-        lockstep = self.scheduler.lockstep
+        lockstep = self.scheduler.sync
         while not lockstep.stopped and self.failure is None:
             try:
                 self.scheduler.step()
@@ -200,10 +201,10 @@ class Engine:
                 except queue.Empty:
                     break
                 if item is _DONE:
-                    if self.scheduler.lockstep is not None and self.failure is None:
-                        self.scheduler.lockstep.exchange(self.scheduler, stop=True)
+                    if self.failure is None:
+                        self.scheduler.sync.exchange(self.scheduler, stop=True)
                     return
-                if isinstance(item, Embedding):
+                if isinstance(item, EmbeddingRequest):
                     self.scheduler.add_embedding(item)
                 else:
                     self.scheduler.add(item)
@@ -219,7 +220,7 @@ class Engine:
         """A scheduler bug fails the requests in flight, not the server. Over several ranks it ends the
         service: they no longer agree on the passes. Most often a rank is gone, which the heartbeat
         names within a beat or two."""
-        if self.scheduler.lockstep is None:
+        if not self.scheduler.sync.shared:
             log.exception("engine step failed")
             self.scheduler.fail_all(error)
         elif self.heartbeat is None or not self.heartbeat.lost.wait(2 * BEAT_S):
@@ -257,7 +258,7 @@ class Engine:
         scheduler = self.scheduler
         queued = list(self._inbox.queue) + \
             (list(scheduler.waiting) + list(scheduler.embeddings)[1:] if scheduler else [])
-        return sum(not (isinstance(item, (Sequence, Embedding)) and item.cancelled.is_set()) for item in queued)
+        return sum(not (isinstance(item, (Sequence, EmbeddingRequest)) and item.cancelled.is_set()) for item in queued)
 
     @property
     def running(self) -> int:
@@ -275,7 +276,7 @@ class Engine:
 
     # --- work --------------------------------------------------------------------------------------
 
-    def _enqueue(self, work: Sequence | Embedding) -> None:
+    def _enqueue(self, work: Sequence | EmbeddingRequest) -> None:
         """Queue work for the engine thread; QueueFull at once when the waiting queue is full."""
         with self._admission:
             self.require_ready()
@@ -311,7 +312,7 @@ class Engine:
         """The prompts' vectors, or None when `client_gone` says so first; either way, and when the
         caller is cancelled, the job stops at its next unit. QueueFull at once when the queue is full."""
         results, emit = self._results()
-        job = Embedding(EmbeddingJob(self.model, prompts, self.config.embedding_chunk), emit)
+        job = EmbeddingRequest(EmbeddingJob(self.model, prompts, self.config.embedding_chunk), emit)
         self._enqueue(job)
         outcome = asyncio.ensure_future(results.get())
         try:

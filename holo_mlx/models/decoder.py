@@ -14,6 +14,7 @@ from mlx_lm.models.base import create_attention_mask
 
 from .. import kernels
 from .base import Span
+from .cache import KVLayerCache
 
 
 @dataclass
@@ -112,6 +113,15 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = nn.RMSNorm(dim, eps=eps)
         self.post_attention_layernorm = nn.RMSNorm(dim, eps=eps)
 
+    @staticmethod
+    def make_cache() -> KVLayerCache:
+        return KVLayerCache()
+
+    @staticmethod
+    def make_mask(embeds: mx.array, cache) -> mx.array | str | None:
+        """Causal over the cache, its left padding included (mlx-lm's rule)."""
+        return create_attention_mask(embeds, cache)
+
     def __call__(self, x: mx.array, groups: list[AttentionGroup], last_rows: mx.array | None = None) -> mx.array:
         attended = self.self_attn(self.input_layernorm(x), groups, last_rows)
         x = (x if last_rows is None else x[last_rows]) + attended
@@ -146,9 +156,14 @@ class Decoder(nn.Module):
         groups, layers = [], self.own_layers()
         for span in spans:
             cache = span.cache or [None] * len(layers)
-            mask = span.mask if span.mask is not None else create_attention_mask(span.embeds, cache[0])
+            # Each layer kind makes its mask from a cache of its own kind (a hybrid's first layer
+            # may keep no KV at all).
+            masks = {}
+            for (_, layer), layer_cache in zip(layers, cache):
+                if type(layer) not in masks:
+                    masks[type(layer)] = span.mask if span.mask is not None else layer.make_mask(span.embeds, layer_cache)
             cos, sin = self.rope(span.positions, span.embeds.dtype)
-            groups.append((span.embeds.shape[:2], cos, sin, mask, cache))
+            groups.append((span.embeds.shape[:2], cos, sin, masks, cache))
         dim = spans[0].embeds.shape[-1]
         x = mx.concatenate([span.embeds.reshape(-1, dim) for span in spans])
         deepstack = self._deepstack(spans)
@@ -157,8 +172,8 @@ class Decoder(nn.Module):
         if self.stage is not None:
             x = self.stage.receive(x)
         for position, (index, layer) in enumerate(layers):
-            x = layer(x, [AttentionGroup(shape, cos, sin, mask, cache[position])
-                          for shape, cos, sin, mask, cache in groups], last_rows if index == final else None)
+            x = layer(x, [AttentionGroup(shape, cos, sin, masks[type(layer)], cache[position])
+                          for shape, cos, sin, masks, cache in groups], last_rows if index == final else None)
             if deepstack is not None and index < len(deepstack):
                 x = x + (deepstack[index] if last_rows is None or index < final else deepstack[index][last_rows])
         if self.stage is not None:

@@ -9,7 +9,6 @@ states at that token after one of the first decoder layers.
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx_lm.models.cache import KVCache
 
 from .base import Span
 from .decoder import LanguageModel
@@ -60,9 +59,10 @@ class Model(nn.Module):
         return rope_index(input_ids, grids, image_token_id=self.config.image_token_id,
                           spatial_merge_size=self.config.vision_config.spatial_merge_size)
 
-    def make_cache(self) -> list[KVCache]:
-        """One cache per decoder layer this process runs (all of them but under pipeline parallelism)."""
-        return [KVCache() for _ in self.language_model.model.own_layers()]
+    def make_cache(self) -> list:
+        """One cache per decoder layer this process runs (all of them but under pipeline parallelism),
+        of the kind the layer declares (models/cache.py)."""
+        return [layer.make_cache() for _, layer in self.language_model.model.own_layers()]
 
     def hidden(self, spans: list[Span], last_only: bool = False) -> list[mx.array]:
         return self.language_model.model.forward(spans, last_only)

@@ -1,4 +1,4 @@
-"""POST /v1/embeddings: mean-pooled final hidden states of the served model (see holo_mlx/embed.py).
+"""POST /v1/embeddings: mean-pooled final hidden states of the served model (see holo_mlx/engine/embedding.py).
 
 Text is tokenized as is (no chat template, no special tokens). A list of content parts is one
 multimodal input: its text and images in order, each image as <|vision_start|>, its visual tokens

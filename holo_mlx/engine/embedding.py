@@ -15,10 +15,10 @@ from collections.abc import Iterator
 import mlx.core as mx
 import numpy as np
 
-from .engine.prepare import PreparedPrompt
-from .models import VisionLanguageModel as Model
-from .models.base import Span
-from .runtime import prefill_chunk
+from ..models import VisionLanguageModel as Model
+from ..models.base import Span
+from ..runtime import prefill_chunk
+from .prepare import PreparedPrompt
 
 
 class EmbeddingJob:
@@ -77,9 +77,7 @@ class EmbeddingJob:
         item = PreparedPrompt(self.model, self.prompts[index])
         cache = self.model.make_cache()
         for layer in cache:
-            # One allocation of the whole length: growing 256 tokens at a time would copy the KV
-            # at every step and leave a trail of ever larger freed buffers behind.
-            layer.step = item.length
+            layer.reserve(item.length)
         total = mx.zeros((self.model.config.text_config.hidden_size,), dtype=mx.float32)
         for start in range(0, item.length, self.chunk):
             end = min(start + self.chunk, item.length)

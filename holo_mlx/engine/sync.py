@@ -1,4 +1,8 @@
-"""Several ranks serving one model (mlx.launch): every rank steps its own scheduler, in lockstep.
+"""What a scheduler shares with other ranks each step: nothing when it runs alone (`Solo`), or,
+under mlx.launch, rank 0's decisions (`Lockstep`). The scheduler calls the same four members on
+either: `leader`, `shared`, `exchange`, `share_tokens`, `note_reset`.
+
+Several ranks serving one model (mlx.launch): every rank steps its own scheduler, in lockstep.
 
 Rank 0 takes the requests. At the start of each step it tells the other ranks, with
 mx.distributed collectives, what changed since the last one: new generations (prompt tokens,
@@ -19,7 +23,8 @@ import pickle
 
 import mlx.core as mx
 
-from ..embed import EmbeddingJob
+from .embedding import EmbeddingJob
+from .requests import EmbeddingRequest, Sequence
 
 log = logging.getLogger("holo_mlx.engine")
 
@@ -28,7 +33,26 @@ def _ignore(_item) -> None:
     """A request's results on the ranks other than 0: nobody to give them to."""
 
 
+class Solo:
+    """One process: it decides everything itself and shares nothing."""
+
+    leader = True  # chooses the tokens and answers the requests
+    shared = False  # no other rank runs the same passes
+    stopped = False
+
+    def exchange(self, scheduler, stop: bool = False) -> None:
+        pass
+
+    def share_tokens(self, tokens: mx.array, logits: mx.array) -> mx.array:
+        return tokens
+
+    def note_reset(self, everything: bool) -> None:
+        pass
+
+
 class Lockstep:
+    shared = True
+
     def __init__(self, group: mx.distributed.Group):
         self.group = group
         self.leader = group.rank() == 0
@@ -70,8 +94,6 @@ class Lockstep:
         return self.numbers[request]
 
     def _news(self, scheduler, stop: bool) -> dict:
-        from .scheduler import Embedding
-
         if self.reset_level == 2:
             self.numbers.clear()  # the queue was emptied too: every request ended
         sequences = [(self._number(s), s.prompt, dataclasses.replace(s.params, constraint=None))
@@ -80,7 +102,7 @@ class Lockstep:
                       for e in scheduler.embeddings if e not in self.numbers]
         dropped = [request for request in self.numbers if request.dropped]
         finished = [request for request in self.numbers if getattr(request, "finished", False)]
-        done = [request for request in self.numbers if isinstance(request, Embedding) and request not in scheduler.embeddings]
+        done = [request for request in self.numbers if isinstance(request, EmbeddingRequest) and request not in scheduler.embeddings]
         news = {"sequences": sequences, "embeddings": embeddings,
                 "dropped": [self.numbers[request] for request in dropped],
                 "finished": [self.numbers[request] for request in finished],
@@ -94,8 +116,6 @@ class Lockstep:
     # --- the other ranks ---------------------------------------------------------------------------
 
     def _apply(self, news: dict, scheduler) -> None:
-        from .scheduler import Embedding, Sequence
-
         if news["stop"]:
             self.stopped = True
             return
@@ -107,7 +127,7 @@ class Lockstep:
             self.numbers[number] = Sequence(prompt, params, _ignore)
             scheduler.add(self.numbers[number])
         for number, prompts, chunk in news["embeddings"]:
-            self.numbers[number] = Embedding(EmbeddingJob(scheduler.model, prompts, chunk), _ignore)
+            self.numbers[number] = EmbeddingRequest(EmbeddingJob(scheduler.model, prompts, chunk), _ignore)
             scheduler.add_embedding(self.numbers[number])
         for field in ("dropped", "finished"):
             for number in news[field]:
