@@ -66,9 +66,15 @@ def render(messages: list[dict], tools: list[dict] | None) -> list[dict]:
     for message in messages:
         role = message["role"]
         if role == "assistant" and message.get("tool_calls"):
-            content = message["content"] or ""
-            calls = [call_text(call["name"], call["arguments"]) for call in message["tool_calls"]]
-            rendered.append({"role": "assistant", "content": "\n".join(([content] if content else []) + calls)})
+            content = message["content"]
+            calls = "\n".join(call_text(call["name"], call["arguments"]) for call in message["tool_calls"])
+            if not content:
+                content = calls
+            elif isinstance(content, str):
+                content = f"{content}\n{calls}"
+            else:  # parts stay parts (an image among them too), the calls after them
+                content = [*content, {"type": "text", "text": f"\n{calls}"}]
+            rendered.append({"role": "assistant", "content": content})
         elif role == "tool":
             parts = as_parts(message["content"])
             response = [{"type": "text", "text": "<tool_response>\n"}, *parts, {"type": "text", "text": "\n</tool_response>"}]
