@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from .constrain import JSON_OPTIONS, Grammar, Grammars
-from .engine.stream import held_back
+from .tokens import held_back
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 TOOLS_HEADER = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
