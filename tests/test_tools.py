@@ -9,7 +9,7 @@ import pytest
 
 from holo_mlx.prompt import PromptBuilder
 from holo_mlx.testing import tokenizer_files_dir
-from holo_mlx.tools import CallStream, parse
+from holo_mlx.tool_format import CallStream, parse
 from test_server import error_of
 
 CLICK = {"type": "function", "function": {

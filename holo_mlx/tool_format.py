@@ -34,13 +34,15 @@ ANY_ARGUMENTS = {"type": "object"}
 
 
 @dataclass(frozen=True)
-class ToolCall:
+class ParsedCall:
+    """A call read out of the model's answer (server/tool_use.py gives it to clients as protocol.ToolCall)."""
+
     name: str
     arguments: str  # JSON text of an object, as OpenAI's API carries it
     id: str = ""
 
     @classmethod
-    def new(cls, name: str, arguments: str) -> "ToolCall":
+    def new(cls, name: str, arguments: str) -> "ParsedCall":
         return cls(name, arguments, f"call_{uuid.uuid4().hex[:24]}")
 
 
@@ -91,7 +93,7 @@ def as_parts(content) -> list[dict]:
     return [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
 
 
-def parse(text: str) -> tuple[str, list[ToolCall]]:
+def parse(text: str) -> tuple[str, list[ParsedCall]]:
     """(the text outside calls, the calls) of an answer; a call that is not a JSON object with a
     string name and object arguments stays in the text."""
     calls, kept, end = [], [], 0
@@ -106,14 +108,14 @@ def parse(text: str) -> tuple[str, list[ToolCall]]:
     return "".join(kept).strip() if calls else text, calls
 
 
-def parse_call(body: str) -> ToolCall | None:
+def parse_call(body: str) -> ParsedCall | None:
     try:
         value = json.loads(body)
     except json.JSONDecodeError:
         return None
     if not (isinstance(value, dict) and isinstance(value.get("name"), str) and isinstance(value.get("arguments"), dict)):
         return None
-    return ToolCall.new(value["name"], json.dumps(value["arguments"], ensure_ascii=False))
+    return ParsedCall.new(value["name"], json.dumps(value["arguments"], ensure_ascii=False))
 
 
 class CallStream:
@@ -123,7 +125,7 @@ class CallStream:
     def __init__(self):
         self.buffer = ""
 
-    def add(self, piece: str) -> tuple[str, list[ToolCall]]:
+    def add(self, piece: str) -> tuple[str, list[ParsedCall]]:
         self.buffer += piece
         content, calls = "", []
         while True:
@@ -228,7 +230,7 @@ class ToolFormat:
 
     opening: str  # the text that opens a call
     render: Callable[[list[dict], list[dict] | None], list[dict]]  # into plain messages
-    parse: Callable[[str], tuple[str, list[ToolCall]]]
+    parse: Callable[[str], tuple[str, list[ParsedCall]]]
     stream: Callable[[], CallStream]
     grammar: Callable[..., Grammar]  # (grammars, tools, parallel=) -> answers made of calls
 
