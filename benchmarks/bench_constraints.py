@@ -77,7 +77,7 @@ def main() -> None:
     from holo_mlx.constrain import Grammars
     from holo_mlx.engine.sampling import SamplingParams
     from holo_mlx.testing import build_checkpoint
-    from holo_mlx.tools import HERMES
+    from holo_mlx.tool_format import HERMES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model folder (default: a tiny random-weight checkpoint, built once)")

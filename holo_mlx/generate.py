@@ -6,6 +6,7 @@ same engine as its server: there is one generation path.
 
 import argparse
 import secrets
+import sys
 from collections import deque
 from collections.abc import Iterator
 

@@ -23,7 +23,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .image import MAX_PIXELS, MAX_SIDE, ImageProcessorConfig, ProcessedImage, preprocess_image
 from .reasoning import ThinkTokens
-from .tools import HERMES, ToolFormat
+from .tool_format import HERMES, ToolFormat
 
 # What build() passes the chat template itself, and apply_chat_template's own arguments: not
 # template variables a request's template kwargs may set.

@@ -1,4 +1,5 @@
-"""Token ids -> raw bytes -> text, for streaming and logprobs.
+"""Token ids -> raw bytes -> text, for streaming and logprobs, and how much of a streamed text to
+hold back while it could still become a stop string (or a tool call's opening tag).
 
 A byte-level BPE token is a fixed byte string, so streaming text is an incremental UTF-8 decode of
 the concatenated token bytes: exact (equal to tokenizer.decode) and cheap per token, with
@@ -61,3 +62,9 @@ class StreamingDecoder:
 
     def finish(self) -> str:
         return self.decoder.decode(b"", final=True)
+
+
+def held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest suffix of `text` that could still grow into a stop string."""
+    return max((n for stop in stops for n in range(min(len(stop) - 1, len(text)), 0, -1)
+                if stop.startswith(text[-n:])), default=0)

@@ -42,10 +42,21 @@ def api(live):
     image_chat = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": screenshot}},
                                                {"type": "text", "text": "Where is Submit?"}]}]
     text_chat = [{"role": "user", "content": "Hi"}]
+    # A tool conversation whose assistant turn said something, as parts, before its call.
+    tool_chat = [{"role": "user", "content": "Hi"},
+                 {"role": "assistant", "content": [{"type": "text", "text": "Checking."}], "tool_calls": [
+                     {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                 {"role": "tool", "tool_call_id": "call_1", "content": "ok"}]
+    tool_items = [{"role": "user", "content": "Hi"},
+                  {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking."}]},
+                  {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"},
+                  {"type": "function_call_output", "call_id": "call_1", "output": "ok"}]
     usage = {"stream": True, "stream_options": {"include_usage": True}}
     examples(schema, "/v1/localize", {"image": screenshot, "target": "the Submit button"})
     examples(schema, "/v1/chat/completions", {"messages": image_chat, "logprobs": True, "top_logprobs": 2},
-             {"messages": image_chat, **usage}, {"messages": text_chat, "logprobs": True, **usage})
+             {"messages": image_chat, **usage}, {"messages": text_chat, "logprobs": True, **usage},
+             {"messages": tool_chat, "tools": [{"type": "function", "function": {"name": "f"}}]})
+    examples(schema, "/v1/responses", {"input": tool_items, "tools": [{"type": "function", "name": "f"}]})
     examples(schema, "/v1/completions", {"prompt": "Hello", "logprobs": 2, **usage},
              {"prompt": [9707, 11], "echo": True})
     return schema

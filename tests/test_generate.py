@@ -1,5 +1,6 @@
 """Generation behaviour on a tiny checkpoint: sampling, stops, logprobs, CLI, no torch at runtime."""
 
+import json
 import os
 import subprocess
 import sys
@@ -111,6 +112,20 @@ def test_cli_generates_without_importing_torch(checkpoint, request, tmp_path):
     assert "Prompt:" in result.stdout and "tokens-per-sec" in result.stdout
     assert "Generation: 6 tokens" in result.stdout
     assert "Peak memory:" in result.stdout
+
+
+def test_cli_says_so_when_its_rank_cannot_join(hf_root_checkpoint, tmp_path):
+    # Rank 1 of a one-host ring, as a mistyped hostfile would launch it: MLX refuses at once.
+    hosts = tmp_path / "hosts.json"
+    hosts.write_text(json.dumps([["127.0.0.1:5000"]]))
+    result = subprocess.run(
+        [sys.executable, "-m", "holo_mlx.generate", "--model", str(hf_root_checkpoint), "--prompt", "Hi"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "MLX_RANK": "1", "MLX_HOSTFILE": str(hosts)})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    # The last line is the message, MLX's reason after it.
+    assert result.stderr.splitlines()[-1].startswith(
+        "error: could not join the other ranks (ring backend, rank 1 of 1: 127.0.0.1:5000): [ring] ")
 
 
 def test_the_readme_python_example_runs(hf_root_checkpoint, tmp_path, monkeypatch, capsys):

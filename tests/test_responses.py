@@ -76,6 +76,23 @@ def test_previous_response_id_continues_the_stored_conversation(client):
     assert client.responses.retrieve(second.id).id == second.id
 
 
+def test_an_assistant_message_then_its_function_call_is_read_into_the_prompt(client):
+    # The message's content becomes parts, which come before the call in the assistant turn.
+    tools = [{"type": "function", "name": "f", "parameters": {"type": "object"}}]
+    response = client.responses.create(model="holo-tiny", tools=tools, max_output_tokens=3, store=False, input=[
+        {"role": "user", "content": "Hi"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking."}]},
+        {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "ok"}])
+    chat = client.chat.completions.create(model="holo-tiny", max_tokens=1, messages=[
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Checking.", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "ok"}],
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
+    assert response.usage.input_tokens == chat.usage.prompt_tokens
+
+
 def test_stored_responses_are_retrieved_and_deleted(client, server):
     response = client.responses.create(model="holo-tiny", input="Hi", max_output_tokens=2)
     assert client.responses.retrieve(response.id).output_text == response.output_text

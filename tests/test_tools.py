@@ -9,7 +9,7 @@ import pytest
 
 from holo_mlx.prompt import PromptBuilder
 from holo_mlx.testing import tokenizer_files_dir
-from holo_mlx.tools import CallStream, parse
+from holo_mlx.tool_format import CallStream, parse
 from test_server import error_of
 
 CLICK = {"type": "function", "function": {
@@ -32,6 +32,16 @@ HISTORY = [
     {"role": "tool", "tool_call_id": "call_1", "content": "clicked"},
     {"role": "tool", "tool_call_id": "call_2", "content": "typed"},
 ]
+# An assistant turn that said something before its call, its content as a list of parts (as SDKs send it).
+F = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+SAID_AS_PARTS = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": [{"type": "text", "text": "Checking."}], "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "ok"},
+]
+SAID_AS_TEXT = [{**message, "content": "Checking."} if message["role"] == "assistant" else message
+                for message in SAID_AS_PARTS]
 
 
 def assert_valid_calls(calls, names=SCHEMAS):
@@ -155,6 +165,19 @@ def test_a_tool_call_history_is_read_into_the_prompt(client, hf_root_checkpoint)
                                               max_tokens=4)
     expected = PromptBuilder.from_pretrained(hf_root_checkpoint).build(internal(HISTORY), tools=[CLICK, TYPE])
     assert response.usage.prompt_tokens == len(expected.input_ids)
+
+
+@pytest.mark.parametrize("tools", [None, [F]])
+def test_an_assistant_turn_of_content_parts_with_tool_calls_is_read_into_the_prompt(server, hf_root_checkpoint, tools):
+    response = server.post("/v1/chat/completions", {"messages": SAID_AS_PARTS, "max_tokens": 4,
+                                                    **({"tools": tools} if tools else {})})
+    assert response.status_code == 200, response.text
+    builder = PromptBuilder.from_pretrained(hf_root_checkpoint)
+    expected = builder.build(internal(SAID_AS_PARTS), tools=tools)
+    assert response.json()["usage"]["prompt_tokens"] == len(expected.input_ids)
+    # The parts' text comes before the call, as the same turn's text content gives it.
+    assert expected.input_ids == builder.build(internal(SAID_AS_TEXT), tools=tools).input_ids
+    assert 'Checking.\n<tool_call>\n{"name": "f"' in builder.tokenizer.decode(expected.input_ids)
 
 
 def test_tool_choice_none_leaves_the_tools_out(client, hf_root_checkpoint):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-from ..tokens import StreamingDecoder
+from ..tokens import StreamingDecoder, held_back
 from .sampling import SamplingParams, TokenLogprob
 
 
@@ -27,12 +27,6 @@ class GenerationChunk:
     finish_reason: str | None = None  # "stop" or "length" on the last chunk
     stats: GenerationStats | None = None  # on the last chunk
     reasoning: str | None = None  # the token is part of the reasoning (`</think>` included): its new text
-
-
-def held_back(text: str, stops: list[str]) -> int:
-    """Length of the longest suffix of `text` that could still grow into a stop string."""
-    return max((n for stop in stops for n in range(min(len(stop) - 1, len(text)), 0, -1)
-                if stop.startswith(text[-n:])), default=0)
 
 
 class TextStream:

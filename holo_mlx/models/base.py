@@ -16,7 +16,7 @@ import numpy as np
 
 from ..coordinates import RESIZED_PIXELS, CoordinateSpace
 from ..image import MAX_PIXELS, MAX_SIDE
-from ..tools import HERMES, ToolFormat
+from ..tool_format import HERMES, ToolFormat
 
 
 class ConfigError(ValueError):

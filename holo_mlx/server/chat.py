@@ -11,7 +11,7 @@ from ..coordinates import CoordinateSpace, map_answer
 from ..engine.stream import GenerationChunk
 from ..prompt import Prompt
 from ..reasoning import AfterThinking
-from ..tools import ToolCall
+from ..tool_format import ParsedCall
 from .content import ImagePolicy, to_messages
 from .errors import APIError
 from .inputs import build_prompt, holo_info, reject_lone_surrogates, template_kwargs
@@ -19,11 +19,11 @@ from .openapi import API_ERRORS, responses
 from .protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
                        ChatCompletionRequest, ChatDelta, ChoiceLogprobs, CompletionTokensDetails, HoloInfo,
                        PromptTokensDetails, TokenLogprobEntry, Usage, dump, new_id)
-from .sampling import check_top_logprobs, choice_params, sampling_params
+from .sampling_fields import check_top_logprobs, choice_params, sampling_params
 from .schemas import requested_grammar
 from .served import MeteredGeneration, Served, ready_model
 from .streaming import SSE_DONE, collect, ending_with_error_event, sse
-from .tools import ToolUse, as_deltas, as_tool_calls, tool_use
+from .tool_use import ToolUse, as_deltas, as_tool_calls, tool_use
 
 router = APIRouter()
 
@@ -41,7 +41,7 @@ class ChatRun:
     mapping: str | None  # why the answer's coordinates are not mapped; None when they are or nobody asked
     map_coordinates: bool
 
-    def answer(self, text: str) -> tuple[str, list[ToolCall]]:
+    def answer(self, text: str) -> tuple[str, list[ParsedCall]]:
         """The answer's content (coordinates mapped when asked and possible) and its tool calls."""
         if self.map_coordinates and self.mapping is None:
             text, self.mapping = in_original_pixels(text, self.prompt, self.served.engine.model.family.coordinates)

@@ -10,7 +10,7 @@ from .inputs import input_prompts, reject_lone_surrogates, split_inputs
 from .openapi import API_ERRORS, responses
 from .protocol import (Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, PromptTokensDetails,
                        Usage, dump, new_id)
-from .sampling import check_top_logprobs, choice_params, sampling_params
+from .sampling_fields import check_top_logprobs, choice_params, sampling_params
 from .schemas import requested_grammar
 from .served import ready_model
 from .streaming import SSE_DONE, collect, ending_with_error_event, sse

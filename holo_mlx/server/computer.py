@@ -24,7 +24,7 @@ from functools import cache
 
 from ..agent import ComputerStep, bounded_schema, navigation_prompt, navigation_state
 from ..coordinates import CoordinateSpace, map_point
-from ..tools import as_parts
+from ..tool_format import as_parts
 from .errors import APIError
 from .protocol import ComputerCallItem, ResponsesRequest, new_id
 

@@ -18,7 +18,7 @@ from .inputs import build_prompt, reject_lone_surrogates
 from .openapi import API_ERRORS, responses
 from .protocol import (HoloImage, HoloImagePart, ImageSize, ImageURL, ImageURLPart, Localization, LocalizeRequest,
                        OriginalClick, SamplingFields, dump)
-from .sampling import sampling_params
+from .sampling_fields import sampling_params
 from .served import ready_model
 from .streaming import collect
 

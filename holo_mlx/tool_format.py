@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from .constrain import JSON_OPTIONS, Grammar, Grammars
-from .engine.stream import held_back
+from .tokens import held_back
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 TOOLS_HEADER = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -34,13 +34,15 @@ ANY_ARGUMENTS = {"type": "object"}
 
 
 @dataclass(frozen=True)
-class ToolCall:
+class ParsedCall:
+    """A call read out of the model's answer (server/tool_use.py gives it to clients as protocol.ToolCall)."""
+
     name: str
     arguments: str  # JSON text of an object, as OpenAI's API carries it
     id: str = ""
 
     @classmethod
-    def new(cls, name: str, arguments: str) -> "ToolCall":
+    def new(cls, name: str, arguments: str) -> "ParsedCall":
         return cls(name, arguments, f"call_{uuid.uuid4().hex[:24]}")
 
 
@@ -66,9 +68,15 @@ def render(messages: list[dict], tools: list[dict] | None) -> list[dict]:
     for message in messages:
         role = message["role"]
         if role == "assistant" and message.get("tool_calls"):
-            content = message["content"] or ""
-            calls = [call_text(call["name"], call["arguments"]) for call in message["tool_calls"]]
-            rendered.append({"role": "assistant", "content": "\n".join(([content] if content else []) + calls)})
+            content = message["content"]
+            calls = "\n".join(call_text(call["name"], call["arguments"]) for call in message["tool_calls"])
+            if not content:
+                content = calls
+            elif isinstance(content, str):
+                content = f"{content}\n{calls}"
+            else:  # parts stay parts (an image among them too), the calls after them
+                content = [*content, {"type": "text", "text": f"\n{calls}"}]
+            rendered.append({"role": "assistant", "content": content})
         elif role == "tool":
             parts = as_parts(message["content"])
             response = [{"type": "text", "text": "<tool_response>\n"}, *parts, {"type": "text", "text": "\n</tool_response>"}]
@@ -85,7 +93,7 @@ def as_parts(content) -> list[dict]:
     return [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
 
 
-def parse(text: str) -> tuple[str, list[ToolCall]]:
+def parse(text: str) -> tuple[str, list[ParsedCall]]:
     """(the text outside calls, the calls) of an answer; a call that is not a JSON object with a
     string name and object arguments stays in the text."""
     calls, kept, end = [], [], 0
@@ -100,14 +108,14 @@ def parse(text: str) -> tuple[str, list[ToolCall]]:
     return "".join(kept).strip() if calls else text, calls
 
 
-def parse_call(body: str) -> ToolCall | None:
+def parse_call(body: str) -> ParsedCall | None:
     try:
         value = json.loads(body)
     except json.JSONDecodeError:
         return None
     if not (isinstance(value, dict) and isinstance(value.get("name"), str) and isinstance(value.get("arguments"), dict)):
         return None
-    return ToolCall.new(value["name"], json.dumps(value["arguments"], ensure_ascii=False))
+    return ParsedCall.new(value["name"], json.dumps(value["arguments"], ensure_ascii=False))
 
 
 class CallStream:
@@ -117,7 +125,7 @@ class CallStream:
     def __init__(self):
         self.buffer = ""
 
-    def add(self, piece: str) -> tuple[str, list[ToolCall]]:
+    def add(self, piece: str) -> tuple[str, list[ParsedCall]]:
         self.buffer += piece
         content, calls = "", []
         while True:
@@ -222,7 +230,7 @@ class ToolFormat:
 
     opening: str  # the text that opens a call
     render: Callable[[list[dict], list[dict] | None], list[dict]]  # into plain messages
-    parse: Callable[[str], tuple[str, list[ToolCall]]]
+    parse: Callable[[str], tuple[str, list[ParsedCall]]]
     stream: Callable[[], CallStream]
     grammar: Callable[..., Grammar]  # (grammars, tools, parallel=) -> answers made of calls
 

@@ -5,10 +5,9 @@ import asyncio
 from dataclasses import dataclass
 
 from ..constrain import Grammars, SchemaError
-from ..tools import CallsWhenOpened, ToolCall, ToolFormat
+from ..tool_format import CallsWhenOpened, ParsedCall, ToolFormat
 from .errors import APIError
-from .protocol import ChatCompletionRequest, FunctionCall, ToolCallDelta
-from .protocol import ToolCall as ToolCallOut
+from .protocol import ChatCompletionRequest, FunctionCall, ToolCall, ToolCallDelta
 
 
 @dataclass
@@ -55,11 +54,11 @@ async def tool_use(body: ChatCompletionRequest, grammars: Grammars, tool_format:
     return ToolUse(tools, grammar, tool_format)
 
 
-def as_tool_calls(calls: list[ToolCall]) -> list[ToolCallOut]:
-    return [ToolCallOut(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments)) for call in calls]
+def as_tool_calls(calls: list[ParsedCall]) -> list[ToolCall]:
+    return [ToolCall(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments)) for call in calls]
 
 
-def as_deltas(calls: list[ToolCall], first_index: int) -> list[ToolCallDelta]:
+def as_deltas(calls: list[ParsedCall], first_index: int) -> list[ToolCallDelta]:
     """Each call whole in one delta (the SDKs accumulate name and arguments either way)."""
     return [ToolCallDelta(index=first_index + number, id=call.id, type="function",
                           function=FunctionCall(name=call.name, arguments=call.arguments))
