@@ -1,9 +1,10 @@
 """The interface between a model family and the rest of holo-mlx.
 
 `Family` says how to read a checkpoint (config, weight names, image processor) and how its
-checkpoints expect to be prompted (localization prompt and schema, coordinate convention, tool calls).
-`VisionLanguageModel` is what the engine calls on a built model: nothing else of a family's
-modules is reached from outside holo_mlx/models/.
+checkpoints expect to be prompted (localization prompt and schema, coordinate convention, tool
+calls). `VisionLanguageModel` is what the engine and the loader call on a built model (the loader:
+to split it across ranks): nothing else of a family's modules is reached from outside
+holo_mlx/models/.
 """
 
 from collections.abc import Callable
@@ -21,6 +22,10 @@ from ..tools import HERMES, ToolFormat
 
 class ConfigError(ValueError):
     pass
+
+
+class ShardingError(ValueError):
+    """A model cannot be split over this many ranks (its heads, widths or layers do not divide)."""
 
 
 @dataclass
@@ -69,6 +74,14 @@ class VisionLanguageModel(Protocol):
 
     def logits(self, hidden: mx.array) -> mx.array:
         """Vocabulary logits of hidden states."""
+
+    def shard(self, group: mx.distributed.Group) -> None:
+        """Tensor parallelism, on the lazily loaded weights: split the decoder's layers across the
+        ranks of `group` in place (a ShardingError when they do not divide)."""
+
+    def pipeline(self, group: mx.distributed.Group) -> None:
+        """Pipeline parallelism, before the weights are loaded: keep this rank's run of decoder
+        layers (the others' modules dropped) and hand the hidden states between ranks around them."""
 
 
 @dataclass(frozen=True)
