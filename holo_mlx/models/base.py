@@ -1,10 +1,10 @@
 """The interface between a model family and the rest of holo-mlx.
 
-`Family` says how to read a checkpoint (config, weight names, image processor) and how its
-checkpoints expect to be prompted (localization prompt and schema, coordinate convention, tool
-calls). `VisionLanguageModel` is what the engine and the loader call on a built model (the loader:
-to split it across ranks): nothing else of a family's modules is reached from outside
-holo_mlx/models/.
+`Family` says how to read a checkpoint (config, weight names, image processor), which of its
+weights may be quantized, and how its checkpoints expect to be prompted (localization prompt and
+schema, coordinate convention, tool calls). `VisionLanguageModel` is what the engine and the
+loader call on a built model (the loader: to split it across ranks): nothing else of a family's
+modules is reached from outside holo_mlx/models/.
 """
 
 from collections.abc import Callable
@@ -84,6 +84,13 @@ class VisionLanguageModel(Protocol):
         layers (the others' modules dropped) and hand the hidden states between ranks around them."""
 
 
+def matrix_weights(name: str, shape: tuple[int, ...], quantize_vision: bool) -> bool:
+    """The default `Family.quantizable`: every 2-D weight, a Linear's or an Embedding's (norms are
+    1-D, convolutions 4-D or 5-D); the vision tower's (`vision_tower.`, as models/vlm.Model and
+    mlx-vlm name it) only with `quantize_vision`."""
+    return len(shape) == 2 and (quantize_vision or not name.startswith("vision_tower."))
+
+
 @dataclass(frozen=True)
 class Family:
     name: str  # the registry key, e.g. "qwen2_5_vl"
@@ -106,3 +113,6 @@ class Family:
     # checkpoint's own ceiling. Holo1.5's cookbook caps screenshots; Holo2's uses its processor's.
     max_side: int | None = MAX_SIDE
     max_pixels: int | None = MAX_PIXELS
+    # (sanitized name of a `.weight`, its shape, --quantize-vision) -> whether `python -m convert -q`
+    # may quantize it; convert still keeps in float what the group size does not divide.
+    quantizable: Callable[[str, tuple[int, ...], bool], bool] = matrix_weights
