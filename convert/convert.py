@@ -25,7 +25,6 @@ Q_BITS = (4, 8)
 Q_GROUP_SIZES = (32, 64, 128)
 MAX_SHARD_BYTES = 5 << 30  # mlx-lm's and mlx-vlm's shard size
 LM_HEAD = "language_model.lm_head.weight"
-VISION_PREFIX = "vision_tower."
 
 # Tokenizer, chat template and processor files an MLX folder needs besides weights and config.
 SIDE_FILES = (
@@ -184,31 +183,24 @@ def _more(names: list[str]) -> str:
     return f" (and {len(names) - 1} more)" if len(names) > 1 else ""
 
 
-def quantizable(name: str, shape: tuple[int, ...], group_size: int, quantize_vision: bool) -> bool:
-    """Whether a tensor becomes a quantized Linear / Embedding / SwitchLinear weight.
-
-    Every 2-D `.weight` belongs to a Linear or an Embedding (norms are 1-D, the Conv3d patch
-    embedding is 5-D); the MoE experts are 3-D SwitchLinear weights. The MoE router stays in
-    float: a small matrix whose rounding would move tokens to other experts. mlx-vlm's loader
-    only quantizes modules whose weight size is a multiple of 64, so anything else stays in float
-    to load there too.
-    """
-    experts = ".switch_mlp." in name and len(shape) == 3
-    if not name.endswith(".weight") or not (len(shape) == 2 or experts) or name.endswith(".mlp.gate.weight"):
-        return False
-    if name.startswith(VISION_PREFIX) and not quantize_vision:
+def quantizable(family: Family, name: str, shape: tuple[int, ...], group_size: int, quantize_vision: bool) -> bool:
+    """Whether a tensor becomes a quantized Linear / Embedding / SwitchLinear weight: a `.weight`
+    (its scales and biases are stored under its module's name) that the family lets be quantized.
+    mlx-vlm's loader only quantizes modules whose weight size is a multiple of 64, so anything else
+    stays in float to load there too."""
+    if not name.endswith(".weight") or not family.quantizable(name, shape, quantize_vision):
         return False
     return shape[-1] % group_size == 0 and math.prod(shape) % 64 == 0
 
 
 def convert_tensor(
-    name: str, value: mx.array, dtype: mx.Dtype, quantization: dict | None, quantize_vision: bool
+    name: str, value: mx.array, family: Family, dtype: mx.Dtype, quantization: dict | None, quantize_vision: bool
 ) -> dict[str, mx.array]:
     """The output tensors for one checkpoint tensor: cast, and quantized where eligible."""
     if not mx.issubdtype(value.dtype, mx.floating):  # every parameter of these families is a float
         raise ConversionError(f"tensor {name} is {value.dtype}, expected a floating-point weight")
     value = value.astype(dtype)
-    if quantization is None or not quantizable(name, value.shape, quantization["group_size"], quantize_vision):
+    if quantization is None or not quantizable(family, name, value.shape, quantization["group_size"], quantize_vision):
         return {name: value}
     weight, scales, biases = mx.quantize(
         value, group_size=quantization["group_size"], bits=quantization["bits"]
@@ -270,7 +262,7 @@ def write_weights(
             tensors = read_shard(file, family)
             for name in names:
                 # pop: once evaluated the source tensor is no longer referenced, so it is freed.
-                converted = convert_tensor(name, tensors.pop(name), dtype, quantization, quantize_vision)
+                converted = convert_tensor(name, tensors.pop(name), family, dtype, quantization, quantize_vision)
                 try:
                     mx.eval(*converted.values())
                 except RuntimeError as error:  # e.g. the file changed on disk since it was planned

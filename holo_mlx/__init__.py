@@ -7,7 +7,8 @@ def load(path_or_repo: str | Path, group=None, pipeline: bool = False, **prompt_
     """(model, prompt builder) for a model folder or hub id; prompt_options: max_side, max_pixels.
     `group`: the mx.distributed ranks to split the decoder across (holo_mlx.distributed.world()),
     by tensor parallelism, or by pipeline parallelism with `pipeline`."""
-    from .loading import load_model, resolve_path
+    from .folders import resolve_path
+    from .loading import load_model
     from .models.cache import all_trimmable
     from .prompt import PromptBuilder
 

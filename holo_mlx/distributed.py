@@ -1,21 +1,9 @@
-"""One model across the ranks of `mlx.launch` (mx.distributed): tensor parallelism as mlx-lm's
-`shard()` does it, or pipeline parallelism as its `pipeline()` does.
+"""One model across the ranks of `mlx.launch` (mx.distributed): joining them, what each rank holds
+for /health, and the start-up check that every rank got the same flags and model.
 
-Each decoder layer is split across the ranks: q/k/v and the MLP's gate/up by output columns,
-o_proj and down_proj by input rows with an all-sum after them, so a layer costs two all-sums of
-the hidden states per pass. Heads are divided, so the KV-head count must be a multiple of the rank
-count. MoE blocks split every expert the same way (the router stays whole) and all-sum their
-output. The vision tower, the embedding, the final norm and lm_head stay whole on every rank:
-each rank encodes images and samples the same tokens itself, so nothing but the two all-sums per
-layer crosses the link (docs/scale-out.md weighs this).
-
-Pipeline parallelism gives each rank a run of whole layers instead (the last rank the first
-layers, rank 0 the last, as mlx-lm orders them): a pass goes from rank to rank once, one hidden
-state per token crossing each link, then rank 0's output is gathered to every rank. It moves
-fewer bytes than tensor parallelism but runs the ranks one after another.
-
-Sharding runs on the lazily loaded weights before they are evaluated, so a rank reads each tensor
-once and keeps only its slice (or its layers): no process ever holds the whole decoder.
+How the model is split is its own (models/: `shard(group)`, tensor parallelism as mlx-lm's
+`shard()`; `pipeline(group)`, pipeline parallelism as its `pipeline()`); loading.py asks for one
+of them before the weights are evaluated.
 """
 
 import faulthandler
@@ -29,17 +17,12 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.nn.layers.distributed import shard_inplace, shard_linear
 from mlx.utils import tree_flatten
 
-from .models.layers import MLP
-
+from .folders import resolve_path
+from .models.base import ShardingError
 
 JOIN_TIMEOUT_S = 60.0
-
-
-class ShardingError(ValueError):
-    pass
 
 
 class RanksMissing(RuntimeError):
@@ -99,89 +82,6 @@ def launch_description() -> str:
     return f"rank {launched_rank()}"
 
 
-def check_shardable(config, ranks: int) -> None:
-    """The heads and MLP widths of a text config divide over `ranks`; else a ShardingError saying what does not."""
-    for field in ("num_key_value_heads", "num_attention_heads", "intermediate_size", "moe_intermediate_size"):
-        value = getattr(config, field, None)
-        if value and value % ranks:
-            raise ShardingError(f"{field} = {value} does not split over {ranks} ranks: tensor parallelism "
-                                f"needs a rank count that divides it (this model takes at most "
-                                f"{config.num_key_value_heads} ranks, a divisor of its KV heads)")
-
-
-def tensor_parallel(model: nn.Module, group: mx.distributed.Group) -> None:
-    """Split every decoder layer of `model` (a models.vlm.Model) across `group`, in place."""
-    ranks = group.size()
-    check_shardable(model.config.text_config, ranks)
-    for layer in model.language_model.model.layers:
-        attention = layer.self_attn
-        for name in ("q_proj", "k_proj", "v_proj"):
-            setattr(attention, name, shard_linear(getattr(attention, name), "all-to-sharded", group=group))
-        attention.o_proj = shard_linear(attention.o_proj, "sharded-to-all", group=group)
-        attention.n_heads //= ranks
-        attention.n_kv_heads //= ranks
-        mlp = layer.mlp
-        if isinstance(mlp, MLP):
-            mlp.gate_proj = shard_linear(mlp.gate_proj, "all-to-sharded", group=group)
-            mlp.up_proj = shard_linear(mlp.up_proj, "all-to-sharded", group=group)
-            mlp.down_proj = shard_linear(mlp.down_proj, "sharded-to-all", group=group)
-        else:  # an MoE block: its experts split in place, the block all-sums its output
-            experts = mlp.switch_mlp
-            shard_inplace(experts.gate_proj, "all-to-sharded", group=group)
-            shard_inplace(experts.up_proj, "all-to-sharded", group=group)
-            shard_inplace(experts.down_proj, "sharded-to-all", group=group)
-            mlp.sharding_group = group
-
-
-@dataclass(frozen=True)
-class PipelineStage:
-    """The layers [start, end) one rank runs, and the hand-over between ranks around them."""
-
-    group: mx.distributed.Group
-    start: int
-    end: int
-
-    @classmethod
-    def of(cls, group: mx.distributed.Group, layers: int) -> "PipelineStage":
-        """An even split (the lower ranks take one more where it is uneven); rank 0 runs the last layers."""
-        rank, size = group.rank(), group.size()
-        if layers < size:
-            raise ShardingError(f"{layers} decoder layers do not split over {size} pipeline ranks")
-        counts = [layers // size + (r < layers % size) for r in range(size)]
-        start = sum(counts[rank + 1:])
-        return cls(group, start, start + counts[rank])
-
-    def receive(self, x: mx.array) -> mx.array:
-        """The hidden states from the rank running the layers before this one's (the input itself on the first)."""
-        rank, size = self.group.rank(), self.group.size()
-        return x if rank == size - 1 else mx.distributed.recv_like(x, rank + 1, group=self.group)
-
-    def hand_on(self, x: mx.array, last_rows: mx.array | None, caches: list) -> mx.array:
-        """Send this rank's output on, then every rank gets rank 0's (the final layer's) output."""
-        if self.group.rank() != 0:
-            x = mx.distributed.send(x, self.group.rank() - 1, group=self.group)
-            for cache in caches:  # evaluating only the caches (a prefill chunk) must still send
-                if cache is not None:
-                    cache.keys = mx.depends(cache.keys, x)
-            if last_rows is not None:  # rank 0's final layer kept each sequence's last row
-                x = x[last_rows]
-        return mx.distributed.all_gather(x, group=self.group)[:x.shape[0]]
-
-
-def layer_index(key: str) -> int | None:
-    """The decoder layer a (sanitized) weight belongs to, or None."""
-    prefix = "language_model.model.layers."
-    return int(key[len(prefix):].split(".", 1)[0]) if key.startswith(prefix) else None
-
-
-def pipeline(model: nn.Module, group: mx.distributed.Group) -> None:
-    """Keep this rank's run of decoder layers (the others become None) before the weights are loaded."""
-    decoder = model.language_model.model
-    stage = PipelineStage.of(group, len(decoder.layers))
-    decoder.layers = [layer if stage.start <= index < stage.end else None for index, layer in enumerate(decoder.layers)]
-    decoder.stage = stage
-
-
 @dataclass(frozen=True)
 class Rank:
     """One rank as /health reports it."""
@@ -217,8 +117,6 @@ def same_everywhere(config, group: mx.distributed.Group | None) -> None:
     on every rank): they would not make the same passes."""
     if group is None:
         return
-    from .loading import resolve_path
-
     folder = resolve_path(config.model)
     files = sorted((file.name, file.stat().st_size) for file in folder.glob("*.safetensors"))
     # The folder's path may differ from machine to machine; its config and weight files may not.

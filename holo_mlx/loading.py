@@ -1,54 +1,30 @@
-"""Load a model folder: ours, mlx-vlm's / mlx-community's, or a Hugging Face checkpoint as is."""
+"""Load a model folder: ours, mlx-vlm's / mlx-community's, or a Hugging Face checkpoint as is.
+
+With a group of ranks (mlx.launch) the model splits itself (its `shard` or `pipeline`) on the
+lazily loaded weights before they are evaluated, so a rank reads each tensor once and keeps only
+its slice (or its layers): no process ever holds the whole decoder.
+"""
 
 import json
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 
 from . import kernels
-from .models import Family, VisionLanguageModel, family_for
+from .distributed import weight_bytes
+from .folders import LoadError, read_config, resolve_path
+from .models import Family, ShardingError, VisionLanguageModel, family_for
 from .runtime import compute_dtype, keep_freed_buffers, wire_weights
-
-
-class LoadError(RuntimeError):
-    pass
-
-
-def resolve_path(path_or_repo: str | Path) -> Path:
-    """A local folder, or a hub id fetched with huggingface_hub (config, weights, tokenizer files)."""
-    path = Path(path_or_repo)
-    if path.is_dir():
-        return path
-    if path.exists() or str(path_or_repo).startswith((".", "/")) or str(path_or_repo).count("/") != 1:
-        raise LoadError(f"{path_or_repo}: not a model folder")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(
-            str(path_or_repo),
-            allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "tokenizer.model"],
-        ))
-    except Exception as error:  # offline, unknown repo, gated: the hub's own message says which
-        raise LoadError(f"could not fetch {path_or_repo} from the Hugging Face hub: {error}") from None
-
-
-def read_config(path: Path) -> dict:
-    file = path / "config.json"
-    if not file.exists():
-        raise LoadError(f"{path}: no config.json (convert a checkpoint with `python -m convert`)")
-    return json.loads(file.read_text())
 
 
 def load_model(path_or_repo: str | Path, group: mx.distributed.Group | None = None,
                pipeline: bool = False) -> VisionLanguageModel:
     """Build the model of the folder's family and load its weights, in float32 on the CPU backend
     (see runtime.py), with the kernels of the default device; `model.family` is the Family. With a
-    group of ranks (mlx.launch), this rank's part of the decoder only (distributed.py): its
-    tensor-parallel slice of every layer, or with `pipeline` its run of whole layers."""
-    from .distributed import ShardingError, layer_index, tensor_parallel, weight_bytes
-    from .distributed import pipeline as pipeline_stage
-
+    group of ranks (mlx.launch), this rank's part of the decoder only: its tensor-parallel slice of
+    every layer (`model.shard`), or with `pipeline` its run of whole layers (`model.pipeline`)."""
     keep_freed_buffers()
     kernels.select()
     path = resolve_path(path_or_repo)
@@ -70,13 +46,14 @@ def load_model(path_or_repo: str | Path, group: mx.distributed.Group | None = No
     model = family.model(config)
     model.family = family
     if group is not None and pipeline:
+        modules = {name for name, _ in model.named_modules()}
         try:
-            pipeline_stage(model, group)
+            model.pipeline(group)
         except ShardingError as error:
             raise LoadError(f"{path}: {error}") from None
-        layers = model.language_model.model.layers  # another rank's layers: never read from the files
-        weights = {key: value for key, value in weights.items()
-                   if (index := layer_index(key)) is None or layers[index] is not None}
+        # Another rank's modules are gone: their weights are never read from the files.
+        dropped = modules - {name for name, _ in model.named_modules()}
+        weights = {key: value for key, value in weights.items() if key.rpartition(".")[0] not in dropped}
     if quantization := raw_config.get("quantization"):
         nn.quantize(
             model,
@@ -92,13 +69,13 @@ def load_model(path_or_repo: str | Path, group: mx.distributed.Group | None = No
     del weights  # the model holds what it keeps: a rank's full tensors go once its slices are made
     if group is not None and not pipeline:  # before anything is evaluated: the weights are still lazy reads
         try:
-            tensor_parallel(model, group)
+            model.shard(group)
         except ShardingError as error:
             raise LoadError(f"{path}: {error}") from None
     model.apply(lambda p: p.astype(compute_dtype(p.dtype)) if mx.issubdtype(p.dtype, mx.floating) else p)
     wire_weights(weight_bytes(model.parameters()))
-    if group is not None:  # layer by layer: a layer's whole tensors are freed once its slices are made
-        for _, layer in model.language_model.model.own_layers():
-            mx.eval(layer.parameters())
+    if group is not None:  # module by module: a module's whole tensors are freed once its slices are made
+        for _, module in tree_flatten(model.leaf_modules(), is_leaf=lambda node: isinstance(node, nn.Module)):
+            mx.eval(module.parameters())
     mx.eval(model.parameters())
     return model

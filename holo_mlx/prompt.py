@@ -83,7 +83,7 @@ class PromptBuilder:
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> "PromptBuilder":
         # kwargs: max_side, max_pixels, mark_message_ends
         """The folder's tokenizer and its family's image processor settings, image token and placeholder."""
-        from .loading import read_config
+        from .folders import read_config
         from .models import family_for
 
         raw = read_config(Path(path))

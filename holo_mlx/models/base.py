@@ -1,8 +1,9 @@
 """The interface between a model family and the rest of holo-mlx.
 
-`Family` says how to read a checkpoint (config, weight names, image processor) and how its
-checkpoints expect to be prompted (localization prompt and schema, coordinate convention, tool calls).
-`VisionLanguageModel` is what the engine calls on a built model: nothing else of a family's
+`Family` says how to read a checkpoint (config, weight names, image processor), which of its
+weights may be quantized, and how its checkpoints expect to be prompted (localization prompt and
+schema, coordinate convention, tool calls). `VisionLanguageModel` is what the engine and the
+loader call on a built model (the loader: to split it across ranks): nothing else of a family's
 modules is reached from outside holo_mlx/models/.
 """
 
@@ -21,6 +22,10 @@ from ..tool_format import HERMES, ToolFormat
 
 class ConfigError(ValueError):
     pass
+
+
+class ShardingError(ValueError):
+    """A model cannot be split over this many ranks (its heads, widths or layers do not divide)."""
 
 
 @dataclass
@@ -70,6 +75,21 @@ class VisionLanguageModel(Protocol):
     def logits(self, hidden: mx.array) -> mx.array:
         """Vocabulary logits of hidden states."""
 
+    def shard(self, group: mx.distributed.Group) -> None:
+        """Tensor parallelism, on the lazily loaded weights: split the decoder's layers across the
+        ranks of `group` in place (a ShardingError when they do not divide)."""
+
+    def pipeline(self, group: mx.distributed.Group) -> None:
+        """Pipeline parallelism, before the weights are loaded: keep this rank's run of decoder
+        layers (the others' modules dropped) and hand the hidden states between ranks around them."""
+
+
+def matrix_weights(name: str, shape: tuple[int, ...], quantize_vision: bool) -> bool:
+    """The default `Family.quantizable`: every 2-D weight, a Linear's or an Embedding's (norms are
+    1-D, convolutions 4-D or 5-D); the vision tower's (`vision_tower.`, as models/vlm.Model and
+    mlx-vlm name it) only with `quantize_vision`."""
+    return len(shape) == 2 and (quantize_vision or not name.startswith("vision_tower."))
+
 
 @dataclass(frozen=True)
 class Family:
@@ -93,3 +113,6 @@ class Family:
     # checkpoint's own ceiling. Holo1.5's cookbook caps screenshots; Holo2's uses its processor's.
     max_side: int | None = MAX_SIDE
     max_pixels: int | None = MAX_PIXELS
+    # (sanitized name of a `.weight`, its shape, --quantize-vision) -> whether `python -m convert -q`
+    # may quantize it; convert still keeps in float what the group size does not divide.
+    quantizable: Callable[[str, tuple[int, ...], bool], bool] = matrix_weights

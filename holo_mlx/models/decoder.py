@@ -10,11 +10,14 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx.nn.layers.distributed import shard_linear
 from mlx_lm.models.base import create_attention_mask
 
 from .. import kernels
 from .base import Span
 from .cache import KVLayerCache
+from .layers import check_split
+from .pipeline import PipelineStage
 
 
 @dataclass
@@ -104,6 +107,19 @@ class Attention(nn.Module):
             outputs.append(out.transpose(0, 2, 1, 3).reshape(batch * queried, -1))
         return self.o_proj(mx.concatenate(outputs))
 
+    def shard(self, group: mx.distributed.Group) -> None:
+        """Tensor parallelism: q/k/v split by output columns, o_proj by input rows with an all-sum
+        after it, so each rank runs its share of the heads."""
+        ranks = group.size()
+        hint = f" (this model takes at most {self.n_kv_heads} ranks, a divisor of its KV heads)"
+        check_split("num_key_value_heads", self.n_kv_heads, ranks, hint)
+        check_split("num_attention_heads", self.n_heads, ranks, hint)
+        for name in ("q_proj", "k_proj", "v_proj"):
+            setattr(self, name, shard_linear(getattr(self, name), "all-to-sharded", group=group))
+        self.o_proj = shard_linear(self.o_proj, "sharded-to-all", group=group)
+        self.n_heads //= ranks
+        self.n_kv_heads //= ranks
+
 
 class DecoderLayer(nn.Module):
     def __init__(self, self_attn: Attention, mlp: nn.Module, dim: int, eps: float):
@@ -130,10 +146,24 @@ class DecoderLayer(nn.Module):
 
 class Decoder(nn.Module):
     """embed_tokens, layers, norm: a family's subclass builds them; `rope` is its MRoPE. Under
-    pipeline parallelism (distributed.pipeline) `stage` is this rank's run of layers, the others None."""
+    pipeline parallelism (`pipeline`) `stage` is this rank's run of layers, the others None."""
 
     rope: MRoPE
-    stage = None  # a distributed.PipelineStage
+    stage: PipelineStage | None = None
+
+    def shard(self, group: mx.distributed.Group) -> None:
+        """Tensor parallelism as mlx-lm's shard(): every layer's attention and MLP split across the
+        ranks, two all-sums of the hidden states per layer; embed_tokens and norm stay whole."""
+        for layer in self.layers:
+            layer.self_attn.shard(group)
+            layer.mlp.shard(group)
+
+    def pipeline(self, group: mx.distributed.Group) -> None:
+        """Pipeline parallelism as mlx-lm's pipeline(): keep this rank's run of layers; the others
+        become None, so their weights are never read."""
+        self.stage = PipelineStage.of(group, len(self.layers))
+        self.layers = [layer if self.stage.start <= index < self.stage.end else None
+                       for index, layer in enumerate(self.layers)]
 
     def own_layers(self) -> list[tuple[int, nn.Module]]:
         """(index, layer) of the layers this process runs, each with one cache of a make_cache() list."""

@@ -2,8 +2,17 @@
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.nn.layers.distributed import shard_linear
 
 from .. import kernels
+from .base import ShardingError
+
+
+def check_split(name: str, width: int, ranks: int, hint: str = "") -> None:
+    """A ShardingError naming `name` when tensor parallelism cannot give each of `ranks` an equal share of `width`."""
+    if width % ranks:
+        raise ShardingError(f"{name} = {width} does not split over {ranks} ranks: tensor parallelism needs a rank "
+                            f"count that divides it{hint}")
 
 
 class MLP(nn.Module):
@@ -17,3 +26,10 @@ class MLP(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.down_proj(kernels.swiglu(self.gate_proj(x), self.up_proj(x)))
+
+    def shard(self, group: mx.distributed.Group) -> None:
+        """Tensor parallelism: gate/up split by output columns, down_proj by input rows with an all-sum after it."""
+        check_split("intermediate_size", self.gate_proj.weight.shape[0], group.size())
+        self.gate_proj = shard_linear(self.gate_proj, "all-to-sharded", group=group)
+        self.up_proj = shard_linear(self.up_proj, "all-to-sharded", group=group)
+        self.down_proj = shard_linear(self.down_proj, "sharded-to-all", group=group)

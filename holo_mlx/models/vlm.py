@@ -70,6 +70,17 @@ class Model(nn.Module):
     def logits(self, hidden: mx.array) -> mx.array:
         return self.language_model.logits(hidden)
 
+    def shard(self, group: mx.distributed.Group) -> None:
+        """Tensor parallelism: every decoder layer split across `group`. The vision tower, the
+        embedding, the final norm and lm_head stay whole on every rank, which encodes images and
+        samples the same tokens itself (docs/scale-out.md weighs this)."""
+        self.language_model.model.shard(group)
+
+    def pipeline(self, group: mx.distributed.Group) -> None:
+        """Pipeline parallelism: this rank's run of decoder layers; the vision tower, the embedding,
+        the final norm and lm_head stay whole on every rank, as under shard()."""
+        self.language_model.model.pipeline(group)
+
     def __call__(self, inputs_embeds: mx.array, positions: mx.array, cache=None,
                  deepstack: mx.array | None = None) -> mx.array:
         """Logits (batch, length, vocab) for embeddings at M-RoPE positions (3, batch, length)."""

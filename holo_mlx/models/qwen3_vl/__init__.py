@@ -13,7 +13,7 @@ from .. import register
 from ..base import Family
 from .config import ARCHITECTURES, MODEL_TYPES, ModelConfig, mlx_vlm_layout
 from .model import build
-from .weights import sanitize
+from .weights import quantizable, sanitize
 
 # Qwen3-VL's preprocessor_config.json (Holo2's): what a folder without one gets.
 PROCESSOR = ImageProcessorConfig(image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
@@ -23,6 +23,7 @@ FAMILY = register(Family(
     name="qwen3_vl", description="Holo2 / Qwen3-VL, dense and MoE",
     model_types=MODEL_TYPES, architectures=ARCHITECTURES,
     config=ModelConfig.from_dict, model=build, sanitize=sanitize, mlx_config=mlx_vlm_layout,
+    quantizable=quantizable,
     image_processor=partial(ImageProcessorConfig.from_pretrained, defaults=PROCESSOR),
     image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
     localization_prompt=holo2_localization_prompt, localization_schema=holo2_localization_schema,

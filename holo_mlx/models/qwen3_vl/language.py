@@ -6,10 +6,11 @@ Attribute names equal the checkpoint keys under `language_model.` (experts as ml
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.nn.layers.distributed import shard_inplace
 from mlx_lm.models.switch_layers import SwitchGLU
 
 from ..decoder import Attention, Decoder, DecoderLayer, LanguageModel, MRoPE
-from ..layers import MLP
+from ..layers import MLP, check_split
 from .config import TextConfig
 
 
@@ -21,7 +22,7 @@ class SparseMoeBlock(nn.Module):
         self.top_k = config.num_experts_per_tok
         self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)
         self.switch_mlp = SwitchGLU(config.hidden_size, config.moe_intermediate_size, config.num_experts)
-        self.sharding_group = None  # set by distributed.tensor_parallel: each rank holds a slice of every expert
+        self.sharding_group = None  # set by shard(): each rank holds a slice of every expert
 
     def __call__(self, x: mx.array) -> mx.array:
         probabilities = mx.softmax(self.gate(x).astype(mx.float32), axis=-1)
@@ -30,6 +31,16 @@ class SparseMoeBlock(nn.Module):
         scores = (scores / scores.sum(axis=-1, keepdims=True)).astype(x.dtype)
         out = (self.switch_mlp(x, experts) * scores[..., None]).sum(axis=-2)
         return out if self.sharding_group is None else mx.distributed.all_sum(out, group=self.sharding_group)
+
+    def shard(self, group: mx.distributed.Group) -> None:
+        """Tensor parallelism: every expert split as a dense MLP is, in place (the SwitchGLU routes
+        on), the router whole; the block all-sums its output."""
+        experts = self.switch_mlp
+        check_split("moe_intermediate_size", experts.gate_proj.weight.shape[1], group.size())
+        shard_inplace(experts.gate_proj, "all-to-sharded", group=group)
+        shard_inplace(experts.up_proj, "all-to-sharded", group=group)
+        shard_inplace(experts.down_proj, "sharded-to-all", group=group)
+        self.sharding_group = group
 
 
 class Qwen3Model(Decoder):

@@ -1,5 +1,5 @@
 """Weight names: Qwen3-VL's published key layouts mapped onto mlx-vlm's, as for Qwen2.5-VL, and
-the MoE experts split and stacked as mlx-lm's SwitchGLU holds them.
+the MoE experts split and stacked as mlx-lm's SwitchGLU holds them; and which weights may be quantized.
 
 Hugging Face stores each layer's experts as two tensors, in an orientation that changed between
 transformers 4.57 (gate_up_proj (experts, hidden, 2 * moe), down_proj (experts, moe, hidden)) and
@@ -10,6 +10,7 @@ orientations never both fit: in 4.57's, gate_up's last axis is twice down_proj's
 
 import mlx.core as mx
 
+from ..base import matrix_weights
 from ..qwen2_5_vl.weights import sanitize as rename
 
 
@@ -25,3 +26,11 @@ def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
         out[prefix + "switch_mlp.up_proj.weight"] = up
         out[prefix + "switch_mlp.down_proj.weight"] = down
     return out
+
+
+def quantizable(name: str, shape: tuple[int, ...], quantize_vision: bool) -> bool:
+    """The default's matrices and the MoE experts (3-D SwitchGLU weights); the router stays in float:
+    a small matrix whose rounding would move tokens to other experts."""
+    if name.endswith(".mlp.gate.weight"):
+        return False
+    return (".switch_mlp." in name and len(shape) == 3) or matrix_weights(name, shape, quantize_vision)
