@@ -297,7 +297,7 @@ def mlx_config(raw: dict, config: ModelConfig) -> dict:
 
 def image_processor(path: Path) -> ImageProcessorConfig:
     """The toy's image settings live in its config.json (no preprocessor_config.json)."""
-    vision = ModelConfig.from_dict(json.loads((Path(path) / "config.json").read_text())).vision_config
+    vision = VisionConfig(**json.loads((Path(path) / "config.json").read_text()).get("vision_config", {}))
     return ImageProcessorConfig(image_mean=tuple(vision.image_mean), image_std=tuple(vision.image_std),
                                 min_pixels=vision.min_pixels, max_pixels=vision.max_pixels,
                                 patch_size=vision.patch_size, temporal_patch_size=1, merge_size=vision.merge_size)
@@ -324,15 +324,17 @@ FAMILY = Family(
 )
 
 
-def write_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A random-weight toy_vl folder: config.json, model.safetensors (HF names, plus the keys
-    sanitize must drop), and the real Qwen tokenizer files with the toy's chat template."""
+def write_checkpoint(path: Path, seed: int = 0, config: dict = CONFIG, family: Family | None = None) -> Path:
+    """A random-weight toy_vl folder (or another toy family's, from its config.json): config.json,
+    model.safetensors (HF names, plus the keys sanitize must drop), and the real Qwen tokenizer
+    files with the toy's chat template."""
     from holo_mlx.testing import tokenizer_files_dir
 
+    family = family or FAMILY
     path.mkdir(parents=True, exist_ok=True)
     mx.random.seed(seed)
     weights = {}
-    for name, value in tree_flatten(Model(ModelConfig.from_dict(CONFIG)).parameters()):
+    for name, value in tree_flatten(family.model(family.config(config)).parameters()):
         if name.endswith("norm.weight"):
             weights[name] = 1.0 + 0.1 * mx.random.normal(value.shape)
         elif name == "model.embed_tokens.weight":
@@ -342,11 +344,11 @@ def write_checkpoint(path: Path, seed: int = 0) -> Path:
             # model greedily repeats its last token and a decode test would check little.
             weights[name] = 0.2 * mx.random.normal(value.shape)
     weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
-    head_dim = CONFIG["hidden_size"] // CONFIG["num_attention_heads"]
-    for layer in range(CONFIG["num_hidden_layers"]):
-        weights[f"model.layers.{layer}.self_attn.rotary_emb.inv_freq"] = mx.zeros((head_dim // 2,))
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    for name in [name for name in weights if name.endswith(".self_attn.q_proj.weight")]:
+        weights[name.replace("q_proj.weight", "rotary_emb.inv_freq")] = mx.zeros((head_dim // 2,))
     mx.save_safetensors(str(path / "model.safetensors"), weights, metadata={"format": "mlx"})
-    (path / "config.json").write_text(json.dumps(CONFIG, indent=2))
+    (path / "config.json").write_text(json.dumps(config, indent=2))
     for name in ("tokenizer.json", "vocab.json", "merges.txt"):
         shutil.copy(tokenizer_files_dir() / name, path / name)
     tokenizer_config = json.loads((tokenizer_files_dir() / "tokenizer_config.json").read_text())

@@ -1,6 +1,7 @@
 """Model families and the registry that picks one from a checkpoint's config.json.
 
-A family is a module under holo_mlx/models/ that builds a `Family` (base.py) and registers it.
+A family is a module under holo_mlx/models/ that builds a `Family` (base.py); the built-in ones
+are registered here when first asked for, others (tests' toy families) call `register`.
 The engine and the server only use what base.py names, so adding a family is a new module, its
 fixture and its parity tests.
 """
@@ -37,7 +38,12 @@ def family_for(config: dict) -> Family:
 
 
 def _load_builtin() -> None:
-    from . import qwen2_5_vl, qwen3_vl  # noqa: F401  (each registers itself)
+    # Imported here, not by the families themselves: a family never imports the registry, so the
+    # two make no import circle.
+    from . import qwen2_5_vl, qwen3_vl
+
+    for family in (qwen2_5_vl.FAMILY, qwen3_vl.FAMILY):
+        _FAMILIES.setdefault(family.name, family)
 
 
 __all__ = ["ConfigError", "Family", "ShardingError", "VisionLanguageModel", "families", "family_for", "register"]

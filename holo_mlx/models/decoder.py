@@ -207,7 +207,7 @@ class Decoder(nn.Module):
             if deepstack is not None and index < len(deepstack):
                 x = x + (deepstack[index] if last_rows is None or index < final else deepstack[index][last_rows])
         if self.stage is not None:
-            x = self.stage.hand_on(x, last_rows, [cache[-1] for *_, cache in groups])
+            x = self.stage.hand_on(x, last_rows)
         x = self.norm(x)
         shapes = [(span.embeds.shape[0], 1 if last_only else span.embeds.shape[1]) for span in spans]
         sizes = np.cumsum([batch * length for batch, length in shapes])[:-1].tolist()

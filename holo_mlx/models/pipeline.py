@@ -35,13 +35,12 @@ class PipelineStage:
         rank, size = self.group.rank(), self.group.size()
         return x if rank == size - 1 else mx.distributed.recv_like(x, rank + 1, group=self.group)
 
-    def hand_on(self, x: mx.array, last_rows: mx.array | None, caches: list) -> mx.array:
-        """Send this rank's output on, then every rank gets rank 0's (the final layer's) output."""
+    def hand_on(self, x: mx.array, last_rows: mx.array | None) -> mx.array:
+        """Send this rank's output on, then every rank gets rank 0's (the final layer's) output.
+        Whoever evaluates a pass evaluates its output, so the send runs even for a prefill chunk
+        whose logits nobody reads."""
         if self.group.rank() != 0:
             x = mx.distributed.send(x, self.group.rank() - 1, group=self.group)
-            for cache in caches:  # evaluating only the caches (a prefill chunk) must still send
-                if cache is not None:
-                    cache.keys = mx.depends(cache.keys, x)
             if last_rows is not None:  # rank 0's final layer kept each sequence's last row
                 x = x[last_rows]
         return mx.distributed.all_gather(x, group=self.group)[:x.shape[0]]

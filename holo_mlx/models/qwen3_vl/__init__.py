@@ -9,7 +9,6 @@ from functools import partial
 from ...agent import holo2_localization_prompt, holo2_localization_schema
 from ...coordinates import NORMALIZED_1000
 from ...image import ImageProcessorConfig
-from .. import register
 from ..base import Family
 from .config import ARCHITECTURES, MODEL_TYPES, ModelConfig, mlx_vlm_layout
 from .model import build
@@ -19,7 +18,7 @@ from .weights import quantizable, sanitize
 PROCESSOR = ImageProcessorConfig(image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
                                  min_pixels=65_536, max_pixels=16_777_216, patch_size=16)
 
-FAMILY = register(Family(
+FAMILY = Family(
     name="qwen3_vl", description="Holo2 / Qwen3-VL, dense and MoE",
     model_types=MODEL_TYPES, architectures=ARCHITECTURES,
     config=ModelConfig.from_dict, model=build, sanitize=sanitize, mlx_config=mlx_vlm_layout,
@@ -30,4 +29,4 @@ FAMILY = register(Family(
     coordinates=NORMALIZED_1000,
     # Hcompany's Holo2 cookbook resizes with the processor's own limits (65,536 to 16,777,216 pixels).
     max_side=None, max_pixels=None,
-))
+)
