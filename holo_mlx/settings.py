@@ -86,8 +86,8 @@ class ServerConfig:
                                  metavar="MB")
     max_num_seqs: int = option(8, "most sequences decoding together in the batch", parse=at_least(1))
     max_queue: int = option(64, "requests allowed to wait for a slot; beyond it: 429", parse=at_least(1))
-    prefix_cache_mb: int = option(1024, "MiB for reusable prompt caches (system prompts, history, screenshots: KV and recurrent-state snapshots); "
-                                  "0 disables", parse=at_least(0), metavar="MB")
+    prefix_cache_mb: int = option(1024, "MiB for reusable prompt caches (system prompts, history, screenshots: "
+                                  "KV and recurrent-state snapshots); 0 disables", parse=at_least(0), metavar="MB")
     vision_cache_mb: int = option(256, "MiB for encoded screenshots, reused when the same image comes again; "
                                   "0 disables", parse=at_least(0), metavar="MB")
     map_coordinates: bool = option(False, "rewrite x/y and boxes of JSON answers about an image into the original "
