@@ -16,7 +16,7 @@ import mlx.nn as nn
 from mlx_lm.models.activations import swiglu as compiled_swiglu
 
 from .cpu import attention as cpu_attention
-from .cpu import kernels as cpu_kernels
+from .cpu import polynomial_exp as cpu_kernels
 from .cpu import tower as cpu_tower
 
 
@@ -61,7 +61,7 @@ def select(device: mx.Device | mx.DeviceType | None = None) -> None:
         swiglu = cpu_kernels.silu_gate
         log_softmax = cpu_kernels.log_softmax
         # Uncompiled: rotary is a small share of the CPU's work, and its compiled kernels are
-        # traced per shape (see cpu/kernels.py).
+        # traced per shape (see cpu/polynomial_exp.py).
         apply_rotary = rotary
         run_tower = cpu_tower.run_tower
 

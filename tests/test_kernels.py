@@ -9,7 +9,7 @@ from mlx_lm.models.activations import swiglu
 
 from holo_mlx import kernels, load_model, runtime
 from holo_mlx.cpu import attention as cpu_attention
-from holo_mlx.cpu import kernels as cpu_kernels
+from holo_mlx.cpu import polynomial_exp as cpu_kernels
 from holo_mlx.cpu import tower as cpu_tower
 from holo_mlx.models.qwen2_5_vl.config import VisionConfig
 from holo_mlx.models.qwen2_5_vl.vision import VisionModel

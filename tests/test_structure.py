@@ -82,6 +82,18 @@ def family_modules(modules) -> set[str]:
     return {name for name in modules if name.split(".")[2:3] and name.split(".")[2] in families}
 
 
+def test_names_outside_the_families_say_what_they_hold():
+    """No two modules (outside the family folders, which each have a config.py, a weights.py...)
+    share a file name, and no two classes share a name: a reader never wonders which is meant."""
+    modules = source_modules()
+    outside = {name: path for name, path in modules.items() if name not in family_modules(modules)}
+    files = [path.name for path in outside.values() if path.name != "__init__.py"]
+    assert sorted({name for name in files if files.count(name) > 1}) == []
+    classes = [node.name for path in outside.values() for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.ClassDef)]
+    assert sorted({name for name in classes if classes.count(name) > 1}) == []
+
+
 def test_no_import_circle_in_holo_mlx():
     assert circles(graph()) == []
 

@@ -8,7 +8,7 @@ chunks alternating between the lanes (docs/benchmarks.md, Vision tower).
 
 import mlx.core as mx
 
-from .kernels import MASKED, exp_nonpositive
+from .polynomial_exp import MASKED, exp_nonpositive
 from .lanes import joined, lanes
 
 SCORES_PER_CHUNK = 1 << 23  # attention scores computed at once (32 MB)

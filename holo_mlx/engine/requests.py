@@ -42,7 +42,7 @@ class Sequence:
 
 
 @dataclass(eq=False)
-class EmbeddingRequest:
+class EmbeddingTask:
     """One embeddings request: its work units, then its vectors (or its error) emitted at the end."""
 
     work: EmbeddingJob

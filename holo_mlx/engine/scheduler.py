@@ -34,7 +34,7 @@ from ..runtime import prefill_chunk
 from ..models.cache import all_trimmable
 from .caches import PrefixCache, VisionCache
 from .prepare import PreparedPrompt
-from .requests import EmbeddingRequest, Sequence
+from .requests import EmbeddingTask, Sequence
 from .sampling import Choice, TokenChooser, choose
 from .stream import GenerationChunk, TextStream
 from .sync import Lockstep, Solo
@@ -77,7 +77,7 @@ class Scheduler:
         # where a snapshot was taken: its prefills stop and snapshot at every boundary.
         self.snapshots_needed = not all_trimmable(model.make_cache())
         self.pending: Step | None = None  # queued, not yet read
-        self.embeddings: deque[EmbeddingRequest] = deque()  # the first one is at work
+        self.embeddings: deque[EmbeddingTask] = deque()  # the first one is at work
         self.stats = StepStats()
 
     # --- queue -------------------------------------------------------------------------------------
@@ -85,7 +85,7 @@ class Scheduler:
     def add(self, sequence: Sequence) -> None:
         self.waiting.append(sequence)
 
-    def add_embedding(self, embedding: EmbeddingRequest) -> None:
+    def add_embedding(self, embedding: EmbeddingTask) -> None:
         self.embeddings.append(embedding)
 
     def has_work(self) -> bool:

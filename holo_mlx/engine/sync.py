@@ -24,7 +24,7 @@ import pickle
 import mlx.core as mx
 
 from .embedding import EmbeddingJob
-from .requests import EmbeddingRequest, Sequence
+from .requests import EmbeddingTask, Sequence
 
 log = logging.getLogger("holo_mlx.engine")
 
@@ -102,7 +102,7 @@ class Lockstep:
                       for e in scheduler.embeddings if e not in self.numbers]
         dropped = [request for request in self.numbers if request.dropped]
         finished = [request for request in self.numbers if getattr(request, "finished", False)]
-        done = [request for request in self.numbers if isinstance(request, EmbeddingRequest) and request not in scheduler.embeddings]
+        done = [request for request in self.numbers if isinstance(request, EmbeddingTask) and request not in scheduler.embeddings]
         news = {"sequences": sequences, "embeddings": embeddings,
                 "dropped": [self.numbers[request] for request in dropped],
                 "finished": [self.numbers[request] for request in finished],
@@ -127,7 +127,7 @@ class Lockstep:
             self.numbers[number] = Sequence(prompt, params, _ignore)
             scheduler.add(self.numbers[number])
         for number, prompts, chunk in news["embeddings"]:
-            self.numbers[number] = EmbeddingRequest(EmbeddingJob(scheduler.model, prompts, chunk), _ignore)
+            self.numbers[number] = EmbeddingTask(EmbeddingJob(scheduler.model, prompts, chunk), _ignore)
             scheduler.add_embedding(self.numbers[number])
         for field in ("dropped", "finished"):
             for number in news[field]:

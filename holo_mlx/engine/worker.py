@@ -28,7 +28,7 @@ from ..runtime import device_name, release_freed_memory
 from ..settings import ServerConfig
 from .caches import PrefixCache, VisionCache
 from .embedding import EmbeddingJob
-from .requests import EmbeddingRequest, Sequence
+from .requests import EmbeddingTask, Sequence
 from .sampling import SamplingParams
 from .scheduler import Scheduler
 from .sync import Lockstep
@@ -204,7 +204,7 @@ class Engine:
                     if self.failure is None:
                         self.scheduler.sync.exchange(self.scheduler, stop=True)
                     return
-                if isinstance(item, EmbeddingRequest):
+                if isinstance(item, EmbeddingTask):
                     self.scheduler.add_embedding(item)
                 else:
                     self.scheduler.add(item)
@@ -258,7 +258,7 @@ class Engine:
         scheduler = self.scheduler
         queued = list(self._inbox.queue) + \
             (list(scheduler.waiting) + list(scheduler.embeddings)[1:] if scheduler else [])
-        return sum(not (isinstance(item, (Sequence, EmbeddingRequest)) and item.cancelled.is_set()) for item in queued)
+        return sum(not (isinstance(item, (Sequence, EmbeddingTask)) and item.cancelled.is_set()) for item in queued)
 
     @property
     def running(self) -> int:
@@ -276,7 +276,7 @@ class Engine:
 
     # --- work --------------------------------------------------------------------------------------
 
-    def _enqueue(self, work: Sequence | EmbeddingRequest) -> None:
+    def _enqueue(self, work: Sequence | EmbeddingTask) -> None:
         """Queue work for the engine thread; QueueFull at once when the waiting queue is full."""
         with self._admission:
             self.require_ready()
@@ -312,7 +312,7 @@ class Engine:
         """The prompts' vectors, or None when `client_gone` says so first; either way, and when the
         caller is cancelled, the job stops at its next unit. QueueFull at once when the queue is full."""
         results, emit = self._results()
-        job = EmbeddingRequest(EmbeddingJob(self.model, prompts, self.config.embedding_chunk), emit)
+        job = EmbeddingTask(EmbeddingJob(self.model, prompts, self.config.embedding_chunk), emit)
         self._enqueue(job)
         outcome = asyncio.ensure_future(results.get())
         try:
