@@ -530,6 +530,8 @@ def build_holo3_checkpoint(path: str | Path, preset: str = "holo3-tiny", *, dtyp
     from safetensors.torch import load_file, save_file
     from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
 
+    from .models.qwen3_5.weights import ZERO_CENTRED
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     published = holo3_published_config(preset, dtype)
@@ -538,6 +540,10 @@ def build_holo3_checkpoint(path: str | Path, preset: str = "holo3-tiny", *, dtyp
     torch.manual_seed(seed)
     model = Qwen3_5ForConditionalGeneration(Qwen3_5Config(**settings))
     _spread(model)
+    with torch.no_grad():  # the zero-centred norms (which scale by 1 + weight) spread around 0, not 1
+        for name, param in model.named_parameters():
+            if name.endswith(ZERO_CENTRED) or name == "model.language_model.norm.weight":
+                param.sub_(1.0)
     model.to(getattr(torch, dtype)).save_pretrained(path, safe_serialization=True)
     (path / "config.json").write_text(json.dumps(published, indent=2))
     hidden = published["text_config"]["hidden_size"]
