@@ -19,6 +19,7 @@ from holo_mlx.models import ConfigError, ShardingError, family_for
 from holo_mlx.models.base import Span
 from holo_mlx.models.cache import KVLayerCache, RecurrentLayerCache
 from holo_mlx.testing import holo3_published_config, synthetic_screenshot
+from test_distributed import generated
 from test_scheduler import sequential, tokens
 # The toy hybrid's engine tests, collected here again to run on this family's `loaded` (below).
 from test_hybrid import (test_a_follow_up_turn_resumes_from_the_end_of_the_previous_turn,  # noqa: F401
@@ -97,10 +98,28 @@ def test_its_layers_keep_recurrent_state_and_kv(loaded):
     assert builder.mark_message_ends  # the prompt builder marks where messages end, for its snapshots
 
 
-def test_tensor_parallelism_is_refused_for_now(loaded):
-    model, _ = loaded
-    with pytest.raises(ShardingError, match="--pipeline"):
-        model.shard(mx.distributed.init())
+class ThreeRanks:
+    """What shard() asks of a group before it splits anything."""
+
+    def size(self) -> int:
+        return 3
+
+    def rank(self) -> int:
+        return 0
+
+
+def test_a_rank_count_that_does_not_divide_the_linear_key_heads_is_refused(holo3_checkpoint):
+    model, _ = load(holo3_checkpoint)  # its own copy: shard() changes the modules it reaches
+    with pytest.raises(ShardingError, match="linear_num_key_heads = 2 does not split over 3 ranks"):
+        model.shard(ThreeRanks())
+
+
+def test_two_ranks_generate_what_one_process_does(holo3_checkpoint, tmp_path):
+    image = tmp_path / "screen.png"
+    synthetic_screenshot(333, 217, seed=5).save(image)
+    alone = generated(1, holo3_checkpoint, image)
+    assert generated(2, holo3_checkpoint, image) == alone  # tensor parallel
+    assert generated(2, holo3_checkpoint, image, "--pipeline") == alone
 
 
 def test_only_matrices_may_be_quantized(loaded):

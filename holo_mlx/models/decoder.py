@@ -174,10 +174,11 @@ class Decoder(nn.Module):
     stage: PipelineStage | None = None
 
     def shard(self, group: mx.distributed.Group) -> None:
-        """Tensor parallelism as mlx-lm's shard(): every layer's attention and MLP split across the
-        ranks, two all-sums of the hidden states per layer; embed_tokens and norm stay whole."""
+        """Tensor parallelism as mlx-lm's shard(): every layer's token mixer (attention, or a hybrid's
+        recurrent layer) and MLP split across the ranks, two all-sums of the hidden states per
+        layer; embed_tokens and norm stay whole."""
         for layer in self.layers:
-            layer.self_attn.shard(group)
+            layer.mixer.shard(group)
             layer.mlp.shard(group)
 
     def pipeline(self, group: mx.distributed.Group) -> None:

@@ -13,12 +13,12 @@ centred RMSNorm weights of the checkpoints arrive here with their 1 added (weigh
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.nn.layers.distributed import shard_inplace, shard_linear
 from mlx_lm.models.gated_delta import gated_delta_update, normalize_qk
 
-from ..base import ShardingError
 from ..cache import RecurrentLayerCache
 from ..decoder import Attention, AttentionGroup, Decoder, DecoderLayer, LanguageModel, MRoPE
-from ..layers import MLP
+from ..layers import MLP, check_split
 from .config import LINEAR, TextConfig
 
 
@@ -58,6 +58,24 @@ class GatedDeltaNet(nn.Module):
         self.dt_bias = mx.ones((self.value_heads,))
         self.norm = GatedRMSNorm(self.value_dim, config.rms_norm_eps)
         self.out_proj = nn.Linear(values, dim, bias=False)
+
+    def shard(self, group: mx.distributed.Group) -> None:
+        """Tensor parallelism by heads, as mlx-lm splits it: each rank keeps a contiguous run of key
+        heads and the value heads they serve; q, k and v are split each on its own (in the
+        projection and the convolution's channels alike), out_proj by input rows with an all-sum."""
+        ranks = group.size()
+        check_split("linear_num_key_heads", self.key_heads, ranks,
+                    f" (Gated DeltaNet layers take at most {self.key_heads} ranks)")
+        self.in_proj_qkv = shard_linear(self.in_proj_qkv, "all-to-sharded", segments=self.splits, group=group)
+        shard_inplace(self.conv1d, lambda path, weight: (0, self.splits), group=group)
+        self.conv1d.groups //= ranks
+        for name in ("in_proj_z", "in_proj_b", "in_proj_a"):
+            setattr(self, name, shard_linear(getattr(self, name), "all-to-sharded", group=group))
+        self.A_log, self.dt_bias = (mx.split(weight, ranks)[group.rank()] for weight in (self.A_log, self.dt_bias))
+        self.out_proj = shard_linear(self.out_proj, "sharded-to-all", group=group)
+        self.key_heads //= ranks
+        self.value_heads //= ranks
+        self.splits = [split // ranks for split in self.splits]
 
     def __call__(self, x: mx.array, groups: list[AttentionGroup], last_rows: mx.array | None = None) -> mx.array:
         """x: (tokens, dim), each group's rows one after the other, as Attention takes them. Every
@@ -132,10 +150,6 @@ class Qwen3_5Model(Decoder):
         ]
         self.norm = nn.RMSNorm(dim, eps=eps)
         self.rope = MRoPE(config.rotary_dim, config.rope_theta, config.mrope_section, interleaved=True)
-
-    def shard(self, group: mx.distributed.Group) -> None:
-        raise ShardingError("tensor parallelism does not split Qwen3.5's Gated DeltaNet layers yet; "
-                            "split the model by layers (--pipeline) instead")
 
 
 def language_model(config: TextConfig) -> LanguageModel:
