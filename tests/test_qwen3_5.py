@@ -98,6 +98,21 @@ def test_its_layers_keep_recurrent_state_and_kv(loaded):
     assert builder.mark_message_ends  # the prompt builder marks where messages end, for its snapshots
 
 
+def test_a_prompt_prefilled_in_chunks_through_its_caches_equals_one_pass(loaded):
+    """Chunks shorter and longer than the convolution's kernel, one across the image: each layer's
+    state carries over exactly."""
+    model, builder = loaded
+    prompt = builder.build([user("Click OK.", synthetic_screenshot(333, 217, 3))])
+    grids = [image.grid_thw for image in prompt.images]
+    embeds, _ = model.embed(prompt.input_ids, model.encode_images([prompt.images[0].pixel_values], grids))
+    positions = mx.array(model.positions(prompt.input_ids, grids)[0][:, None])
+    cache, parts, bounds = model.make_cache(), [], [0, 1, 3, 9, 40, len(prompt.input_ids)]
+    for start, end in zip(bounds, bounds[1:]):
+        hidden = model.hidden([Span(embeds[:, start:end], positions[..., start:end], cache)])[0]
+        parts.append(np.array(model.logits(hidden)[0]))
+    np.testing.assert_allclose(np.concatenate(parts), prompt_logits(model, prompt), atol=1e-5, rtol=0)
+
+
 class ThreeRanks:
     """What shard() asks of a group before it splits anything."""
 

@@ -116,7 +116,7 @@ class LinearAttentionLayer(DecoderLayer):
     rows are never padded, see models/cache.py)."""
 
     def __init__(self, linear_attn: GatedDeltaNet, mlp: nn.Module, dim: int, eps: float):
-        nn.Module.__init__(self)
+        nn.Module.__init__(self)  # not DecoderLayer's, which places its mixer under self_attn
         self.linear_attn = linear_attn
         self.mlp = mlp
         self.input_layernorm = nn.RMSNorm(dim, eps=eps)
