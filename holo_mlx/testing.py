@@ -1,4 +1,4 @@
-"""Random-weight Holo1.5 (Qwen2.5-VL) and Holo2 (Qwen3-VL) checkpoints in Hugging Face format.
+"""Random-weight Holo1.5 (Qwen2.5-VL), Holo2 (Qwen3-VL) and Holo3 (Qwen3.5) checkpoints in Hugging Face format.
 
 No real weights can be downloaded in CI, so tests, benchmarks and the offline demo build
 checkpoints of the exact architectures with small widths (or the real ones, for benchmarks), the
@@ -270,7 +270,8 @@ def build_checkpoint(
     seed: int = 0,
 ) -> Path:
     """Write a random-weight checkpoint of the preset's family with transformers: Holo1.5's
-    (build_holo1_5_checkpoint) or Holo2's (build_holo2_checkpoint, which has one key layout)."""
+    (build_holo1_5_checkpoint), Holo2's (build_holo2_checkpoint, which has one key layout) or
+    Holo3's (build_holo3_checkpoint, one config and key layout)."""
     return preset_family(preset).build(path, preset, config_layout=config_layout, key_layout=key_layout,
                                        dtype=dtype, seed=seed)
 
@@ -478,6 +479,88 @@ def build_holo2_checkpoint(path: str | Path, preset: str = "holo2-tiny", *, conf
     return path
 
 
+# Holo3 (Qwen3.5, dense) widths: five layers, so the Gated DeltaNet layers (three before the attention
+# layer, one after it, which is then the last) and the attention layer each take every path. The
+# rotary and linear-attention shapes keep the real models' ratios (head_dim 4x the rotary dims,
+# value heads twice the key heads). The ids are those of the Qwen tokenizer the presets share,
+# until Qwen3.5's own vocabulary.
+HOLO3_PRESETS = {
+    "holo3-tiny": dict(
+        text=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=5, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=64, linear_conv_kernel_dim=4, linear_key_head_dim=32,
+                  linear_value_head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4,
+                  mrope_section=[3, 3, 2], tie_word_embeddings=False),
+        vision=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, num_position_embeddings=64)),
+}
+
+
+def holo3_published_config(preset: str = "holo3-tiny", dtype: str = "float32") -> dict:
+    """config.json as transformers 5 writes a Qwen3.5 checkpoint (rope_parameters, layer_types)."""
+    text, vision = dict(HOLO3_PRESETS[preset]["text"]), HOLO3_PRESETS[preset]["vision"]
+    tie = text.pop("tie_word_embeddings")
+    section = text.pop("mrope_section")
+    layers = text["num_hidden_layers"]
+    text_config = {
+        "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645,
+        "hidden_act": "silu", "initializer_range": 0.02, "max_position_embeddings": 262144,
+        "model_type": "qwen3_5_text", "rms_norm_eps": 1e-06, "use_cache": True, "vocab_size": 151936,
+        "dtype": dtype, "tie_word_embeddings": tie,
+        "layer_types": ["full_attention" if (layer + 1) % 4 == 0 else "linear_attention" for layer in range(layers)],
+        "rope_parameters": {"mrope_interleaved": True, "mrope_section": section, "partial_rotary_factor": 0.25,
+                            "rope_theta": 10000000, "rope_type": "default"},
+        **text,
+    }
+    return {
+        "architectures": ["Qwen3_5ForConditionalGeneration"], "model_type": "qwen3_5", "dtype": dtype,
+        "image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
+        "vision_end_token_id": 151653, "text_config": text_config, "tie_word_embeddings": tie,
+        "transformers_version": "5.25.0",
+        "vision_config": {"hidden_act": "gelu_pytorch_tanh", "in_channels": 3, "initializer_range": 0.02,
+                          "model_type": "qwen3_5_vision", "out_hidden_size": text["hidden_size"], "patch_size": 16,
+                          "spatial_merge_size": 2, "temporal_patch_size": 2,
+                          "rope_parameters": {"rope_theta": 10000.0, "rope_type": "axial"}, **vision},
+    }
+
+
+def build_holo3_checkpoint(path: str | Path, preset: str = "holo3-tiny", *, dtype: str = "float32",
+                           seed: int = 0) -> Path:
+    """Write a random-weight Qwen3.5 checkpoint with transformers, as Qwen publishes them: the keys
+    transformers saves plus a multi-token-prediction head (`mtp.*`), which runtimes skip."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    from .models.qwen3_5.weights import ZERO_CENTRED
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    published = holo3_published_config(preset, dtype)
+    settings = {key: copy.deepcopy(value) for key, value in published.items()
+                if key not in ("architectures", "model_type", "dtype", "transformers_version")}
+    torch.manual_seed(seed)
+    model = Qwen3_5ForConditionalGeneration(Qwen3_5Config(**settings))
+    _spread(model)
+    with torch.no_grad():  # the zero-centred norms (which scale by 1 + weight) spread around 0, not 1
+        for name, param in model.named_parameters():
+            if name.endswith(ZERO_CENTRED) or name == "model.language_model.norm.weight":
+                param.sub_(1.0)
+    model.to(getattr(torch, dtype)).save_pretrained(path, safe_serialization=True)
+    (path / "config.json").write_text(json.dumps(published, indent=2))
+    hidden = published["text_config"]["hidden_size"]
+    file = sorted(path.glob("*.safetensors"))[-1]
+    tensors = load_file(file)
+    tensors["mtp.fc.weight"] = torch.randn(hidden, 2 * hidden).to(getattr(torch, dtype))
+    tensors["mtp.norm.weight"] = torch.zeros(hidden).to(getattr(torch, dtype))
+    save_file(tensors, file, metadata={"format": "pt"})
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        data = json.loads(index.read_text())
+        data["weight_map"].update({key: file.name for key in ("mtp.fc.weight", "mtp.norm.weight")})
+        index.write_text(json.dumps(data, indent=2))
+    _write_tokenizer(path, QWEN3_VL_CHAT_TEMPLATE, HOLO2_PREPROCESSOR_CONFIG)
+    return path
+
+
 @dataclass(frozen=True)
 class PresetFamily:
     """The checkpoints a preset's widths are built into."""
@@ -492,7 +575,12 @@ HOLO1_5 = PresetFamily(root_layout_config, PREPROCESSOR_CONFIG, build_holo1_5_ch
 # Holo2 checkpoints are built in the one key layout transformers saves them in: key_layout is Holo1.5's.
 HOLO2 = PresetFamily(holo2_published_config, HOLO2_PREPROCESSOR_CONFIG,
                      lambda path, preset, *, key_layout, **options: build_holo2_checkpoint(path, preset, **options))
-PRESET_FAMILIES = {**dict.fromkeys(PRESETS, HOLO1_5), **dict.fromkeys(HOLO2_PRESETS, HOLO2)}
+# Holo3 checkpoints have one layout, transformers 5's: config_layout and key_layout are Holo1.5's.
+HOLO3 = PresetFamily(holo3_published_config, HOLO2_PREPROCESSOR_CONFIG,
+                     lambda path, preset, *, config_layout, key_layout, **options:
+                     build_holo3_checkpoint(path, preset, **options))
+PRESET_FAMILIES = {**dict.fromkeys(PRESETS, HOLO1_5), **dict.fromkeys(HOLO2_PRESETS, HOLO2),
+                   **dict.fromkeys(HOLO3_PRESETS, HOLO3)}
 
 
 def preset_family(preset: str) -> PresetFamily:

@@ -77,6 +77,12 @@ def holo2_moe_nested_checkpoint() -> Path:
     return cached_checkpoint(preset="holo2-moe-tiny", config_layout="nested", dtype="float32")
 
 
+@pytest.fixture(scope="session")
+def holo3_checkpoint() -> Path:
+    """Holo3 (Qwen3.5, dense) as transformers 5 saves it, with the mtp.* head Qwen publishes, float32."""
+    return cached_checkpoint(preset="holo3-tiny", dtype="float32")
+
+
 @pytest.fixture(scope="module")
 def server(hf_root_checkpoint):
     """`serve.py` on the tiny checkpoint as "holo-tiny", for one test module (a module may define

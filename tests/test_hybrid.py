@@ -131,7 +131,7 @@ def test_a_prompt_diverging_between_two_snapshots_resumes_from_the_earlier(loade
     outputs, sequences, _ = run_batched(loaded, [(first, params), (second, params)], max_num_seqs=1,
                                         prefix_bytes=1 << 30)
     shared = common_prefix(first.input_ids, second.input_ids)
-    image_end = max(i for i, token in enumerate(second.input_ids) if token == hybrid.toy.IMAGE_TOKEN_ID) + 1
+    image_end = max(i for i, token in enumerate(second.input_ids) if token == model.config.image_token_id) + 1
     # The two differ after the screenshot but before the message ends: the snapshot at the image's
     # end is the one to resume from (a KV-only model would resume at `shared`).
     assert image_end < shared

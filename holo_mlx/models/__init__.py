@@ -40,9 +40,9 @@ def family_for(config: dict) -> Family:
 def _load_builtin() -> None:
     # Imported here, not by the families themselves: a family never imports the registry, so the
     # two make no import circle.
-    from . import qwen2_5_vl, qwen3_vl
+    from . import qwen2_5_vl, qwen3_5, qwen3_vl
 
-    for family in (qwen2_5_vl.FAMILY, qwen3_vl.FAMILY):
+    for family in (qwen2_5_vl.FAMILY, qwen3_vl.FAMILY, qwen3_5.FAMILY):
         _FAMILIES.setdefault(family.name, family)
 
 

@@ -61,14 +61,21 @@ class MRoPE:
 
 
 class Attention(nn.Module):
-    """Grouped-query attention; Qwen2 has q/k/v biases, Qwen3 an RMSNorm on each query and key head."""
+    """Grouped-query attention; Qwen2 has q/k/v biases, Qwen3 an RMSNorm on each query and key head.
+
+    Qwen3.5 adds an output gate (q_proj gives each head its query, then as many gate values, and
+    the attention output is scaled by their sigmoid before o_proj) and partial rotary: only the
+    first `rotary_dim` dimensions of each head turn, the rest pass through.
+    """
 
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int, head_dim: int, *, bias: bool,
-                 qk_norm_eps: float | None = None):
+                 qk_norm_eps: float | None = None, output_gate: bool = False, rotary_dim: int | None = None):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.scale = head_dim**-0.5
-        self.q_proj = nn.Linear(dim, n_heads * head_dim, bias=bias)
+        self.output_gate = output_gate
+        self.rotary_dim = rotary_dim or head_dim
+        self.q_proj = nn.Linear(dim, n_heads * head_dim * (2 if output_gate else 1), bias=bias)
         self.k_proj = nn.Linear(dim, n_kv_heads * head_dim, bias=bias)
         self.v_proj = nn.Linear(dim, n_kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(n_heads * head_dim, dim, bias=False)
@@ -82,11 +89,20 @@ class Attention(nn.Module):
             x = self[norm](x)
         return x.transpose(0, 2, 1, 3)
 
+    def _rotate(self, x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+        if self.rotary_dim == self.head_dim:
+            return kernels.apply_rotary(x, cos, sin)
+        turned = kernels.apply_rotary(x[..., :self.rotary_dim], cos, sin)
+        return mx.concatenate([turned, x[..., self.rotary_dim:]], axis=-1)
+
     def __call__(self, x: mx.array, groups: list[AttentionGroup], last_rows: mx.array | None = None) -> mx.array:
         """x: (tokens, dim), the rows of each group one after the other. With `last_rows` (the index
         of each sequence's last row) every row still enters the KV cache, but only those rows query."""
         keys, values = self.k_proj(x), self.v_proj(x)
         queries = self.q_proj(x if last_rows is None else x[last_rows])
+        if self.output_gate:  # per head: head_dim query values, then head_dim gate values
+            paired = queries.reshape(queries.shape[0], -1, 2, self.head_dim)
+            queries, gate = (paired[:, :, part].reshape(queries.shape[0], -1) for part in (0, 1))
         outputs, start, query_start = [], 0, 0
         for group in groups:
             batch, length = group.shape
@@ -98,14 +114,15 @@ class Attention(nn.Module):
             k = self._heads(keys[rows], batch, length, self.n_kv_heads, "k_norm")
             v = values[rows].reshape(batch, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
             cos, sin = group.cos, group.sin
-            q = kernels.apply_rotary(q, cos[..., -queried:, :], sin[..., -queried:, :])
-            k = kernels.apply_rotary(k, cos, sin)
+            q = self._rotate(q, cos[..., -queried:, :], sin[..., -queried:, :])
+            k = self._rotate(k, cos, sin)
             if group.cache is not None:
                 k, v = group.cache.update_and_fetch(k, v)
             mask = group.mask if last_rows is None else group.last_query_mask()
             out = kernels.attention(q, k, v, scale=self.scale, mask=mask)
             outputs.append(out.transpose(0, 2, 1, 3).reshape(batch * queried, -1))
-        return self.o_proj(mx.concatenate(outputs))
+        out = mx.concatenate(outputs)
+        return self.o_proj(out * mx.sigmoid(gate) if self.output_gate else out)
 
     def shard(self, group: mx.distributed.Group) -> None:
         """Tensor parallelism: q/k/v split by output columns, o_proj by input rows with an all-sum
@@ -129,6 +146,11 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = nn.RMSNorm(dim, eps=eps)
         self.post_attention_layernorm = nn.RMSNorm(dim, eps=eps)
 
+    @property
+    def mixer(self) -> nn.Module:
+        """What mixes the tokens: attention here, a recurrent layer in a hybrid's other layer kind."""
+        return self.self_attn
+
     @staticmethod
     def make_cache() -> KVLayerCache:
         return KVLayerCache()
@@ -139,7 +161,7 @@ class DecoderLayer(nn.Module):
         return create_attention_mask(embeds, cache)
 
     def __call__(self, x: mx.array, groups: list[AttentionGroup], last_rows: mx.array | None = None) -> mx.array:
-        attended = self.self_attn(self.input_layernorm(x), groups, last_rows)
+        attended = self.mixer(self.input_layernorm(x), groups, last_rows)
         x = (x if last_rows is None else x[last_rows]) + attended
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -152,10 +174,11 @@ class Decoder(nn.Module):
     stage: PipelineStage | None = None
 
     def shard(self, group: mx.distributed.Group) -> None:
-        """Tensor parallelism as mlx-lm's shard(): every layer's attention and MLP split across the
-        ranks, two all-sums of the hidden states per layer; embed_tokens and norm stay whole."""
+        """Tensor parallelism as mlx-lm's shard(): every layer's token mixer (attention, or a hybrid's
+        recurrent layer) and MLP split across the ranks, two all-sums of the hidden states per
+        layer; embed_tokens and norm stay whole."""
         for layer in self.layers:
-            layer.self_attn.shard(group)
+            layer.mixer.shard(group)
             layer.mlp.shard(group)
 
     def pipeline(self, group: mx.distributed.Group) -> None:

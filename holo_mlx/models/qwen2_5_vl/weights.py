@@ -15,7 +15,7 @@ _PREFIXES = (  # (Hugging Face prefix, mlx-vlm prefix); the longest prefixes fir
     ("model.", "language_model.model."),
     ("lm_head.", "language_model.lm_head."),
 )
-_MLX_PREFIXES = ("language_model.", "vision_tower.")
+MLX_PREFIXES = ("language_model.", "vision_tower.")
 PATCH_EMBED_KEY = "vision_tower.patch_embed.proj.weight"
 
 
@@ -23,7 +23,7 @@ def to_mlx_name(key: str) -> str | None:
     """mlx-vlm name for a checkpoint key; None for keys no module owns (e.g. rotary buffers)."""
     if "rotary_emb.inv_freq" in key or key.endswith("position_ids"):
         return None
-    if key.startswith(_MLX_PREFIXES):
+    if key.startswith(MLX_PREFIXES):
         return key
     for hf_prefix, mlx_prefix in _PREFIXES:
         if key.startswith(hf_prefix):
@@ -38,7 +38,7 @@ def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
         name = to_mlx_name(key)
         if name is None:
             continue
-        if name == PATCH_EMBED_KEY and not key.startswith(_MLX_PREFIXES):
+        if name == PATCH_EMBED_KEY and not key.startswith(MLX_PREFIXES):
             value = value.transpose(0, 2, 3, 4, 1)
         out[name] = value
     return out

@@ -1,0 +1,30 @@
+"""Holo3 = Qwen3.5 (dense): a hybrid decoder, three Gated DeltaNet layers to each gated attention
+layer, under Qwen3-VL's vision tower without DeepStack.
+
+Its caches are of two kinds (a recurrent state per Gated DeltaNet layer, KV per attention layer),
+so the prefix cache resumes it at image and message ends only (docs/architecture.md). It answers
+positions normalized to 0-1000 as Holo2 does; its processor is Qwen3-VL's (patch 16, merge 2).
+"""
+
+from functools import partial
+
+from ...agent import holo2_localization_prompt, holo2_localization_schema
+from ...coordinates import NORMALIZED_1000
+from ...image import ImageProcessorConfig
+from ..base import Family
+from ..qwen3_vl import PROCESSOR
+from .config import ARCHITECTURES, MODEL_TYPES, ModelConfig, mlx_vlm_layout
+from .model import build
+from .weights import sanitize
+
+FAMILY = Family(
+    name="qwen3_5", description="Holo3 / Qwen3.5, dense hybrid",
+    model_types=MODEL_TYPES, architectures=ARCHITECTURES,
+    config=ModelConfig.from_dict, model=build, sanitize=sanitize, mlx_config=mlx_vlm_layout,
+    image_processor=partial(ImageProcessorConfig.from_pretrained, defaults=PROCESSOR),
+    image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
+    # Holo2's instruction and schema until Holo3's own are known.
+    localization_prompt=holo2_localization_prompt, localization_schema=holo2_localization_schema,
+    coordinates=NORMALIZED_1000,
+    max_side=None, max_pixels=None,
+)

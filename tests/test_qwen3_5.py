@@ -1,0 +1,168 @@
+"""Holo3 (Qwen3.5, dense hybrid) beyond its parity with transformers (tests/test_parity.py): what its
+config refuses, its converted (mlx-vlm) layout, what may be quantized, and the engine paths that a
+recurrent state makes delicate (batched rows, prefix-cache resumption), on the holo3-tiny fixture.
+"""
+
+import copy
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+from safetensors.numpy import load_file
+
+from convert.convert import convert
+from holo_mlx import load
+from holo_mlx.engine.sampling import SamplingParams
+from holo_mlx.models import ConfigError, ShardingError, family_for
+from holo_mlx.models.base import Span
+from holo_mlx.models.cache import KVLayerCache, RecurrentLayerCache
+from holo_mlx.testing import holo3_published_config, synthetic_screenshot
+from test_distributed import generated
+from test_scheduler import sequential, tokens
+# The toy hybrid's engine tests, collected here again to run on this family's `loaded` (below).
+from test_hybrid import (test_a_follow_up_turn_resumes_from_the_end_of_the_previous_turn,  # noqa: F401
+                         test_a_prompt_diverging_between_two_snapshots_resumes_from_the_earlier,
+                         test_batched_rows_equal_each_row_alone, test_the_prefix_cache_budget_counts_the_snapshots,
+                         user)
+
+FAMILY = family_for(holo3_published_config())
+
+
+@pytest.fixture(scope="module")
+def loaded(holo3_checkpoint):
+    return load(holo3_checkpoint)
+
+
+def prompt_logits(model, prompt) -> np.ndarray:
+    """Logits at every position of one decoder pass over a prompt, no cache."""
+    grids = [image.grid_thw for image in prompt.images]
+    features = model.encode_images([image.pixel_values for image in prompt.images], grids) if grids else None
+    embeds, _ = model.embed(prompt.input_ids, features)
+    positions, _ = model.positions(prompt.input_ids, grids)
+    return np.array(model.logits(model.hidden([Span(embeds, mx.array(positions[:, None]))])[0])[0])
+
+
+# --- config -----------------------------------------------------------------------------------------
+
+def test_it_reads_the_published_config():
+    config = FAMILY.config(holo3_published_config())
+    text = config.text_config
+    assert FAMILY.name == "qwen3_5"
+    assert text.layer_types == ["linear_attention"] * 3 + ["full_attention", "linear_attention"]
+    assert (text.rotary_dim, text.mrope_section, text.rope_theta) == (16, [3, 3, 2], 1e7)
+    assert config.vision_config.deepstack_visual_indexes == []
+    assert (config.image_token_id, config.eos_token_id) == (151655, [151645])
+
+
+def test_without_layer_types_it_places_attention_every_full_attention_interval():
+    raw = holo3_published_config()
+    raw["text_config"].pop("layer_types")
+    raw["text_config"]["full_attention_interval"] = 2
+    assert FAMILY.config(raw).text_config.layer_types == ["linear_attention", "full_attention"] * 2 + ["linear_attention"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda text: text.update(num_experts=8), "MoE"),
+    (lambda text: text.update(attention_bias=True), "attention_bias"),
+    (lambda text: text["rope_parameters"].pop("mrope_section"), "refusing to guess"),
+    (lambda text: text["rope_parameters"].update(rope_type="yarn"), "rope_type 'yarn'"),
+    (lambda text: text["rope_parameters"].update(mrope_interleaved=False), "interleaves"),
+    (lambda text: text["rope_parameters"].update(partial_rotary_factor=0.5), "does not cover the 32 rotary"),
+    (lambda text: text.update(layer_types=["linear_attention"] * 4), "must name 5 layers"),
+    (lambda text: text.update(layer_types=["sliding_attention"] * 5), "must name 5 layers"),
+    (lambda text: text.update(linear_num_value_heads=3), "not a multiple"),
+    (lambda text: text.pop("linear_key_head_dim"), "incomplete config.json"),
+])
+def test_what_it_cannot_run_is_a_config_error(change, message):
+    raw = copy.deepcopy(holo3_published_config())
+    change(raw["text_config"])
+    with pytest.raises(ConfigError, match=message):
+        FAMILY.config(raw)
+
+
+def test_a_vision_config_with_deepstack_is_refused():
+    raw = holo3_published_config()
+    raw["vision_config"]["deepstack_visual_indexes"] = [0]
+    with pytest.raises(ConfigError, match="no DeepStack"):
+        FAMILY.config(raw)
+
+
+# --- the model --------------------------------------------------------------------------------------
+
+def test_its_layers_keep_recurrent_state_and_kv(loaded):
+    model, builder = loaded
+    kinds = [type(cache) for cache in model.make_cache()]
+    assert kinds == [RecurrentLayerCache] * 3 + [KVLayerCache, RecurrentLayerCache]
+    assert builder.mark_message_ends  # the prompt builder marks where messages end, for its snapshots
+
+
+def test_a_prompt_prefilled_in_chunks_through_its_caches_equals_one_pass(loaded):
+    """Chunks shorter and longer than the convolution's kernel, one across the image: each layer's
+    state carries over exactly."""
+    model, builder = loaded
+    prompt = builder.build([user("Click OK.", synthetic_screenshot(333, 217, 3))])
+    grids = [image.grid_thw for image in prompt.images]
+    embeds, _ = model.embed(prompt.input_ids, model.encode_images([prompt.images[0].pixel_values], grids))
+    positions = mx.array(model.positions(prompt.input_ids, grids)[0][:, None])
+    cache, parts, bounds = model.make_cache(), [], [0, 1, 3, 9, 40, len(prompt.input_ids)]
+    for start, end in zip(bounds, bounds[1:]):
+        hidden = model.hidden([Span(embeds[:, start:end], positions[..., start:end], cache)])[0]
+        parts.append(np.array(model.logits(hidden)[0]))
+    np.testing.assert_allclose(np.concatenate(parts), prompt_logits(model, prompt), atol=1e-5, rtol=0)
+
+
+class ThreeRanks:
+    """What shard() asks of a group before it splits anything."""
+
+    def size(self) -> int:
+        return 3
+
+    def rank(self) -> int:
+        return 0
+
+
+def test_a_rank_count_that_does_not_divide_the_linear_key_heads_is_refused(holo3_checkpoint):
+    model, _ = load(holo3_checkpoint)  # its own copy: shard() changes the modules it reaches
+    with pytest.raises(ShardingError, match="linear_num_key_heads = 2 does not split over 3 ranks"):
+        model.shard(ThreeRanks())
+
+
+def test_two_ranks_generate_what_one_process_does(holo3_checkpoint, tmp_path):
+    image = tmp_path / "screen.png"
+    synthetic_screenshot(333, 217, seed=5).save(image)
+    alone = generated(1, holo3_checkpoint, image)
+    assert generated(2, holo3_checkpoint, image) == alone  # tensor parallel
+    assert generated(2, holo3_checkpoint, image, "--pipeline") == alone
+
+
+def test_only_matrices_may_be_quantized(loaded):
+    model, _ = loaded
+    shapes = {name: value.shape for name, value in tree_flatten(model.parameters())}
+    prefix = "language_model.model.layers.0.linear_attn."
+    kept = [prefix + name for name in ("A_log", "dt_bias", "conv1d.weight", "norm.weight")]
+    kept += ["language_model.model.layers.3.self_attn.q_norm.weight", "language_model.model.layers.0.input_layernorm.weight"]
+    for name in kept:
+        assert not FAMILY.quantizable(name, shapes[name], False), name
+    for name in (prefix + "in_proj_qkv.weight", prefix + "out_proj.weight", "language_model.model.layers.3.self_attn.q_proj.weight"):
+        assert FAMILY.quantizable(name, shapes[name], False), name
+
+
+def test_the_converted_folder_is_mlx_vlms_layout_and_computes_the_same(loaded, holo3_checkpoint, tmp_path):
+    model, builder = loaded
+    folder = convert(str(holo3_checkpoint), tmp_path / "mlx", dtype="float32")
+    weights = {name: value for file in sorted(folder.glob("*.safetensors")) for name, value in load_file(file).items()}
+    assert not any(name.startswith("mtp.") for name in weights)
+    assert weights["language_model.model.layers.0.linear_attn.conv1d.weight"].shape == (256, 4, 1)
+    # Norms carry their 1 once: the converted folder's are read as they are.
+    original = load_file(holo3_checkpoint / "model.safetensors")
+    np.testing.assert_array_equal(weights["language_model.model.norm.weight"],
+                                  original["model.language_model.norm.weight"] + 1)
+    converted = load(folder)
+    assert converted[0].config.text_config.layer_types == model.config.text_config.layer_types
+    assert json.loads((folder / "config.json").read_text())["text_config"]["full_attention_interval"] == 4
+    prompt = builder.build([user("Click OK.", synthetic_screenshot(333, 217, 7))])
+    np.testing.assert_array_equal(prompt_logits(converted[0], prompt), prompt_logits(model, prompt))
+    params = SamplingParams(max_tokens=8, ignore_eos=True)
+    assert tokens(sequential(converted, prompt, params)) == tokens(sequential(loaded, prompt, params))
