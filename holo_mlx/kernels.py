@@ -1,8 +1,9 @@
 """The kernels the models call, bound once to those of the device they run on by select().
 
 On a GPU they are MLX's and mlx-lm's, as mlx-lm's models use them: fused attention, mlx-lm's
-compiled SwiGLU, a compiled log-softmax and rotary, and the vision tower over all its rows at
-once. MLX's CPU backend gets holo_mlx/cpu's instead (its exp is scalar, its streams single-threaded).
+compiled SwiGLU, a compiled log-softmax and rotary, the vision tower over all its rows at once and
+mlx-lm's gated delta rule (a Metal kernel). MLX's CPU backend gets holo_mlx/cpu's instead (its exp
+is scalar, its streams single-threaded, mlx-lm's gated delta rule a loop over tokens there).
 
 load_model() selects for the default device; importing this module selects for it too, so models
 built without load_model() run. Call them through the module (`kernels.attention(...)`): a name
@@ -14,8 +15,10 @@ from functools import partial
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.activations import swiglu as compiled_swiglu
+from mlx_lm.models.gated_delta import gated_delta_update
 
 from .cpu import attention as cpu_attention
+from .cpu import gated_delta as cpu_gated_delta
 from .cpu import polynomial_exp as cpu_kernels
 from .cpu import tower as cpu_tower
 
@@ -47,15 +50,16 @@ def tower_on_all_rows(tower, *inputs) -> mx.array:
 
 
 def select(device: mx.Device | mx.DeviceType | None = None) -> None:
-    """Bind attention, swiglu, log_softmax, apply_rotary and run_tower for `device` (by default the
-    default device). Calling it again rebinds them."""
-    global attention, swiglu, log_softmax, apply_rotary, run_tower
+    """Bind attention, swiglu, log_softmax, apply_rotary, run_tower and gated_delta for `device` (by
+    default the default device). Calling it again rebinds them."""
+    global attention, swiglu, log_softmax, apply_rotary, run_tower, gated_delta
     if (mx.default_device() if device is None else device) == mx.gpu:
         attention = mx.fast.scaled_dot_product_attention
         swiglu = compiled_swiglu
         log_softmax = nn.log_softmax
         apply_rotary = compiled_rotary
         run_tower = tower_on_all_rows
+        gated_delta = gated_delta_update
     else:
         attention = cpu_attention.attention
         swiglu = cpu_kernels.silu_gate
@@ -64,6 +68,7 @@ def select(device: mx.Device | mx.DeviceType | None = None) -> None:
         # traced per shape (see cpu/polynomial_exp.py).
         apply_rotary = rotary
         run_tower = cpu_tower.run_tower
+        gated_delta = cpu_gated_delta.gated_delta_update
 
 
 select()

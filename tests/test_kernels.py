@@ -6,9 +6,11 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx_lm.models.activations import swiglu
+from mlx_lm.models.gated_delta import gated_delta_update
 
 from holo_mlx import kernels, load_model, runtime
 from holo_mlx.cpu import attention as cpu_attention
+from holo_mlx.cpu import gated_delta as cpu_gated_delta
 from holo_mlx.cpu import polynomial_exp as cpu_kernels
 from holo_mlx.cpu import tower as cpu_tower
 from holo_mlx.models.qwen2_5_vl.config import VisionConfig
@@ -32,6 +34,7 @@ def test_select_binds_the_cpu_kernels_for_the_cpu(reselect):
     assert kernels.log_softmax is cpu_kernels.log_softmax
     assert kernels.apply_rotary is kernels.rotary
     assert kernels.run_tower is cpu_tower.run_tower
+    assert kernels.gated_delta is cpu_gated_delta.gated_delta_update
 
 
 def test_select_binds_mlx_and_mlx_lm_kernels_for_a_gpu(reselect):
@@ -42,6 +45,7 @@ def test_select_binds_mlx_and_mlx_lm_kernels_for_a_gpu(reselect):
         assert kernels.log_softmax is nn.log_softmax
         assert kernels.apply_rotary is kernels.compiled_rotary
         assert kernels.run_tower is kernels.tower_on_all_rows
+        assert kernels.gated_delta is gated_delta_update
 
 
 def test_load_model_selects_for_the_default_device(hf_root_checkpoint, reselect):

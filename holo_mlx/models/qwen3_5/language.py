@@ -4,8 +4,8 @@ by a dense SwiGLU MLP.
 
 A Gated DeltaNet layer keeps a fixed-size state per sequence (models/cache.py's
 RecurrentLayerCache): the last kernel - 1 inputs of its causal depthwise convolution, and a float32
-linear-attention state per value head, updated by mlx-lm's `gated_delta_update` (a Metal kernel
-on a GPU; on the CPU its token-by-token loop, slow on long prompts but exact).
+linear-attention state per value head, updated by the gated delta rule of kernels.py: mlx-lm's
+Metal kernel on a GPU, holo_mlx/cpu/gated_delta.py's chunked form on the CPU backend.
 
 Attribute names equal the checkpoint keys under `language_model.` (mlx-vlm's names); the zero-
 centred RMSNorm weights of the checkpoints arrive here with their 1 added (weights.py).
@@ -14,8 +14,9 @@ centred RMSNorm weights of the checkpoints arrive here with their 1 added (weigh
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.nn.layers.distributed import shard_inplace, shard_linear
-from mlx_lm.models.gated_delta import gated_delta_update, normalize_qk
+from mlx_lm.models.gated_delta import normalize_qk
 
+from ... import kernels
 from ..cache import RecurrentLayerCache
 from ..decoder import Attention, AttentionGroup, Decoder, DecoderLayer, LanguageModel, MRoPE
 from ..layers import MLP, check_split
@@ -98,7 +99,7 @@ class GatedDeltaNet(nn.Module):
             k = k.reshape(batch, length, self.key_heads, self.key_dim)
             v = v.reshape(batch, length, self.value_heads, self.value_dim)
             q, k = normalize_qk(q, k, inv_scale=self.key_dim**-0.5, eps=1e-6)
-            out, state = gated_delta_update(
+            out, state = kernels.gated_delta(
                 q, k, v, decay[rows].reshape(batch, length, -1), beta[rows].reshape(batch, length, -1),
                 self.A_log, self.dt_bias, cache[1] if cache is not None else None)
             if cache is not None:
