@@ -1,6 +1,12 @@
 """holo_mlx/cpu/gated_delta.py: the chunked gated delta rule equals mlx-lm's token-by-token
 recurrence and transformers' chunked rule, for any length and in pieces through the state."""
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -8,6 +14,7 @@ from mlx_lm.models.gated_delta import compute_g, gated_delta_ops, gated_delta_up
 
 from holo_mlx.cpu import gated_delta as cpu_gated_delta
 
+REPO = Path(__file__).resolve().parent.parent
 BATCH, KEY_HEADS, VALUE_HEADS, KEY_DIM, VALUE_DIM = 2, 2, 4, 32, 16
 LENGTHS = [1, 5, 64, 100, 300]  # a decode step, under a chunk, whole chunks, a partial last chunk
 TOLERANCE = 1e-4  # relative to the reference's largest magnitude
@@ -104,3 +111,15 @@ def test_a_decay_that_underflows_to_zero_clears_the_state():
     assert not mx.isnan(out).any().item()
     assert_close(out, expected_out)
     assert_close(state, expected_state)
+
+
+def test_benchmark_times_both_and_they_agree():
+    run = subprocess.run(
+        [sys.executable, "benchmarks/bench_gated_delta.py", "--tokens", "70", "--key-heads", "2",
+         "--value-heads", "4", "--head-dim", "32", "--runs", "2"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert len(re.findall(r" ms median \([\d.]+, [\d.]+\), 2 runs", run.stdout)) == 2, run.stdout
+    assert re.search(r"T 70, Hk 2, Hv 4, Dk = Dv = 32: token by token / chunked = [\d.]+x", run.stdout)
+    out, state = map(float, re.search(r"max \|diff\|: out (\S+), state (\S+)", run.stdout).groups())
+    assert out < 1e-5 and state < 1e-5
