@@ -77,15 +77,44 @@ def holo2_moe_nested_checkpoint() -> Path:
     return cached_checkpoint(preset="holo2-moe-tiny", config_layout="nested", dtype="float32")
 
 
-@pytest.fixture(scope="module")
-def server(hf_root_checkpoint):
-    """`serve.py` on the tiny checkpoint as "holo-tiny", for one test module (a module may define
-    its own `server` with other flags)."""
-    from test_server import Server
+class SharedServers:
+    """serve.py processes kept for the whole session, one per exact argument tuple: a server takes
+    some 10 s to start here, and many modules ask for the same one. Only for tests that neither stop
+    it nor assert on state that other tests change (absolute metric counts, a failed /health)."""
 
-    running = Server("--model", str(hf_root_checkpoint), "--served-model-name", "holo-tiny")
-    yield running
-    running.stop()
+    def __init__(self):
+        self.running = {}
+
+    def get(self, *args):
+        from test_server import Server
+
+        key = tuple(str(arg) for arg in args)
+        server = self.running.get(key)
+        # One that died is started anew: its crash fails the tests that caused it, not every later module.
+        if server is None or server.process.poll() is not None:
+            server = self.running[key] = Server(*key)
+        return server
+
+    def stop(self) -> None:
+        for server in self.running.values():
+            if server.process.poll() is None:
+                server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_server(request):
+    """`shared_server(*serve_py_args)`: the session's running server for exactly those arguments,
+    started on first use and stopped when the session ends."""
+    servers = SharedServers()
+    request.addfinalizer(servers.stop)
+    return servers.get
+
+
+@pytest.fixture(scope="module")
+def server(shared_server, hf_root_checkpoint):
+    """`serve.py` on the tiny checkpoint as "holo-tiny", shared by every module that uses it (a module
+    may define its own `server` with other flags)."""
+    return shared_server("--model", str(hf_root_checkpoint), "--served-model-name", "holo-tiny")
 
 
 @pytest.fixture(scope="module")

@@ -115,10 +115,8 @@ def test_a_rank_count_that_does_not_divide_the_kv_heads_is_refused(hf_root_check
 # --- the server on two ranks ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def alone(hf_root_checkpoint):
-    running = Server("--model", str(hf_root_checkpoint), "--max-num-seqs", "4")
-    yield running
-    running.stop()
+def alone(shared_server, hf_root_checkpoint):
+    return shared_server("--model", str(hf_root_checkpoint), "--max-num-seqs", "4")  # test_server_engine's too
 
 
 @pytest.fixture(scope="module", params=["tensor", "pipeline"])
