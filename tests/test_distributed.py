@@ -2,6 +2,7 @@
 parallelism, ranks launched by the real `mlx.launch` on the ring backend over loopback, the
 generate CLI and the server against one process on the same checkpoints."""
 
+import hashlib
 import json
 import os
 import signal
@@ -22,6 +23,10 @@ from test_server import Server, data_url
 
 LAUNCHER = Path(sys.executable).parent / "mlx.launch"
 PROBE = Path(__file__).parent / "distributed_probe.py"
+
+# One-process outputs, kept for the session: several tests compare their ranks with the same
+# baseline (same checkpoint, screenshot and flags), which one process computes alike every time.
+ONE_PROCESS: dict[tuple, object] = {}
 
 
 def free_port() -> int:
@@ -47,11 +52,16 @@ def launcher(ranks: int = 2) -> tuple[str, ...]:
 
 
 def generated(ranks: int, checkpoint: Path, image: Path, *flags: str) -> str:
+    key = ("generate", str(checkpoint), hashlib.sha256(image.read_bytes()).hexdigest(), flags)
+    if ranks == 1 and key in ONE_PROCESS:
+        return ONE_PROCESS[key]
     result = launch(ranks, "-m", "holo_mlx.generate", "--model", str(checkpoint), "--image", str(image),
                     "--prompt", "Click the Submit button.", "--max-tokens", "24", *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     text, _, stats = result.stdout.partition("\n==========\n")
     assert stats.count("Generation: 24 tokens") == 1  # rank 0 alone prints
+    if ranks == 1:
+        ONE_PROCESS[key] = text
     return text
 
 
@@ -64,17 +74,30 @@ def test_two_ranks_generate_what_one_process_does(checkpoint, request, tmp_path)
     assert generated(2, path, image, "--pipeline") == alone
 
 
+@pytest.fixture(scope="module")
+def quantized_moe(holo2_moe_root_checkpoint, tmp_path_factory) -> Path:
+    """The MoE checkpoint in 4 bits, experts too: converted once for both splits, which then share its
+    one-process answer."""
+    folder = tmp_path_factory.mktemp("quantized") / "q4"
+    return convert(str(holo2_moe_root_checkpoint), folder, quantize=True, q_bits=4)
+
+
 @pytest.mark.parametrize("split", [[], ["--pipeline"]])
-def test_a_quantized_folder_splits_too(holo2_moe_root_checkpoint, tmp_path, split):
-    folder = convert(str(holo2_moe_root_checkpoint), tmp_path / "q4", quantize=True, q_bits=4)  # experts too
+def test_a_quantized_folder_splits_too(quantized_moe, tmp_path, split):
+    folder = quantized_moe
     image = tmp_path / "screen.png"
     synthetic_screenshot(200, 160, seed=2).save(image)
     assert generated(2, folder, image, *split) == generated(1, folder, image)
 
 
 def probe(ranks: int, checkpoint: Path, *flags: str) -> dict:
+    key = ("probe", str(checkpoint), flags)
+    if ranks == 1 and key in ONE_PROCESS:
+        return json.loads(ONE_PROCESS[key])
     result = launch(ranks, str(PROBE), str(checkpoint), *flags)
     assert result.returncode == 0, result.stderr[-3000:]
+    if ranks == 1:
+        ONE_PROCESS[key] = result.stdout  # the text: each test parses its own copy
     return json.loads(result.stdout)
 
 
@@ -149,17 +172,28 @@ def answers(server: Server, together: bool) -> list[str]:
         return list(pool.map(ask, CONVERSATIONS))
 
 
-def test_two_ranks_serve_what_one_process_does(alone, ranked):
-    expected = answers(alone, together=False)
+JSON_ASK = {"response_format": {"type": "json_object"}, "messages": CONVERSATIONS[1], "max_tokens": 16,
+            "temperature": 0}
+
+
+def embeddings(server: Server) -> np.ndarray:
+    return np.array([item["embedding"] for item in server.post("/v1/embeddings", {"input": ["Hello", "world"]})
+                     .json()["data"]])
+
+
+@pytest.fixture(scope="module")
+def one_process(alone) -> dict:
+    """The one-process server's answers that each split (tensor, pipeline) is compared with, asked once."""
+    return {"answers": answers(alone, together=False), "embeddings": embeddings(alone),
+            "json": alone.post("/v1/chat/completions", JSON_ASK).json()["choices"]}
+
+
+def test_two_ranks_serve_what_one_process_does(one_process, ranked):
+    expected = one_process["answers"]
     assert answers(ranked, together=False) == expected  # text, a screenshot, one by one
     assert answers(ranked, together=True) == expected  # and batched
-    schema = {"response_format": {"type": "json_object"}, "messages": CONVERSATIONS[1], "max_tokens": 16,
-              "temperature": 0}
-    assert ranked.post("/v1/chat/completions", schema).json()["choices"] == \
-        alone.post("/v1/chat/completions", schema).json()["choices"]
-    embedded = [np.array([item["embedding"] for item in server.post("/v1/embeddings", {"input": ["Hello", "world"]})
-                          .json()["data"]]) for server in (alone, ranked)]
-    np.testing.assert_allclose(embedded[1], embedded[0], atol=1e-5)
+    assert ranked.post("/v1/chat/completions", JSON_ASK).json()["choices"] == one_process["json"]
+    np.testing.assert_allclose(embeddings(ranked), one_process["embeddings"], atol=1e-5)
 
 
 def test_health_names_both_ranks_and_their_weights(alone, ranked):
