@@ -121,3 +121,15 @@ def server(shared_server, hf_root_checkpoint):
 def client(server):
     """The real `openai` client of the module's server."""
     return server.client()
+
+
+# Fixtures that start or hand out a live server: a test using one (directly or through another
+# fixture) is marked `server`; tests that start a server in their body carry the mark themselves.
+SERVER_FIXTURES = {"shared_server", "server", "client", "live", "alone", "ranked", "family_server",
+                   "normalized_server"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)

@@ -6,11 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks" / "bench_server.py"
 SOAK = REPO / "benchmarks" / "soak.py"
+pytestmark = pytest.mark.server  # the benchmarks start serve.py
 
 
 def test_bench_server_quick_writes_rows_for_every_workload_and_level_and_charts(tmp_path, hf_root_checkpoint):

@@ -23,6 +23,7 @@ from test_server import Server, data_url
 
 LAUNCHER = Path(sys.executable).parent / "mlx.launch"
 PROBE = Path(__file__).parent / "distributed_probe.py"
+pytestmark = pytest.mark.distributed
 
 # One-process outputs, kept for the session: several tests compare their ranks with the same
 # baseline (same checkpoint, screenshot and flags), which one process computes alike every time.
@@ -205,6 +206,7 @@ def test_health_names_both_ranks_and_their_weights(alone, ranked):
     assert sum(rank["weight_bytes"] for rank in two) > one["weight_bytes"]
 
 
+@pytest.mark.server
 def test_a_rank_started_with_other_flags_is_refused(hf_root_checkpoint):
     # Rank 1 gets one flag more than rank 0, as a mistyped command on one host would.
     code = ("import os, runpy, sys; sys.argv = sys.argv[1:] + (['--max-num-seqs', '3'] "
@@ -230,6 +232,7 @@ def ranks_of(session: int) -> dict[int, int]:
     return found
 
 
+@pytest.mark.server
 def test_a_killed_rank_ends_the_server_instead_of_hanging_it(hf_root_checkpoint):
     running = Server("--model", str(hf_root_checkpoint), launcher=launcher())
     os.kill(ranks_of(running.process.pid)[1], signal.SIGKILL)
@@ -241,6 +244,7 @@ def test_a_killed_rank_ends_the_server_instead_of_hanging_it(hf_root_checkpoint)
     assert not ranks_of(running.process.pid)
 
 
+@pytest.mark.server
 def test_ctrl_c_stops_every_rank(hf_root_checkpoint):
     running = Server("--model", str(hf_root_checkpoint), launcher=launcher())
     assert running.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}],
@@ -299,6 +303,7 @@ def assert_lost(server: Server, reason: str) -> None:
         assert reason in response.json()["error"]["message"]
 
 
+@pytest.mark.server
 def test_a_rank_that_never_joins_ends_rank_0_after_the_join_timeout(hf_root_checkpoint, tmp_path):
     env = ring_hostfile(tmp_path / "hosts.json")
     result = subprocess.run([sys.executable, "serve.py", "--model", str(hf_root_checkpoint), "--port", "0",
@@ -310,6 +315,7 @@ def test_a_rank_that_never_joins_ends_rank_0_after_the_join_timeout(hf_root_chec
     assert "if they have not all joined within 2 s" in result.stderr and "Timeout (0:00:02)!" in result.stderr
 
 
+@pytest.mark.server
 def test_a_killed_rank_is_reported_and_the_server_keeps_answering(hf_root_checkpoint, tmp_path):
     server, follower = by_hand(hf_root_checkpoint, tmp_path)
     try:
@@ -326,6 +332,7 @@ def test_a_killed_rank_is_reported_and_the_server_keeps_answering(hf_root_checkp
         server.stop()
 
 
+@pytest.mark.server
 def test_a_hung_rank_is_reported_after_the_rank_timeout_and_ends_itself_later(hf_root_checkpoint):
     # 5 s: well above the longest a loading rank's Python is kept from beating (tokenizer, imports), busy CI too.
     server = Server("--model", str(hf_root_checkpoint), "--rank-timeout", "5", launcher=launcher())

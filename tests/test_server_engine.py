@@ -122,6 +122,7 @@ def test_disconnect_frees_the_slot_in_metrics(server):
     assert metric(server, "holo_cancelled_requests_total") == before + 1
 
 
+@pytest.mark.server
 def test_full_queue_answers_429_with_retry_after(hf_root_checkpoint):
     busy = Server("--model", str(hf_root_checkpoint), "--max-num-seqs", "1", "--max-queue", "1")
     payload = {"messages": [{"role": "user", "content": "Go"}], "max_tokens": 50_000, "ignore_eos": True,
