@@ -49,6 +49,7 @@ def test_bench_server_quick_writes_rows_for_every_workload_and_level_and_charts(
             image.verify()  # raises on a truncated or corrupt file
 
 
+@pytest.mark.slow
 def test_soak_quick_reports_no_server_errors_no_orphans_and_exits_0(tmp_path, hf_root_checkpoint):
     figures = tmp_path / "soak.json"
     run = subprocess.run(

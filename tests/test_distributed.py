@@ -67,6 +67,7 @@ def generated(ranks: int, checkpoint: Path, image: Path, *flags: str) -> str:
 
 
 @pytest.mark.parametrize("checkpoint", ["hf_root_checkpoint", "holo2_moe_root_checkpoint"])
+@pytest.mark.slow
 def test_two_ranks_generate_what_one_process_does(checkpoint, request, tmp_path):
     path, image = request.getfixturevalue(checkpoint), tmp_path / "screen.png"
     synthetic_screenshot(333, 217, seed=5).save(image)
@@ -84,6 +85,7 @@ def quantized_moe(holo2_moe_root_checkpoint, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("split", [[], ["--pipeline"]])
+@pytest.mark.slow
 def test_a_quantized_folder_splits_too(quantized_moe, tmp_path, split):
     folder = quantized_moe
     image = tmp_path / "screen.png"
@@ -103,6 +105,7 @@ def probe(ranks: int, checkpoint: Path, *flags: str) -> dict:
 
 
 @pytest.mark.parametrize("checkpoint", ["hf_root_checkpoint", "holo2_moe_root_checkpoint"])
+@pytest.mark.slow
 def test_each_rank_loads_half_the_decoder_and_never_the_whole(checkpoint, request):
     path = request.getfixturevalue(checkpoint)
     alone, split = probe(1, path), probe(2, path)
@@ -129,6 +132,7 @@ def test_pipeline_ranks_load_their_own_layers_only(checkpoint, request):
     assert split["peak_memory"] - split["ranks"][0]["weight_bytes"] < alone["decoder_layer_bytes"] / 4
 
 
+@pytest.mark.slow
 def test_a_rank_count_that_does_not_divide_the_kv_heads_is_refused(hf_root_checkpoint):
     result = launch(3, str(PROBE), str(hf_root_checkpoint))
     assert "num_key_value_heads = 2 does not split over 3 ranks" in result.stdout
@@ -189,6 +193,7 @@ def one_process(alone) -> dict:
             "json": alone.post("/v1/chat/completions", JSON_ASK).json()["choices"]}
 
 
+@pytest.mark.slow
 def test_two_ranks_serve_what_one_process_does(one_process, ranked):
     expected = one_process["answers"]
     assert answers(ranked, together=False) == expected  # text, a screenshot, one by one
@@ -197,6 +202,7 @@ def test_two_ranks_serve_what_one_process_does(one_process, ranked):
     np.testing.assert_allclose(embeddings(ranked), one_process["embeddings"], atol=1e-5)
 
 
+@pytest.mark.slow  # the two-rank servers it reads take 20-30 s to start
 def test_health_names_both_ranks_and_their_weights(alone, ranked):
     (one,) = httpx.get(f"{alone.url}/health").json()["ranks"]
     two = httpx.get(f"{ranked.url}/health").json()["ranks"]
@@ -233,6 +239,7 @@ def ranks_of(session: int) -> dict[int, int]:
 
 
 @pytest.mark.server
+@pytest.mark.slow
 def test_a_killed_rank_ends_the_server_instead_of_hanging_it(hf_root_checkpoint):
     running = Server("--model", str(hf_root_checkpoint), launcher=launcher())
     os.kill(ranks_of(running.process.pid)[1], signal.SIGKILL)
@@ -245,6 +252,7 @@ def test_a_killed_rank_ends_the_server_instead_of_hanging_it(hf_root_checkpoint)
 
 
 @pytest.mark.server
+@pytest.mark.slow
 def test_ctrl_c_stops_every_rank(hf_root_checkpoint):
     running = Server("--model", str(hf_root_checkpoint), launcher=launcher())
     assert running.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}],
@@ -316,6 +324,7 @@ def test_a_rank_that_never_joins_ends_rank_0_after_the_join_timeout(hf_root_chec
 
 
 @pytest.mark.server
+@pytest.mark.slow
 def test_a_killed_rank_is_reported_and_the_server_keeps_answering(hf_root_checkpoint, tmp_path):
     server, follower = by_hand(hf_root_checkpoint, tmp_path)
     try:
@@ -333,6 +342,7 @@ def test_a_killed_rank_is_reported_and_the_server_keeps_answering(hf_root_checkp
 
 
 @pytest.mark.server
+@pytest.mark.slow
 def test_a_hung_rank_is_reported_after_the_rank_timeout_and_ends_itself_later(hf_root_checkpoint):
     # 5 s: well above the longest a loading rank's Python is kept from beating (tokenizer, imports), busy CI too.
     server = Server("--model", str(hf_root_checkpoint), "--rank-timeout", "5", launcher=launcher())
