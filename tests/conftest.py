@@ -83,18 +83,59 @@ def holo3_checkpoint() -> Path:
     return cached_checkpoint(preset="holo3-tiny", dtype="float32")
 
 
-@pytest.fixture(scope="module")
-def server(hf_root_checkpoint):
-    """`serve.py` on the tiny checkpoint as "holo-tiny", for one test module (a module may define
-    its own `server` with other flags)."""
-    from test_server import Server
+class SharedServers:
+    """serve.py processes kept for the whole session, one per exact argument tuple: a server takes
+    some 10 s to start here, and many modules ask for the same one. Only for tests that neither stop
+    it nor assert on state that other tests change (absolute metric counts, a failed /health)."""
 
-    running = Server("--model", str(hf_root_checkpoint), "--served-model-name", "holo-tiny")
-    yield running
-    running.stop()
+    def __init__(self):
+        self.running = {}
+
+    def get(self, *args):
+        from test_server import Server
+
+        key = tuple(str(arg) for arg in args)
+        server = self.running.get(key)
+        # One that died is started anew: its crash fails the tests that caused it, not every later module.
+        if server is None or server.process.poll() is not None:
+            server = self.running[key] = Server(*key)
+        return server
+
+    def stop(self) -> None:
+        for server in self.running.values():
+            if server.process.poll() is None:
+                server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_server(request):
+    """`shared_server(*serve_py_args)`: the session's running server for exactly those arguments,
+    started on first use and stopped when the session ends."""
+    servers = SharedServers()
+    request.addfinalizer(servers.stop)
+    return servers.get
+
+
+@pytest.fixture(scope="module")
+def server(shared_server, hf_root_checkpoint):
+    """`serve.py` on the tiny checkpoint as "holo-tiny", shared by every module that uses it (a module
+    may define its own `server` with other flags)."""
+    return shared_server("--model", str(hf_root_checkpoint), "--served-model-name", "holo-tiny")
 
 
 @pytest.fixture(scope="module")
 def client(server):
     """The real `openai` client of the module's server."""
     return server.client()
+
+
+# Fixtures that start or hand out a live server: a test using one (directly or through another
+# fixture) is marked `server`; tests that start a server in their body carry the mark themselves.
+SERVER_FIXTURES = {"shared_server", "server", "client", "live", "alone", "ranked", "family_server",
+                   "normalized_server"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)

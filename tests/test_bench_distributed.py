@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "bench_distributed.py"
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # both benchmarks launch ranks with mlx.launch
 
 
 def test_each_configuration_reports_speed_and_the_bytes_it_moved(hf_root_checkpoint, tmp_path):

@@ -5,10 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "bench_engine.py"
+pytestmark = pytest.mark.server  # the benchmark starts serve.py
 
 
 def test_quick_run_writes_every_figure_and_a_chart(tmp_path):

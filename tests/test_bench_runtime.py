@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 from safetensors import safe_open
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "bench_runtime.py"
+pytestmark = pytest.mark.slow  # each run times torch, mlx-vlm and holo_mlx
 QUICK_RUNTIMES = ("holo_mlx:float32", "torch:float32", "mlx_vlm:float32")
 
 

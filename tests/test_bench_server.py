@@ -6,11 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks" / "bench_server.py"
 SOAK = REPO / "benchmarks" / "soak.py"
+pytestmark = pytest.mark.server  # the benchmarks start serve.py
 
 
 def test_bench_server_quick_writes_rows_for_every_workload_and_level_and_charts(tmp_path, hf_root_checkpoint):
@@ -47,6 +49,7 @@ def test_bench_server_quick_writes_rows_for_every_workload_and_level_and_charts(
             image.verify()  # raises on a truncated or corrupt file
 
 
+@pytest.mark.slow
 def test_soak_quick_reports_no_server_errors_no_orphans_and_exits_0(tmp_path, hf_root_checkpoint):
     figures = tmp_path / "soak.json"
     run = subprocess.run(

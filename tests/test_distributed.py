@@ -2,6 +2,7 @@
 parallelism, ranks launched by the real `mlx.launch` on the ring backend over loopback, the
 generate CLI and the server against one process on the same checkpoints."""
 
+import hashlib
 import json
 import os
 import signal
@@ -22,6 +23,11 @@ from test_server import Server, data_url
 
 LAUNCHER = Path(sys.executable).parent / "mlx.launch"
 PROBE = Path(__file__).parent / "distributed_probe.py"
+pytestmark = pytest.mark.distributed
+
+# One-process outputs, kept for the session: several tests compare their ranks with the same
+# baseline (same checkpoint, screenshot and flags), which one process computes alike every time.
+ONE_PROCESS: dict[tuple, object] = {}
 
 
 def free_port() -> int:
@@ -47,15 +53,21 @@ def launcher(ranks: int = 2) -> tuple[str, ...]:
 
 
 def generated(ranks: int, checkpoint: Path, image: Path, *flags: str) -> str:
+    key = ("generate", str(checkpoint), hashlib.sha256(image.read_bytes()).hexdigest(), flags)
+    if ranks == 1 and key in ONE_PROCESS:
+        return ONE_PROCESS[key]
     result = launch(ranks, "-m", "holo_mlx.generate", "--model", str(checkpoint), "--image", str(image),
                     "--prompt", "Click the Submit button.", "--max-tokens", "24", *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     text, _, stats = result.stdout.partition("\n==========\n")
     assert stats.count("Generation: 24 tokens") == 1  # rank 0 alone prints
+    if ranks == 1:
+        ONE_PROCESS[key] = text
     return text
 
 
 @pytest.mark.parametrize("checkpoint", ["hf_root_checkpoint", "holo2_moe_root_checkpoint"])
+@pytest.mark.slow
 def test_two_ranks_generate_what_one_process_does(checkpoint, request, tmp_path):
     path, image = request.getfixturevalue(checkpoint), tmp_path / "screen.png"
     synthetic_screenshot(333, 217, seed=5).save(image)
@@ -64,21 +76,36 @@ def test_two_ranks_generate_what_one_process_does(checkpoint, request, tmp_path)
     assert generated(2, path, image, "--pipeline") == alone
 
 
+@pytest.fixture(scope="module")
+def quantized_moe(holo2_moe_root_checkpoint, tmp_path_factory) -> Path:
+    """The MoE checkpoint in 4 bits, experts too: converted once for both splits, which then share its
+    one-process answer."""
+    folder = tmp_path_factory.mktemp("quantized") / "q4"
+    return convert(str(holo2_moe_root_checkpoint), folder, quantize=True, q_bits=4)
+
+
 @pytest.mark.parametrize("split", [[], ["--pipeline"]])
-def test_a_quantized_folder_splits_too(holo2_moe_root_checkpoint, tmp_path, split):
-    folder = convert(str(holo2_moe_root_checkpoint), tmp_path / "q4", quantize=True, q_bits=4)  # experts too
+@pytest.mark.slow
+def test_a_quantized_folder_splits_too(quantized_moe, tmp_path, split):
+    folder = quantized_moe
     image = tmp_path / "screen.png"
     synthetic_screenshot(200, 160, seed=2).save(image)
     assert generated(2, folder, image, *split) == generated(1, folder, image)
 
 
 def probe(ranks: int, checkpoint: Path, *flags: str) -> dict:
+    key = ("probe", str(checkpoint), flags)
+    if ranks == 1 and key in ONE_PROCESS:
+        return json.loads(ONE_PROCESS[key])
     result = launch(ranks, str(PROBE), str(checkpoint), *flags)
     assert result.returncode == 0, result.stderr[-3000:]
+    if ranks == 1:
+        ONE_PROCESS[key] = result.stdout  # the text: each test parses its own copy
     return json.loads(result.stdout)
 
 
 @pytest.mark.parametrize("checkpoint", ["hf_root_checkpoint", "holo2_moe_root_checkpoint"])
+@pytest.mark.slow
 def test_each_rank_loads_half_the_decoder_and_never_the_whole(checkpoint, request):
     path = request.getfixturevalue(checkpoint)
     alone, split = probe(1, path), probe(2, path)
@@ -105,6 +132,7 @@ def test_pipeline_ranks_load_their_own_layers_only(checkpoint, request):
     assert split["peak_memory"] - split["ranks"][0]["weight_bytes"] < alone["decoder_layer_bytes"] / 4
 
 
+@pytest.mark.slow
 def test_a_rank_count_that_does_not_divide_the_kv_heads_is_refused(hf_root_checkpoint):
     result = launch(3, str(PROBE), str(hf_root_checkpoint))
     assert "num_key_value_heads = 2 does not split over 3 ranks" in result.stdout
@@ -115,10 +143,8 @@ def test_a_rank_count_that_does_not_divide_the_kv_heads_is_refused(hf_root_check
 # --- the server on two ranks ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def alone(hf_root_checkpoint):
-    running = Server("--model", str(hf_root_checkpoint), "--max-num-seqs", "4")
-    yield running
-    running.stop()
+def alone(shared_server, hf_root_checkpoint):
+    return shared_server("--model", str(hf_root_checkpoint), "--max-num-seqs", "4")  # test_server_engine's too
 
 
 @pytest.fixture(scope="module", params=["tensor", "pipeline"])
@@ -151,19 +177,32 @@ def answers(server: Server, together: bool) -> list[str]:
         return list(pool.map(ask, CONVERSATIONS))
 
 
-def test_two_ranks_serve_what_one_process_does(alone, ranked):
-    expected = answers(alone, together=False)
+JSON_ASK = {"response_format": {"type": "json_object"}, "messages": CONVERSATIONS[1], "max_tokens": 16,
+            "temperature": 0}
+
+
+def embeddings(server: Server) -> np.ndarray:
+    return np.array([item["embedding"] for item in server.post("/v1/embeddings", {"input": ["Hello", "world"]})
+                     .json()["data"]])
+
+
+@pytest.fixture(scope="module")
+def one_process(alone) -> dict:
+    """The one-process server's answers that each split (tensor, pipeline) is compared with, asked once."""
+    return {"answers": answers(alone, together=False), "embeddings": embeddings(alone),
+            "json": alone.post("/v1/chat/completions", JSON_ASK).json()["choices"]}
+
+
+@pytest.mark.slow
+def test_two_ranks_serve_what_one_process_does(one_process, ranked):
+    expected = one_process["answers"]
     assert answers(ranked, together=False) == expected  # text, a screenshot, one by one
     assert answers(ranked, together=True) == expected  # and batched
-    schema = {"response_format": {"type": "json_object"}, "messages": CONVERSATIONS[1], "max_tokens": 16,
-              "temperature": 0}
-    assert ranked.post("/v1/chat/completions", schema).json()["choices"] == \
-        alone.post("/v1/chat/completions", schema).json()["choices"]
-    embedded = [np.array([item["embedding"] for item in server.post("/v1/embeddings", {"input": ["Hello", "world"]})
-                          .json()["data"]]) for server in (alone, ranked)]
-    np.testing.assert_allclose(embedded[1], embedded[0], atol=1e-5)
+    assert ranked.post("/v1/chat/completions", JSON_ASK).json()["choices"] == one_process["json"]
+    np.testing.assert_allclose(embeddings(ranked), one_process["embeddings"], atol=1e-5)
 
 
+@pytest.mark.slow  # the two-rank servers it reads take 20-30 s to start
 def test_health_names_both_ranks_and_their_weights(alone, ranked):
     (one,) = httpx.get(f"{alone.url}/health").json()["ranks"]
     two = httpx.get(f"{ranked.url}/health").json()["ranks"]
@@ -173,6 +212,7 @@ def test_health_names_both_ranks_and_their_weights(alone, ranked):
     assert sum(rank["weight_bytes"] for rank in two) > one["weight_bytes"]
 
 
+@pytest.mark.server
 def test_a_rank_started_with_other_flags_is_refused(hf_root_checkpoint):
     # Rank 1 gets one flag more than rank 0, as a mistyped command on one host would.
     code = ("import os, runpy, sys; sys.argv = sys.argv[1:] + (['--max-num-seqs', '3'] "
@@ -198,6 +238,8 @@ def ranks_of(session: int) -> dict[int, int]:
     return found
 
 
+@pytest.mark.server
+@pytest.mark.slow
 def test_a_killed_rank_ends_the_server_instead_of_hanging_it(hf_root_checkpoint):
     running = Server("--model", str(hf_root_checkpoint), launcher=launcher())
     os.kill(ranks_of(running.process.pid)[1], signal.SIGKILL)
@@ -209,6 +251,8 @@ def test_a_killed_rank_ends_the_server_instead_of_hanging_it(hf_root_checkpoint)
     assert not ranks_of(running.process.pid)
 
 
+@pytest.mark.server
+@pytest.mark.slow
 def test_ctrl_c_stops_every_rank(hf_root_checkpoint):
     running = Server("--model", str(hf_root_checkpoint), launcher=launcher())
     assert running.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}],
@@ -267,6 +311,7 @@ def assert_lost(server: Server, reason: str) -> None:
         assert reason in response.json()["error"]["message"]
 
 
+@pytest.mark.server
 def test_a_rank_that_never_joins_ends_rank_0_after_the_join_timeout(hf_root_checkpoint, tmp_path):
     env = ring_hostfile(tmp_path / "hosts.json")
     result = subprocess.run([sys.executable, "serve.py", "--model", str(hf_root_checkpoint), "--port", "0",
@@ -278,6 +323,8 @@ def test_a_rank_that_never_joins_ends_rank_0_after_the_join_timeout(hf_root_chec
     assert "if they have not all joined within 2 s" in result.stderr and "Timeout (0:00:02)!" in result.stderr
 
 
+@pytest.mark.server
+@pytest.mark.slow
 def test_a_killed_rank_is_reported_and_the_server_keeps_answering(hf_root_checkpoint, tmp_path):
     server, follower = by_hand(hf_root_checkpoint, tmp_path)
     try:
@@ -294,6 +341,8 @@ def test_a_killed_rank_is_reported_and_the_server_keeps_answering(hf_root_checkp
         server.stop()
 
 
+@pytest.mark.server
+@pytest.mark.slow
 def test_a_hung_rank_is_reported_after_the_rank_timeout_and_ends_itself_later(hf_root_checkpoint):
     # 5 s: well above the longest a loading rank's Python is kept from beating (tokenizer, imports), busy CI too.
     server = Server("--model", str(hf_root_checkpoint), "--rank-timeout", "5", launcher=launcher())

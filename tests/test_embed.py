@@ -227,6 +227,8 @@ def test_a_client_that_leaves_ends_its_embedding(server):
 
 # --- the memory benchmark ----------------------------------------------------------------------------
 
+@pytest.mark.server
+@pytest.mark.slow
 def test_the_memory_benchmark_reports_every_size_and_the_chat(tmp_path, hf_root_checkpoint):
     figures = tmp_path / "embed.json"
     run = subprocess.run(

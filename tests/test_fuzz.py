@@ -86,6 +86,7 @@ def node_id_for_schemathesis(request):
 
 
 @fuzzed.parametrize()
+@pytest.mark.slow
 def test_every_operation_answers_as_documented(case, live):
     bounded(case)
     case.call_and_validate(base_url=live.url, checks=CHECKS, timeout=120)

@@ -143,6 +143,7 @@ def test_foreign_host_header_is_refused_with_the_way_out(server):
 
 # --- 8 and 7's flag: keyed metrics, schema pages on request -----------------------------------------------
 
+@pytest.mark.server
 def test_api_key_guards_metrics_and_schema_pages_and_allowed_hosts(hf_root_checkpoint):
     plain = Server("--model", str(hf_root_checkpoint))
     try:

@@ -172,6 +172,7 @@ def chat(client, messages, **options):
     return client.chat.completions.create(model="toy", messages=messages, max_tokens=6, temperature=0, **options)
 
 
+@pytest.mark.server
 def test_served_a_follow_up_turn_reports_its_cached_tokens(hybrid_dir):
     server = InProcessServer(hybrid_dir)
     try:
@@ -191,6 +192,9 @@ def test_served_a_follow_up_turn_reports_its_cached_tokens(hybrid_dir):
         server.stop()
 
 
+@pytest.mark.server
+@pytest.mark.distributed
+@pytest.mark.slow  # three servers, two of them on two ranks
 def test_two_ranks_serve_it_as_one_process_does(hybrid_dir):
     questions = [CONVERSATION, [{"role": "user", "content": "Say hi."}]]
     answers = {}

@@ -95,6 +95,7 @@ def test_a_streamed_answer_notes_that_it_is_not_mapped(server):
     assert events[0]["holo"]["map_coordinates"] == "not mapped: a streamed answer is sent as it is generated"
 
 
+@pytest.mark.server
 def test_the_server_flag_maps_coordinates_for_clients_that_cannot_ask(hf_root_checkpoint):
     mapping = Server("--model", str(hf_root_checkpoint), "--map-coordinates")
     try:
@@ -284,6 +285,7 @@ def test_map_coordinates_in_a_0_1000_family(normalized_server):
                                                  (1917, 1079), NORMALIZED_1000)
 
 
+@pytest.mark.server
 def test_localize_on_holo2(holo2_root_checkpoint):
     assert family_for(read_config(holo2_root_checkpoint)).coordinates is NORMALIZED_1000
     image = synthetic_screenshot(1917, 1079, seed=7)

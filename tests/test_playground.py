@@ -20,8 +20,9 @@ from test_localize import normalized_family, normalized_server, thinking_checkpo
 from test_server import ROOT
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="needs chromium and chromium-driver (bash scripts/setup.sh installs them)")
+pytestmark = [pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                 reason="needs chromium and chromium-driver (bash scripts/setup.sh installs them)"),
+              pytest.mark.server]  # every test browses a live server, some through request.getfixturevalue
 ARTIFACTS = ROOT / "test-artifacts"
 MARKER_RGB = [255, 45, 85]  # the page's #ff2d55
 

@@ -123,12 +123,15 @@ class ThreeRanks:
         return 0
 
 
+@pytest.mark.distributed
 def test_a_rank_count_that_does_not_divide_the_linear_key_heads_is_refused(holo3_checkpoint):
     model, _ = load(holo3_checkpoint)  # its own copy: shard() changes the modules it reaches
     with pytest.raises(ShardingError, match="linear_num_key_heads = 2 does not split over 3 ranks"):
         model.shard(ThreeRanks())
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_two_ranks_generate_what_one_process_does(holo3_checkpoint, tmp_path):
     image = tmp_path / "screen.png"
     synthetic_screenshot(333, 217, seed=5).save(image)

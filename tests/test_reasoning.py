@@ -307,6 +307,7 @@ def test_chat_template_kwargs_reach_the_template(server):
 
 # --- Holo2 itself --------------------------------------------------------------------------------
 
+@pytest.mark.server
 def test_holo2_thinks_first_and_its_json_answer_follows_the_reasoning(holo2_root_checkpoint):
     holo2 = Server("--model", str(holo2_root_checkpoint), "--served-model-name", "holo2")
     try:

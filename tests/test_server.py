@@ -392,6 +392,7 @@ def test_disconnect_mid_stream_stops_generation(server):
 
 # --- servers with other settings ---------------------------------------------------------------------
 
+@pytest.mark.server
 def test_api_key_and_context_limit(hf_root_checkpoint):
     server = Server("--model", str(hf_root_checkpoint), "--api-key", "sekret", "--max-model-len", "40")
     try:
@@ -408,6 +409,7 @@ def test_api_key_and_context_limit(hf_root_checkpoint):
         server.stop()
 
 
+@pytest.mark.server
 def test_load_failure_is_reported(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     server = Server("--model", str(tmp_path))
@@ -421,6 +423,7 @@ def test_load_failure_is_reported(tmp_path):
         server.stop()
 
 
+@pytest.mark.server
 def test_port_in_use_names_the_holder_and_next_free_port_works(hf_root_checkpoint):
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
@@ -442,6 +445,7 @@ def test_port_in_use_names_the_holder_and_next_free_port_works(hf_root_checkpoin
         holder.close()
 
 
+@pytest.mark.server
 def test_missing_model_folder_points_at_convert(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "serve.py"), "--model", str(tmp_path / "nope")],
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
@@ -470,6 +474,7 @@ def test_smoke_script_fails_clearly_when_no_server_listens():
     assert run.returncode == 1 and "cannot reach" in run.stderr
 
 
+@pytest.mark.server
 def test_demo_serves_offline_and_passes_the_smoke_script(tmp_path):
     """README's one offline command: build the demo model, serve it, then the README's checks."""
     env = dict(os.environ, HOLO_DEMO_DIR=str(tmp_path))

@@ -45,18 +45,16 @@ def wait_for_metric(server: Server, name: str, value: float, seconds: float = 30
 
 
 @pytest.fixture(scope="module")
-def server(hf_root_checkpoint):
-    running = Server("--model", str(hf_root_checkpoint), "--max-num-seqs", "4")
-    yield running
-    running.stop()
+def server(shared_server, hf_root_checkpoint):
+    # Shared: these tests read the cancellation count before and after, and the other counts only grow.
+    return shared_server("--model", str(hf_root_checkpoint), "--max-num-seqs", "4")
 
 
 @pytest.fixture(scope="module", params=["hf_root_checkpoint", "holo2_root_checkpoint"])
-def family_server(request):
-    """A server of each family (Holo1.5, Holo2), separate servers as each serves one model."""
-    running = Server("--model", str(request.getfixturevalue(request.param)), "--max-num-seqs", "4")
-    yield running
-    running.stop()
+def family_server(request, shared_server):
+    """A server of each family (Holo1.5, Holo2), separate servers as each serves one model (Holo1.5's
+    is `server` above: the same flags)."""
+    return shared_server("--model", str(request.getfixturevalue(request.param)), "--max-num-seqs", "4")
 
 
 def chat(server: Server, messages, max_tokens=8, **extra) -> dict:
@@ -124,6 +122,7 @@ def test_disconnect_frees_the_slot_in_metrics(server):
     assert metric(server, "holo_cancelled_requests_total") == before + 1
 
 
+@pytest.mark.server
 def test_full_queue_answers_429_with_retry_after(hf_root_checkpoint):
     busy = Server("--model", str(hf_root_checkpoint), "--max-num-seqs", "1", "--max-queue", "1")
     payload = {"messages": [{"role": "user", "content": "Go"}], "max_tokens": 50_000, "ignore_eos": True,
