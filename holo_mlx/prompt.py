@@ -81,8 +81,8 @@ class PromptBuilder:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> "PromptBuilder":
-        # kwargs: max_side, max_pixels, mark_message_ends
-        """The folder's tokenizer and its family's image processor settings, image token and placeholder."""
+        """The folder's tokenizer and its family's image processor settings, image token and
+        placeholder; kwargs: max_side, max_pixels, mark_message_ends."""
         from .folders import read_config
         from .models import family_for
 
@@ -114,6 +114,7 @@ class PromptBuilder:
             if message.get("reasoning_content"):
                 entry["reasoning_content"] = message["reasoning_content"]
             template_messages.append(entry)
+
         def render(history: list[dict], generation_prompt: bool) -> str:
             return self.tokenizer.apply_chat_template(
                 history, tools=tools if native else None, tokenize=False,

@@ -188,3 +188,24 @@ def test_chat_template_outside_tokenizer_config(hf_root_checkpoint, tmp_path, te
     stored = json.dumps({"chat_template": template}) if template_file.endswith(".json") else template
     (tmp_path / template_file).write_text(stored)
     assert load_tokenizer(tmp_path).chat_template == template
+
+
+def test_message_ends_fall_where_each_message_of_the_conversation_ends(hf_root_checkpoint):
+    # What a model with recurrent layers needs for its prefix-cache snapshots: after each message's
+    # <|im_end|>\n, counted in the expanded ids (an image's tokens before it included).
+    marking = PromptBuilder.from_pretrained(hf_root_checkpoint, mark_message_ends=True)
+    messages = [{"role": "system", "content": "You are Holo."},
+                {"role": "user", "content": [{"type": "image", "image": png(screenshot(120, 90, 1))},
+                                             {"type": "text", "text": "Where is OK?"}]},
+                {"role": "assistant", "content": "At the bottom."},
+                {"role": "user", "content": "Click it."}]
+    prompt = marking.build(messages)
+    tokenizer = marking.tokenizer
+    assert len(prompt.message_ends) == len(messages)
+    for count, end in enumerate(prompt.message_ends, start=1):
+        head = tokenizer.decode(prompt.input_ids[:end])
+        assert head.endswith("<|im_end|>\n")
+        assert head.count("<|im_end|>") == count
+    assert prompt.message_ends[-1] < len(prompt.input_ids)  # the generation prompt follows
+    unmarked = PromptBuilder.from_pretrained(hf_root_checkpoint).build(messages)
+    assert unmarked.input_ids == prompt.input_ids and unmarked.message_ends == []

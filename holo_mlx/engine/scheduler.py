@@ -30,8 +30,8 @@ import mlx.core as mx
 
 from ..models import VisionLanguageModel
 from ..models.base import Span
-from ..runtime import prefill_chunk
 from ..models.cache import all_trimmable
+from ..runtime import prefill_chunk
 from .caches import PrefixCache, VisionCache
 from .prepare import PreparedPrompt
 from .requests import EmbeddingTask, Sequence
