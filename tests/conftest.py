@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from holo_mlx.runtime import blas_reexec_pending, use_fast_blas
+from holo_mlx.testing import FIXTURE_CACHE
 
 
 def pytest_configure(config):
@@ -15,8 +16,6 @@ def pytest_configure(config):
         if capture is not None:
             capture.stop_global_capturing()
         use_fast_blas()
-
-FIXTURE_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "fixtures"
 
 
 def cached_checkpoint(**options) -> Path:

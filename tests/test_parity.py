@@ -15,7 +15,6 @@ from holo_mlx.generate import stream_generate
 from holo_mlx.models.rope import rope_index
 from holo_mlx.testing import synthetic_screenshot
 
-IMAGE_TOKEN = 151655
 MAX_PIXELS = 1_003_520
 LOGIT_TOLERANCE = 1e-4
 
@@ -83,7 +82,7 @@ def test_inputs_features_positions_and_logits_match(models, name):
     assert prompt.input_ids == expected["input_ids"]
 
     ids = torch.tensor([expected["input_ids"]])
-    hf_args = {"input_ids": ids, "mm_token_type_ids": (ids == IMAGE_TOKEN).int()}
+    hf_args = {"input_ids": ids, "mm_token_type_ids": (ids == model.config.image_token_id).int()}
     features = None
     if prompt.images:
         pixel_values = np.concatenate([image.pixel_values for image in prompt.images])
@@ -101,7 +100,7 @@ def test_inputs_features_positions_and_logits_match(models, name):
         np.testing.assert_allclose(np.array(features), reference_features, atol=1e-4, rtol=0)
 
     grids = [image.grid_thw for image in prompt.images]
-    positions, delta = rope_index(prompt.input_ids, grids, image_token_id=IMAGE_TOKEN, spatial_merge_size=2)
+    positions, delta = rope_index(prompt.input_ids, grids, image_token_id=model.config.image_token_id, spatial_merge_size=2)
     if prompt.images:
         with torch.no_grad():
             reference_positions, reference_delta = reference.model.get_rope_index(
@@ -127,7 +126,7 @@ def test_greedy_decoding_matches_transformers(models, name):
     messages = conversations()[name]
     expected = reference_inputs(path, messages)
     ids = torch.tensor([expected["input_ids"]])
-    hf_args = {"input_ids": ids, "mm_token_type_ids": (ids == IMAGE_TOKEN).int()}
+    hf_args = {"input_ids": ids, "mm_token_type_ids": (ids == model.config.image_token_id).int()}
     if "pixel_values" in expected:
         hf_args["pixel_values"] = torch.tensor(expected["pixel_values"])
         hf_args["image_grid_thw"] = torch.tensor(expected["image_grid_thw"])

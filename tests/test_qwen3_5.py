@@ -1,5 +1,5 @@
-"""Holo3 (Qwen3.5, dense hybrid) beyond its parity with transformers (tests/test_parity.py): what its
-config refuses, its converted (mlx-vlm) layout, what may be quantized, and the engine paths that a
+"""Holo3 (Qwen3.5, dense hybrid) beyond its parity with transformers (tests/test_parity.py): its test
+vocabulary (Qwen3.5's, converted from tiktoken), what its config refuses, its converted (mlx-vlm) layout, what may be quantized, and the engine paths that a
 recurrent state makes delicate (batched rows, prefix-cache resumption), on the holo3-tiny fixture.
 """
 
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 from safetensors.numpy import load_file
+from transformers import AutoTokenizer
 
 from convert.convert import convert
 from holo_mlx import load
@@ -18,7 +19,7 @@ from holo_mlx.engine.sampling import SamplingParams
 from holo_mlx.models import ConfigError, ShardingError, family_for
 from holo_mlx.models.base import Span
 from holo_mlx.models.cache import KVLayerCache, RecurrentLayerCache
-from holo_mlx.testing import holo3_published_config, synthetic_screenshot
+from holo_mlx.testing import holo3_published_config, qwen3_5_tiktoken, qwen3_5_tokenizer_dir, synthetic_screenshot
 from test_distributed import generated
 from test_scheduler import sequential, tokens
 # The toy hybrid's engine tests, collected here again to run on this family's `loaded` (below).
@@ -44,6 +45,38 @@ def prompt_logits(model, prompt) -> np.ndarray:
     return np.array(model.logits(model.hidden([Span(embeds, mx.array(positions[:, None]))])[0])[0])
 
 
+# --- tokenizer --------------------------------------------------------------------------------------
+
+MIXED_TEXTS = [
+    "Click the 'Submit' button, then type: I'm done (it's 10:45 pm).",
+    "中文测试：请点击「确定」按钮。你好，世界！",
+    "مرحبا بالعالم، هذا اختبار ١٢٣",
+    "नमस्ते दुनिया — ภาษาไทย",  # combining marks, which Qwen3.5's pattern keeps with their letters
+    "emoji 😀👍🏽🇫🇷 and a family 👨‍👩‍👧 ♥️",
+    "def f(x):\n    return {'a': x ** 2}  # 12345678\n\n\n\tindent\r\n",
+    "spaces      then\n  \n   \t  tabs and a decomposed e\u0301 and ｆｕｌｌ width",
+    "<|im_start|>user\nhi<|im_end|>\n<think>\n\n</think>\n\n<tool_call>\n<function=click>",
+]
+
+
+def test_the_converted_tokenizer_encodes_as_qwen3_5s_tiktoken_vocabulary():
+    tokenizer, reference = AutoTokenizer.from_pretrained(qwen3_5_tokenizer_dir()), qwen3_5_tiktoken()
+    for text in MIXED_TEXTS + ["".join(MIXED_TEXTS)]:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        assert ids == reference.encode(text), text
+        assert tokenizer.decode(ids) == reference.decode(ids)
+    assert len(tokenizer) == 248077
+    assert {token: tokenizer.convert_tokens_to_ids(token) for token in reference._special_tokens} == reference._special_tokens
+    named = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+             "<|video_pad|>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
+    assert tokenizer.convert_tokens_to_ids(named) == [248044, 248045, 248046, 248053, 248054, 248056, 248057,
+                                                      248058, 248059, 248066, 248067, 248068, 248069]
+    assert (tokenizer.eos_token_id, tokenizer.pad_token_id) == (248046, 248044)
+    # The tags a model answers with survive skip_special_tokens; the turn markers do not.
+    assert tokenizer.decode(tokenizer.encode("<think>a</think><tool_call><|im_end|>"), skip_special_tokens=True) \
+        == "<think>a</think><tool_call>"
+
+
 # --- config -----------------------------------------------------------------------------------------
 
 def test_it_reads_the_published_config():
@@ -53,7 +86,7 @@ def test_it_reads_the_published_config():
     assert text.layer_types == ["linear_attention"] * 3 + ["full_attention", "linear_attention"]
     assert (text.rotary_dim, text.mrope_section, text.rope_theta) == (16, [3, 3, 2], 1e7)
     assert config.vision_config.deepstack_visual_indexes == []
-    assert (config.image_token_id, config.eos_token_id) == (151655, [151645])
+    assert (config.image_token_id, config.eos_token_id, config.text_config.vocab_size) == (248056, [248046], 248320)
 
 
 def test_without_layer_types_it_places_attention_every_full_attention_interval():

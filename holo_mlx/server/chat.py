@@ -45,7 +45,7 @@ class ChatRun:
         """The answer's content (coordinates mapped when asked and possible) and its tool calls."""
         if self.map_coordinates and self.mapping is None:
             text, self.mapping = in_original_pixels(text, self.prompt, self.served.engine.model.family.coordinates)
-        return self.tools.format.parse(text) if self.tools is not None else (text, [])
+        return self.tools.parse(text) if self.tools is not None else (text, [])
 
     def reasoning(self, chunks: list[GenerationChunk]) -> str | None:
         """The reasoning before the answer; None when the prompt opened none."""
@@ -160,7 +160,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             # Choice by choice; the others decode meanwhile in the batch and wait in their queues.
             for index, generation in enumerate(run.generations):
                 yield chunk_event(ChatDelta(role="assistant", content=""), index=index)
-                calls_sent, split = 0, run.tools.format.stream() if run.tools is not None else None
+                calls_sent, split = 0, run.tools.stream() if run.tools is not None else None
                 async for chunk in generation:
                     count, reasoned = count + 1, reasoned + (chunk.reasoning is not None)
                     text, calls = (chunk.text, []) if split is None else split.add(chunk.text)

@@ -313,7 +313,7 @@ class Shaped:
         events = EventStream()
         yield events.send("response.created", response=dump(self.response))
         yield events.send("response.in_progress", response=dump(self.response))
-        split = self.run.tools.format.stream() if self.run.tools is not None else None
+        split = self.run.tools.stream() if self.run.tools is not None else None
         items, chunks, reasoning, message, finish_reason = [], [], None, None, None
         async for chunk in self.run.generations[0]:
             chunks.append(chunk)

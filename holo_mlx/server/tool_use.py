@@ -5,7 +5,7 @@ import asyncio
 from dataclasses import dataclass
 
 from ..constrain import Grammars, SchemaError
-from ..tool_format import CallsWhenOpened, ParsedCall, ToolFormat
+from ..tool_format import CallStream, CallsWhenOpened, ParsedCall, ToolFormat
 from .errors import APIError
 from .protocol import ChatCompletionRequest, FunctionCall, ToolCall, ToolCallDelta
 
@@ -17,6 +17,14 @@ class ToolUse:
     tools: list[dict]  # OpenAI function tools for the prompt
     grammar: object  # a Grammar (required or named: the answer is calls) or CallsWhenOpened (auto)
     format: ToolFormat
+
+    def parse(self, text: str) -> tuple[str, list[ParsedCall]]:
+        """The answer's content and its calls (their arguments typed by these tools' schemas where
+        the format writes untyped text)."""
+        return self.format.parse(text, self.tools)
+
+    def stream(self) -> CallStream:
+        return self.format.stream(self.tools)
 
 
 async def tool_use(body: ChatCompletionRequest, grammars: Grammars, tool_format: ToolFormat,

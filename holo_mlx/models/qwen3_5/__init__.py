@@ -3,7 +3,8 @@ layer, under Qwen3-VL's vision tower without DeepStack.
 
 Its caches are of two kinds (a recurrent state per Gated DeltaNet layer, KV per attention layer),
 so the prefix cache resumes it at image and message ends only (docs/architecture.md). It answers
-positions normalized to 0-1000 as Holo2 does; its processor is Qwen3-VL's (patch 16, merge 2).
+positions normalized to 0-1000 as Holo2 does; its processor is Qwen3-VL's (patch 16, merge 2). Its
+checkpoints call tools in Qwen3.5's XML form (tool_format_xml.py).
 """
 
 from functools import partial
@@ -11,6 +12,7 @@ from functools import partial
 from ...agent import holo2_localization_prompt, holo2_localization_schema
 from ...coordinates import NORMALIZED_1000
 from ...image import ImageProcessorConfig
+from ...tool_format_xml import XML
 from ..base import Family
 from ..qwen3_vl import PROCESSOR
 from .config import ARCHITECTURES, MODEL_TYPES, ModelConfig, mlx_vlm_layout
@@ -26,5 +28,6 @@ FAMILY = Family(
     # Holo2's instruction and schema until Holo3's own are known.
     localization_prompt=holo2_localization_prompt, localization_schema=holo2_localization_schema,
     coordinates=NORMALIZED_1000,
+    tool_format=XML,
     max_side=None, max_pixels=None,
 )
