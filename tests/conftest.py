@@ -83,6 +83,12 @@ def holo3_checkpoint() -> Path:
     return cached_checkpoint(preset="holo3-tiny", dtype="float32")
 
 
+@pytest.fixture(scope="session")
+def holo3_moe_checkpoint() -> Path:
+    """Holo3-35B-A3B's architecture (Qwen3.5 MoE) as transformers 5 saves it, with the mtp.* head, float32."""
+    return cached_checkpoint(preset="holo3-moe-tiny", dtype="float32")
+
+
 @pytest.fixture(scope="module")
 def server(hf_root_checkpoint):
     """`serve.py` on the tiny checkpoint as "holo-tiny", for one test module (a module may define
