@@ -172,6 +172,18 @@ def test_two_ranks_generate_what_one_process_does(checkpoint, tmp_path):
     assert generated(2, checkpoint, image, "--pipeline") == alone
 
 
+def test_a_quantized_moe_folder_splits_too(holo3_moe_checkpoint, tmp_path):
+    """Tensor parallelism slices the quantized experts and shared expert in place as it does the float
+    ones, by whole quantization groups: the experts' 64 columns are two groups of 32, one of 64."""
+    folder = convert(str(holo3_moe_checkpoint), tmp_path / "q4", quantize=True, q_bits=4, q_group_size=32)
+    image = tmp_path / "screen.png"
+    synthetic_screenshot(200, 160, seed=2).save(image)
+    assert generated(2, folder, image) == generated(1, folder, image)
+    model, _ = load(convert(str(holo3_moe_checkpoint), tmp_path / "q4-64", quantize=True, q_bits=4))
+    with pytest.raises(ShardingError, match="moe_intermediate_size's quantization groups = 1 does not split"):
+        model.shard(Ranks(2))
+
+
 def test_the_moe_block_splits_its_experts_and_shared_expert_and_keeps_its_gates_whole(holo3_moe_checkpoint):
     model, _ = load(holo3_moe_checkpoint)
     block = model.language_model.model.layers[0].mlp
@@ -208,7 +220,7 @@ def test_the_converted_folder_is_mlx_vlms_layout_and_computes_the_same(loaded, c
     model, builder = loaded
     folder = convert(str(checkpoint), tmp_path / "mlx", dtype="float32")
     weights = {name: value for file in sorted(folder.glob("*.safetensors")) for name, value in load_file(file).items()}
-    assert not any(name.startswith("mtp.") for name in weights)
+    assert not any(name.startswith("mtp.") or ".experts." in name for name in weights)  # MoE: experts stacked
     assert weights["language_model.model.layers.0.linear_attn.conv1d.weight"].shape == (256, 4, 1)
     # Norms carry their 1 once: the converted folder's are read as they are.
     original = load_file(checkpoint / "model.safetensors")

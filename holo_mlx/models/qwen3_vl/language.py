@@ -49,6 +49,9 @@ def shard_swiglu_inplace(mlp: nn.Module, name: str, group: mx.distributed.Group)
     """A SwiGLU's (an MLP's or a SwitchGLU's) projections sliced as MLP.shard splits them, without
     its all-sum: the block that holds it sums once for all it adds up."""
     check_split(name, mlp.gate_proj.weight.shape[-2], group.size())
+    if "scales" in mlp.down_proj:  # quantized: each rank's rows of down_proj must be whole groups
+        check_split(f"{name}'s quantization groups", mlp.down_proj.scales.shape[-1], group.size(),
+                    " (convert with a smaller group size)")
     shard_inplace(mlp.gate_proj, "all-to-sharded", group=group)
     shard_inplace(mlp.up_proj, "all-to-sharded", group=group)
     shard_inplace(mlp.down_proj, "sharded-to-all", group=group)
