@@ -59,8 +59,10 @@ def load_model(path_or_repo: str | Path, group: mx.distributed.Group | None = No
             model,
             group_size=quantization["group_size"],
             bits=quantization["bits"],
-            # Quantize exactly the modules the folder stores quantized (vision may be kept dense).
-            class_predicate=lambda name, module: f"{name}.scales" in weights,
+            # Quantize exactly the modules the folder stores quantized (vision may be kept dense), each
+            # with its own settings where the folder gives some (mlx-lm's MoE routers at 8 bits).
+            class_predicate=lambda name, module: f"{name}.scales" in weights and (
+                quantization[name] if isinstance(quantization.get(name), dict) else True),
         )
     try:
         model.load_weights(list(weights.items()), strict=True)

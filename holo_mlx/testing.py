@@ -566,33 +566,49 @@ def build_holo2_checkpoint(path: str | Path, preset: str = "holo2-tiny", *, conf
     return path
 
 
-# Holo3 (Qwen3.5, dense) widths: five layers, so the Gated DeltaNet layers (three before the attention
+# Holo3 (Qwen3.5) widths: five layers, so the Gated DeltaNet layers (three before the attention
 # layer, one after it, which is then the last) and the attention layer each take every path. The
 # rotary and linear-attention shapes keep the real models' ratios (head_dim 4x the rotary dims,
+<<<<<<< HEAD
 # value heads twice the key heads). The vocabulary is Qwen3.5's (qwen3_5_tokenizer_dir), whose
 # special tokens start at 248044.
 QWEN3_5_END_OF_TEXT, QWEN3_5_IM_END = 248044, 248046
+=======
+# value heads twice the key heads). The ids are those of the Qwen tokenizer the presets share,
+# until Qwen3.5's own vocabulary. holo3-moe-tiny is Holo3-35B-A3B's architecture (Qwen3.5 MoE):
+# every layer's MLP six routed experts (top 2) and a shared expert, no dense MLP width.
+_HOLO3_TINY_TEXT = dict(hidden_size=128, num_hidden_layers=5, num_attention_heads=4, num_key_value_heads=2,
+                        head_dim=64, linear_conv_kernel_dim=4, linear_key_head_dim=32, linear_value_head_dim=32,
+                        linear_num_key_heads=2, linear_num_value_heads=4, mrope_section=[3, 3, 2],
+                        tie_word_embeddings=False)
+_HOLO3_TINY_VISION = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, num_position_embeddings=64)
+>>>>>>> holo3-moe
 HOLO3_PRESETS = {
-    "holo3-tiny": dict(
-        text=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=5, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=64, linear_conv_kernel_dim=4, linear_key_head_dim=32,
-                  linear_value_head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4,
-                  mrope_section=[3, 3, 2], tie_word_embeddings=False),
-        vision=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, num_position_embeddings=64)),
+    "holo3-tiny": dict(text=dict(_HOLO3_TINY_TEXT, intermediate_size=256), vision=_HOLO3_TINY_VISION),
+    "holo3-moe-tiny": dict(text=dict(_HOLO3_TINY_TEXT, num_experts=6, num_experts_per_tok=2, moe_intermediate_size=64,
+                                     shared_expert_intermediate_size=128),
+                           vision=_HOLO3_TINY_VISION),
 }
 
 
 def holo3_published_config(preset: str = "holo3-tiny", dtype: str = "float32") -> dict:
-    """config.json as transformers 5 writes a Qwen3.5 checkpoint (rope_parameters, layer_types)."""
+    """config.json as transformers 5 writes a Qwen3.5 checkpoint, dense or MoE (rope_parameters, layer_types)."""
     text, vision = dict(HOLO3_PRESETS[preset]["text"]), HOLO3_PRESETS[preset]["vision"]
+    moe = "num_experts" in text
     tie = text.pop("tie_word_embeddings")
     section = text.pop("mrope_section")
     layers = text["num_hidden_layers"]
     text_config = {
+<<<<<<< HEAD
         "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": QWEN3_5_END_OF_TEXT,
         "eos_token_id": QWEN3_5_IM_END, "hidden_act": "silu", "initializer_range": 0.02,
         "max_position_embeddings": 262144, "model_type": "qwen3_5_text", "rms_norm_eps": 1e-06, "use_cache": True,
         "vocab_size": 248320,  # the published embedding's rows: the 248077 tokens padded
+=======
+        "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645,
+        "hidden_act": "silu", "initializer_range": 0.02, "max_position_embeddings": 262144,
+        "model_type": "qwen3_5_moe_text" if moe else "qwen3_5_text", "rms_norm_eps": 1e-06, "use_cache": True, "vocab_size": 151936,
+>>>>>>> holo3-moe
         "dtype": dtype, "tie_word_embeddings": tie,
         "layer_types": ["full_attention" if (layer + 1) % 4 == 0 else "linear_attention" for layer in range(layers)],
         "rope_parameters": {"mrope_interleaved": True, "mrope_section": section, "partial_rotary_factor": 0.25,
@@ -600,12 +616,19 @@ def holo3_published_config(preset: str = "holo3-tiny", dtype: str = "float32") -
         **text,
     }
     return {
+<<<<<<< HEAD
         "architectures": ["Qwen3_5ForConditionalGeneration"], "model_type": "qwen3_5", "dtype": dtype,
         "image_token_id": 248056, "video_token_id": 248057, "vision_start_token_id": 248053,
         "vision_end_token_id": 248054, "text_config": text_config, "tie_word_embeddings": tie,
+=======
+        "architectures": ["Qwen3_5MoeForConditionalGeneration" if moe else "Qwen3_5ForConditionalGeneration"],
+        "model_type": "qwen3_5_moe" if moe else "qwen3_5", "dtype": dtype,
+        "image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
+        "vision_end_token_id": 151653, "text_config": text_config, "tie_word_embeddings": tie,
+>>>>>>> holo3-moe
         "transformers_version": "5.25.0",
         "vision_config": {"hidden_act": "gelu_pytorch_tanh", "in_channels": 3, "initializer_range": 0.02,
-                          "model_type": "qwen3_5_vision", "out_hidden_size": text["hidden_size"], "patch_size": 16,
+                          "model_type": "qwen3_5_moe_vision" if moe else "qwen3_5_vision", "out_hidden_size": text["hidden_size"], "patch_size": 16,
                           "spatial_merge_size": 2, "temporal_patch_size": 2,
                           "rope_parameters": {"rope_theta": 10000.0, "rope_type": "axial"}, **vision},
     }
@@ -613,11 +636,12 @@ def holo3_published_config(preset: str = "holo3-tiny", dtype: str = "float32") -
 
 def build_holo3_checkpoint(path: str | Path, preset: str = "holo3-tiny", *, dtype: str = "float32",
                            seed: int = 0) -> Path:
-    """Write a random-weight Qwen3.5 checkpoint with transformers, as Qwen publishes them: the keys
-    transformers saves plus a multi-token-prediction head (`mtp.*`), which runtimes skip."""
+    """Write a random-weight Qwen3.5 checkpoint (dense or MoE) with transformers, as Qwen publishes
+    them: the keys transformers saves plus a multi-token-prediction head (`mtp.*`), which runtimes skip."""
     import torch
     from safetensors.torch import load_file, save_file
-    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+    from transformers import (Qwen3_5Config, Qwen3_5ForConditionalGeneration, Qwen3_5MoeConfig,
+                              Qwen3_5MoeForConditionalGeneration)
 
     from .models.qwen3_5.weights import ZERO_CENTRED
 
@@ -626,8 +650,11 @@ def build_holo3_checkpoint(path: str | Path, preset: str = "holo3-tiny", *, dtyp
     published = holo3_published_config(preset, dtype)
     settings = {key: copy.deepcopy(value) for key, value in published.items()
                 if key not in ("architectures", "model_type", "dtype", "transformers_version")}
+    config_class, model_class = ((Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration)
+                                 if published["model_type"] == "qwen3_5_moe"
+                                 else (Qwen3_5Config, Qwen3_5ForConditionalGeneration))
     torch.manual_seed(seed)
-    model = Qwen3_5ForConditionalGeneration(Qwen3_5Config(**settings))
+    model = model_class(config_class(**settings))
     _spread(model)
     with torch.no_grad():  # the zero-centred norms (which scale by 1 + weight) spread around 0, not 1
         for name, param in model.named_parameters():

@@ -1,6 +1,6 @@
 """Every family against transformers on the same weights (float32): Holo1.5 (Qwen2_5_VLForConditionalGeneration),
 Holo2 (Qwen3VLForConditionalGeneration, Qwen3VLMoeForConditionalGeneration), each config layout, and Holo3
-(Qwen3_5ForConditionalGeneration)."""
+(Qwen3_5ForConditionalGeneration, Qwen3_5MoeForConditionalGeneration)."""
 
 import mlx.core as mx
 import numpy as np
@@ -60,7 +60,7 @@ def reference_inputs(path, messages):
 
 CHECKPOINTS = ["hf_root_checkpoint", "hf_nested_checkpoint", "holo2_root_checkpoint", "holo2_nested_checkpoint",
                "holo2_bf16_checkpoint", "holo2_moe_root_checkpoint", "holo2_moe_nested_checkpoint",
-               "holo3_checkpoint"]
+               "holo3_checkpoint", "holo3_moe_checkpoint"]
 
 
 @pytest.fixture(scope="module", params=CHECKPOINTS)

@@ -1,6 +1,8 @@
-"""Holo3 (Qwen3.5, dense hybrid) beyond its parity with transformers (tests/test_parity.py): its test
-vocabulary (Qwen3.5's, converted from tiktoken), what its config refuses, its converted (mlx-vlm) layout, what may be quantized, and the engine paths that a
-recurrent state makes delicate (batched rows, prefix-cache resumption), on the holo3-tiny fixture.
+"""Holo3 (Qwen3.5 hybrid, dense and MoE) beyond its parity with transformers (tests/test_parity.py):
+its test vocabulary (Qwen3.5's, converted from tiktoken), what its config refuses, its converted
+(mlx-vlm) layout, what may be quantized, and the engine paths that a recurrent state makes
+delicate (batched rows, prefix-cache resumption, two ranks), on the holo3-tiny and holo3-moe-tiny
+fixtures.
 """
 
 import copy
@@ -19,6 +21,7 @@ from holo_mlx.engine.sampling import SamplingParams
 from holo_mlx.models import ConfigError, ShardingError, family_for
 from holo_mlx.models.base import Span
 from holo_mlx.models.cache import KVLayerCache, RecurrentLayerCache
+from holo_mlx.models.qwen3_5.language import SharedExpertMoeBlock
 from holo_mlx.testing import holo3_published_config, qwen3_5_tiktoken, qwen3_5_tokenizer_dir, synthetic_screenshot
 from test_distributed import generated
 from test_scheduler import sequential, tokens
@@ -31,9 +34,15 @@ from test_hybrid import (test_a_follow_up_turn_resumes_from_the_end_of_the_previ
 FAMILY = family_for(holo3_published_config())
 
 
+@pytest.fixture(scope="module", params=["holo3_checkpoint", "holo3_moe_checkpoint"])
+def checkpoint(request):
+    """Each model test runs on the dense and the MoE fixture."""
+    return request.getfixturevalue(request.param)
+
+
 @pytest.fixture(scope="module")
-def loaded(holo3_checkpoint):
-    return load(holo3_checkpoint)
+def loaded(checkpoint):
+    return load(checkpoint)
 
 
 def prompt_logits(model, prompt) -> np.ndarray:
@@ -87,6 +96,15 @@ def test_it_reads_the_published_config():
     assert (text.rotary_dim, text.mrope_section, text.rope_theta) == (16, [3, 3, 2], 1e7)
     assert config.vision_config.deepstack_visual_indexes == []
     assert (config.image_token_id, config.eos_token_id, config.text_config.vocab_size) == (248056, [248046], 248320)
+    assert text.num_experts == 0
+
+
+def test_it_reads_the_published_moe_config():
+    config = FAMILY.config(holo3_published_config("holo3-moe-tiny"))
+    text = config.text_config
+    assert family_for(holo3_published_config("holo3-moe-tiny")) is FAMILY and config.model_type == "qwen3_5_moe"
+    assert (text.num_experts, text.num_experts_per_tok, text.moe_intermediate_size,
+            text.shared_expert_intermediate_size, text.intermediate_size) == (6, 2, 64, 128, 0)
 
 
 def test_without_layer_types_it_places_attention_every_full_attention_interval():
@@ -97,7 +115,9 @@ def test_without_layer_types_it_places_attention_every_full_attention_interval()
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda text: text.update(num_experts=8), "MoE"),
+    (lambda text: text.update(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=8,
+                              shared_expert_intermediate_size=8), "'qwen3_5' is dense but text_config has num_experts"),
+    (lambda text: text.pop("intermediate_size"), "a dense text_config needs intermediate_size"),
     (lambda text: text.update(attention_bias=True), "attention_bias"),
     (lambda text: text["rope_parameters"].pop("mrope_section"), "refusing to guess"),
     (lambda text: text["rope_parameters"].update(rope_type="yarn"), "rope_type 'yarn'"),
@@ -110,6 +130,19 @@ def test_without_layer_types_it_places_attention_every_full_attention_interval()
 ])
 def test_what_it_cannot_run_is_a_config_error(change, message):
     raw = copy.deepcopy(holo3_published_config())
+    change(raw["text_config"])
+    with pytest.raises(ConfigError, match=message):
+        FAMILY.config(raw)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda text: text.update(num_experts=0, intermediate_size=256), "'qwen3_5_moe' is MoE but text_config has no"),
+    (lambda text: text.update(num_experts_per_tok=7), "num_experts_per_tok in 1..num_experts"),
+    (lambda text: text.pop("shared_expert_intermediate_size"), "shared_expert_intermediate_size"),
+    (lambda text: text.update(norm_topk_prob=False), "renormalizes"),
+])
+def test_what_it_cannot_run_of_an_moe_config_is_a_config_error(change, message):
+    raw = copy.deepcopy(holo3_published_config("holo3-moe-tiny"))
     change(raw["text_config"])
     with pytest.raises(ConfigError, match=message):
         FAMILY.config(raw)
@@ -146,11 +179,14 @@ def test_a_prompt_prefilled_in_chunks_through_its_caches_equals_one_pass(loaded)
     np.testing.assert_allclose(np.concatenate(parts), prompt_logits(model, prompt), atol=1e-5, rtol=0)
 
 
-class ThreeRanks:
-    """What shard() asks of a group before it splits anything."""
+class Ranks:
+    """What shard() asks of a group: its size, and this process's rank (the first)."""
+
+    def __init__(self, count: int):
+        self.count = count
 
     def size(self) -> int:
-        return 3
+        return self.count
 
     def rank(self) -> int:
         return 0
@@ -160,17 +196,43 @@ class ThreeRanks:
 def test_a_rank_count_that_does_not_divide_the_linear_key_heads_is_refused(holo3_checkpoint):
     model, _ = load(holo3_checkpoint)  # its own copy: shard() changes the modules it reaches
     with pytest.raises(ShardingError, match="linear_num_key_heads = 2 does not split over 3 ranks"):
-        model.shard(ThreeRanks())
+        model.shard(Ranks(3))
 
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_two_ranks_generate_what_one_process_does(holo3_checkpoint, tmp_path):
+def test_two_ranks_generate_what_one_process_does(checkpoint, tmp_path):
     image = tmp_path / "screen.png"
     synthetic_screenshot(333, 217, seed=5).save(image)
-    alone = generated(1, holo3_checkpoint, image)
-    assert generated(2, holo3_checkpoint, image) == alone  # tensor parallel
-    assert generated(2, holo3_checkpoint, image, "--pipeline") == alone
+    alone = generated(1, checkpoint, image)
+    assert generated(2, checkpoint, image) == alone  # tensor parallel
+    assert generated(2, checkpoint, image, "--pipeline") == alone
+
+
+def test_a_quantized_moe_folder_splits_too(holo3_moe_checkpoint, tmp_path):
+    """Tensor parallelism slices the quantized experts and shared expert in place as it does the float
+    ones, by whole quantization groups: the experts' 64 columns are two groups of 32, one of 64."""
+    folder = convert(str(holo3_moe_checkpoint), tmp_path / "q4", quantize=True, q_bits=4, q_group_size=32)
+    image = tmp_path / "screen.png"
+    synthetic_screenshot(200, 160, seed=2).save(image)
+    assert generated(2, folder, image) == generated(1, folder, image)
+    model, _ = load(convert(str(holo3_moe_checkpoint), tmp_path / "q4-64", quantize=True, q_bits=4))
+    with pytest.raises(ShardingError, match="moe_intermediate_size's quantization groups = 1 does not split"):
+        model.shard(Ranks(2))
+
+
+def test_the_moe_block_splits_its_experts_and_shared_expert_and_keeps_its_gates_whole(holo3_moe_checkpoint):
+    model, _ = load(holo3_moe_checkpoint)
+    block = model.language_model.model.layers[0].mlp
+    assert isinstance(block, SharedExpertMoeBlock)
+    block.shard(Ranks(2))
+    assert block.switch_mlp.gate_proj.weight.shape == (6, 32, 128)
+    assert block.switch_mlp.down_proj.weight.shape == (6, 128, 32)
+    assert block.shared_expert.up_proj.weight.shape == (64, 128)
+    assert block.shared_expert.down_proj.weight.shape == (128, 64)
+    # in place: the block's one all-sum adds the routed and shared shares together
+    assert type(block.shared_expert.down_proj).__name__ == "Linear"
+    assert block.gate.weight.shape == (6, 128) and block.shared_expert_gate.weight.shape == (1, 128)
 
 
 def test_only_matrices_may_be_quantized(loaded):
@@ -179,20 +241,26 @@ def test_only_matrices_may_be_quantized(loaded):
     prefix = "language_model.model.layers.0.linear_attn."
     kept = [prefix + name for name in ("A_log", "dt_bias", "conv1d.weight", "norm.weight")]
     kept += ["language_model.model.layers.3.self_attn.q_norm.weight", "language_model.model.layers.0.input_layernorm.weight"]
+    quantized = [prefix + "in_proj_qkv.weight", prefix + "out_proj.weight", "language_model.model.layers.3.self_attn.q_proj.weight"]
+    mlp = "language_model.model.layers.0.mlp."
+    if model.config.text_config.num_experts:  # the experts are quantized, the router and the shared expert's gate not
+        kept += [mlp + "gate.weight", mlp + "shared_expert_gate.weight"]
+        quantized += [mlp + "switch_mlp.gate_proj.weight", mlp + "switch_mlp.down_proj.weight",
+                      mlp + "shared_expert.up_proj.weight"]
     for name in kept:
         assert not FAMILY.quantizable(name, shapes[name], False), name
-    for name in (prefix + "in_proj_qkv.weight", prefix + "out_proj.weight", "language_model.model.layers.3.self_attn.q_proj.weight"):
+    for name in quantized:
         assert FAMILY.quantizable(name, shapes[name], False), name
 
 
-def test_the_converted_folder_is_mlx_vlms_layout_and_computes_the_same(loaded, holo3_checkpoint, tmp_path):
+def test_the_converted_folder_is_mlx_vlms_layout_and_computes_the_same(loaded, checkpoint, tmp_path):
     model, builder = loaded
-    folder = convert(str(holo3_checkpoint), tmp_path / "mlx", dtype="float32")
+    folder = convert(str(checkpoint), tmp_path / "mlx", dtype="float32")
     weights = {name: value for file in sorted(folder.glob("*.safetensors")) for name, value in load_file(file).items()}
-    assert not any(name.startswith("mtp.") for name in weights)
+    assert not any(name.startswith("mtp.") or ".experts." in name for name in weights)  # MoE: experts stacked
     assert weights["language_model.model.layers.0.linear_attn.conv1d.weight"].shape == (256, 4, 1)
     # Norms carry their 1 once: the converted folder's are read as they are.
-    original = load_file(holo3_checkpoint / "model.safetensors")
+    original = load_file(checkpoint / "model.safetensors")
     np.testing.assert_array_equal(weights["language_model.model.norm.weight"],
                                   original["model.language_model.norm.weight"] + 1)
     converted = load(folder)

@@ -1,5 +1,5 @@
-"""Holo3 = Qwen3.5 (dense): a hybrid decoder, three Gated DeltaNet layers to each gated attention
-layer, under Qwen3-VL's vision tower without DeepStack.
+"""Holo3 = Qwen3.5, dense or MoE (Holo3-35B-A3B): a hybrid decoder, three Gated DeltaNet layers to
+each gated attention layer, under Qwen3-VL's vision tower without DeepStack.
 
 Its caches are of two kinds (a recurrent state per Gated DeltaNet layer, KV per attention layer),
 so the prefix cache resumes it at image and message ends only (docs/architecture.md). It answers
@@ -17,12 +17,13 @@ from ..base import Family
 from ..qwen3_vl import PROCESSOR
 from .config import ARCHITECTURES, MODEL_TYPES, ModelConfig, mlx_vlm_layout
 from .model import build
-from .weights import sanitize
+from .weights import quantizable, sanitize
 
 FAMILY = Family(
-    name="qwen3_5", description="Holo3 / Qwen3.5, dense hybrid",
+    name="qwen3_5", description="Holo3 / Qwen3.5, dense and MoE hybrid",
     model_types=MODEL_TYPES, architectures=ARCHITECTURES,
     config=ModelConfig.from_dict, model=build, sanitize=sanitize, mlx_config=mlx_vlm_layout,
+    quantizable=quantizable,
     image_processor=partial(ImageProcessorConfig.from_pretrained, defaults=PROCESSOR),
     image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
     # Holo2's instruction and schema until Holo3's own are known.

@@ -3,8 +3,11 @@
 text_config names each layer's kind in `layer_types` (or gives `full_attention_interval`, from
 which transformers derives it), the Gated DeltaNet widths in `linear_*`, and the rotary settings
 in `rope_parameters` (rope_theta, partial_rotary_factor, mrope_section; the M-RoPE is always
-interleaved). The vision tower is Qwen3-VL's without DeepStack. What this family cannot run (MoE
-layers, attention biases, another rope type) is a ConfigError. Field names follow Hugging Face's.
+interleaved). The MoE variant (`qwen3_5_moe`, Holo3-35B-A3B) replaces every layer's MLP by routed
+experts and a gated shared expert (`num_experts`, `num_experts_per_tok`, `moe_intermediate_size`,
+`shared_expert_intermediate_size`); its config has no `intermediate_size`. The vision tower is
+Qwen3-VL's without DeepStack. What this family cannot run (attention biases, another rope type,
+unrenormalized routing) is a ConfigError. Field names follow Hugging Face's.
 """
 
 from dataclasses import dataclass, field
@@ -13,8 +16,8 @@ from ..base import ConfigError
 from ..qwen2_5_vl.config import _pick
 from ..qwen3_vl.config import VisionConfig as Qwen3VLVisionConfig
 
-ARCHITECTURES = ("Qwen3_5ForConditionalGeneration",)
-MODEL_TYPES = ("qwen3_5",)
+ARCHITECTURES = ("Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration")
+MODEL_TYPES = ("qwen3_5", "qwen3_5_moe")
 LINEAR, FULL = "linear_attention", "full_attention"
 IM_END = 248046  # Qwen3.5's <|im_end|>: the end of a turn when a config names no eos
 
@@ -22,7 +25,6 @@ IM_END = 248046  # Qwen3.5's <|im_end|>: the end of a turn when a config names n
 @dataclass
 class TextConfig:
     hidden_size: int
-    intermediate_size: int
     num_hidden_layers: int
     num_attention_heads: int
     num_key_value_heads: int
@@ -40,6 +42,13 @@ class TextConfig:
     rms_norm_eps: float = 1e-6
     max_position_embeddings: int = 262144
     tie_word_embeddings: bool = False
+    intermediate_size: int = 0  # the dense MLP's; an MoE config has none
+    # MoE: num_experts 0 is a dense model. Every layer's MLP is the expert block (transformers'
+    # Qwen3.5 MoE has no decoder_sparse_step or mlp_only_layers).
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0
 
     @property
     def rotary_dim(self) -> int:
@@ -49,8 +58,10 @@ class TextConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TextConfig":
         values = dict(values)
-        if values.get("num_experts") or values.get("num_local_experts"):
-            raise ConfigError("text_config has experts: Qwen3.5 MoE checkpoints are not supported yet")
+        # transformers' router always renormalizes its top k (it reads no norm_topk_prob); a config
+        # asking otherwise would run differently here and there.
+        if values.get("norm_topk_prob") is False:
+            raise ConfigError("norm_topk_prob is false: Qwen3.5 MoE routing renormalizes the top-k weights")
         if values.get("attention_bias"):
             raise ConfigError("attention_bias is set: Qwen3.5 decoders have no attention biases")
         if values.get("hidden_act", "silu") != "silu":
@@ -63,6 +74,13 @@ class TextConfig:
         config = cls(**_pick(cls, values))
         if len(config.layer_types) != config.num_hidden_layers or set(config.layer_types) - {LINEAR, FULL}:
             raise ConfigError(f"layer_types must name {config.num_hidden_layers} layers, each {LINEAR!r} or {FULL!r}")
+        if config.num_experts:
+            if not (0 < config.num_experts_per_tok <= config.num_experts and config.moe_intermediate_size > 0
+                    and config.shared_expert_intermediate_size > 0):
+                raise ConfigError("an MoE text_config needs num_experts_per_tok in 1..num_experts, "
+                                  "moe_intermediate_size and shared_expert_intermediate_size")
+        elif config.intermediate_size <= 0:
+            raise ConfigError("a dense text_config needs intermediate_size")
         if config.linear_num_value_heads % config.linear_num_key_heads:
             raise ConfigError(f"linear_num_value_heads {config.linear_num_value_heads} is not a multiple of "
                               f"linear_num_key_heads {config.linear_num_key_heads}")
@@ -125,6 +143,10 @@ class ModelConfig:
             vision = vision_config(values["vision_config"])
         except TypeError as error:  # a required field is missing
             raise ConfigError(f"incomplete config.json: {error}") from None
+        moe = values.get("model_type") == "qwen3_5_moe" or ARCHITECTURES[1] in (values.get("architectures") or [])
+        if moe != bool(text_config.num_experts):  # transformers builds what model_type says, whatever the fields
+            raise ConfigError(f"model_type {values.get('model_type')!r} is MoE but text_config has no num_experts" if moe
+                              else f"model_type {values.get('model_type')!r} is dense but text_config has num_experts")
         if vision.out_hidden_size != text_config.hidden_size:
             raise ConfigError(f"vision out_hidden_size {vision.out_hidden_size} is not the decoder's "
                               f"hidden_size {text_config.hidden_size}")

@@ -1,6 +1,6 @@
 """The Qwen3.5 hybrid decoder: Gated DeltaNet layers (`linear_attn`) and, every few layers, gated
 full attention (`self_attn`: q/k RMSNorm, partial interleaved M-RoPE, few KV heads), each followed
-by a dense SwiGLU MLP.
+by a dense SwiGLU MLP or, in the MoE variant, Qwen3-VL's routed experts plus a shared expert.
 
 A Gated DeltaNet layer keeps a fixed-size state per sequence (models/cache.py's
 RecurrentLayerCache): the last kernel - 1 inputs of its causal depthwise convolution, and a float32
@@ -20,6 +20,7 @@ from ... import kernels
 from ..cache import RecurrentLayerCache
 from ..decoder import Attention, AttentionGroup, Decoder, DecoderLayer, LanguageModel, MRoPE
 from ..layers import MLP, check_split
+from ..qwen3_vl.language import SparseMoeBlock, shard_swiglu_inplace
 from .config import LINEAR, TextConfig
 
 
@@ -112,6 +113,31 @@ class GatedDeltaNet(nn.Module):
         return self.out_proj(out.reshape(out.shape[0], -1))
 
 
+class SharedExpertMoeBlock(SparseMoeBlock):
+    """Qwen3-VL's routed experts plus a shared SwiGLU that every token takes, scaled per token by
+    the sigmoid of a one-output gate."""
+
+    def __init__(self, config: TextConfig):
+        super().__init__(config)
+        self.shared_expert = MLP(config.hidden_size, config.shared_expert_intermediate_size, bias=False)
+        self.shared_expert_gate = nn.Linear(config.hidden_size, 1, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        shared = mx.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+        return self.all_sum(self.routed(x) + shared)
+
+    def shard(self, group: mx.distributed.Group) -> None:
+        """The experts as Qwen3-VL's, the shared expert split as an MLP but in place, its gate whole
+        (the scale is per token, so it applies to each rank's share): one all-sum for the block."""
+        super().shard(group)
+        shard_swiglu_inplace(self.shared_expert, "shared_expert_intermediate_size", group)
+
+
+def feed_forward(config: TextConfig) -> nn.Module:
+    return SharedExpertMoeBlock(config) if config.num_experts else \
+        MLP(config.hidden_size, config.intermediate_size, bias=False)
+
+
 class LinearAttentionLayer(DecoderLayer):
     """A decoder layer whose tokens mix through a Gated DeltaNet: a recurrent cache, no mask (its
     rows are never padded, see models/cache.py)."""
@@ -142,11 +168,11 @@ class Qwen3_5Model(Decoder):
         dim, eps = config.hidden_size, config.rms_norm_eps
         self.embed_tokens = nn.Embedding(config.vocab_size, dim)
         self.layers = [
-            LinearAttentionLayer(GatedDeltaNet(config), MLP(dim, config.intermediate_size, bias=False), dim, eps)
+            LinearAttentionLayer(GatedDeltaNet(config), feed_forward(config), dim, eps)
             if kind == LINEAR else
             DecoderLayer(Attention(dim, config.num_attention_heads, config.num_key_value_heads, config.head_dim,
                                    bias=False, qk_norm_eps=eps, output_gate=True, rotary_dim=config.rotary_dim),
-                         MLP(dim, config.intermediate_size, bias=False), dim, eps)
+                         feed_forward(config), dim, eps)
             for kind in config.layer_types
         ]
         self.norm = nn.RMSNorm(dim, eps=eps)

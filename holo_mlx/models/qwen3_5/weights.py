@@ -4,16 +4,19 @@ transformers saves `model.language_model.*`, `model.visual.*` and `lm_head.*` (Q
 apply) with two torch conventions that a converted (mlx-vlm layout) folder no longer has: the
 depthwise conv1d kernel as (channels, 1, kernel), MLX's being (channels, kernel, 1), and zero-centred
 RMSNorms (the decoder's norms and each head's q/k norm scale by 1 + weight), which MLX's RMSNorm
-takes with the 1 added. The multi-token-prediction head (`mtp.*`, a draft model) is not run.
+takes with the 1 added. The multi-token-prediction head (`mtp.*`, a draft model) is not run. The
+MoE variant's experts (one module each as published, or fused) are stacked as Qwen3-VL's.
 
-Which weights may be quantized is the default rule: the 2-D matrices; A_log, dt_bias and the norms
-(1-D) and the conv1d kernel (3-D) stay in float.
+Which weights may be quantized is Qwen3-VL's rule: the 2-D matrices and the experts; A_log, dt_bias,
+the norms (1-D) and the conv1d kernel (3-D) stay in float, as do the router and the shared expert's gate.
 """
 
 import mlx.core as mx
 
 from ..qwen2_5_vl.weights import MLX_PREFIXES, to_mlx_name
 from ..qwen2_5_vl.weights import sanitize as rename
+from ..qwen3_vl.weights import quantizable as qwen3_vl_quantizable
+from ..qwen3_vl.weights import stack_experts
 
 ZERO_CENTRED = (".input_layernorm.weight", ".post_attention_layernorm.weight", ".q_norm.weight", ".k_norm.weight")
 FINAL_NORM = "language_model.model.norm.weight"
@@ -30,4 +33,10 @@ def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
             out[name] = out[name].moveaxis(2, 1)
         elif name.endswith(ZERO_CENTRED) or name == FINAL_NORM:
             out[name] = out[name] + 1.0
-    return out
+    return stack_experts(out)
+
+
+def quantizable(name: str, shape: tuple[int, ...], quantize_vision: bool) -> bool:
+    """Qwen3-VL's rule, and the shared expert's gate in float: one row whose sigmoid scales the
+    shared expert's whole output for every token, too small for quantizing to save anything."""
+    return not name.endswith(".mlp.shared_expert_gate.weight") and qwen3_vl_quantizable(name, shape, quantize_vision)

@@ -24,23 +24,37 @@ class SparseMoeBlock(nn.Module):
         self.switch_mlp = SwitchGLU(config.hidden_size, config.moe_intermediate_size, config.num_experts)
         self.sharding_group = None  # set by shard(): each rank holds a slice of every expert
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def routed(self, x: mx.array) -> mx.array:
+        """The experts' weighted sum, this rank's share of it under tensor parallelism."""
         probabilities = mx.softmax(self.gate(x).astype(mx.float32), axis=-1)
         experts = mx.argpartition(-probabilities, kth=self.top_k - 1, axis=-1)[..., :self.top_k]
         scores = mx.take_along_axis(probabilities, experts, axis=-1)
         scores = (scores / scores.sum(axis=-1, keepdims=True)).astype(x.dtype)
-        out = (self.switch_mlp(x, experts) * scores[..., None]).sum(axis=-2)
+        return (self.switch_mlp(x, experts) * scores[..., None]).sum(axis=-2)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.all_sum(self.routed(x))
+
+    def all_sum(self, out: mx.array) -> mx.array:
         return out if self.sharding_group is None else mx.distributed.all_sum(out, group=self.sharding_group)
 
     def shard(self, group: mx.distributed.Group) -> None:
         """Tensor parallelism: every expert split as a dense MLP is, in place (the SwitchGLU routes
         on), the router whole; the block all-sums its output."""
-        experts = self.switch_mlp
-        check_split("moe_intermediate_size", experts.gate_proj.weight.shape[1], group.size())
-        shard_inplace(experts.gate_proj, "all-to-sharded", group=group)
-        shard_inplace(experts.up_proj, "all-to-sharded", group=group)
-        shard_inplace(experts.down_proj, "sharded-to-all", group=group)
+        shard_swiglu_inplace(self.switch_mlp, "moe_intermediate_size", group)
         self.sharding_group = group
+
+
+def shard_swiglu_inplace(mlp: nn.Module, name: str, group: mx.distributed.Group) -> None:
+    """A SwiGLU's (an MLP's or a SwitchGLU's) projections sliced as MLP.shard splits them, without
+    its all-sum: the block that holds it sums once for all it adds up."""
+    check_split(name, mlp.gate_proj.weight.shape[-2], group.size())
+    if "scales" in mlp.down_proj:  # quantized: each rank's rows of down_proj must be whole groups
+        check_split(f"{name}'s quantization groups", mlp.down_proj.scales.shape[-1], group.size(),
+                    " (convert with a smaller group size)")
+    shard_inplace(mlp.gate_proj, "all-to-sharded", group=group)
+    shard_inplace(mlp.up_proj, "all-to-sharded", group=group)
+    shard_inplace(mlp.down_proj, "sharded-to-all", group=group)
 
 
 class Qwen3Model(Decoder):

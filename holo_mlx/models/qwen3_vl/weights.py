@@ -6,7 +6,11 @@ transformers 4.57 (gate_up_proj (experts, hidden, 2 * moe), down_proj (experts, 
 5 (gate_up_proj (experts, 2 * moe, hidden), down_proj (experts, hidden, moe)); SwitchGLU wants
 gate_proj / up_proj (experts, moe, hidden) and down_proj (experts, hidden, moe). The two
 orientations never both fit: in 4.57's, gate_up's last axis is twice down_proj's middle one.
+Qwen3.5 MoE checkpoints (qwen3_5/) are published, and saved by transformers 5, with one module per
+expert instead (`experts.<e>.gate_proj.weight`, ...), which are stacked.
 """
+
+import re
 
 import mlx.core as mx
 
@@ -15,7 +19,21 @@ from ..qwen2_5_vl.weights import sanitize as rename
 
 
 def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
-    out = rename(weights)
+    return stack_experts(rename(weights))
+
+
+PER_EXPERT = re.compile(r"(.*\.mlp\.)experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
+
+
+def stack_experts(out: dict[str, mx.array]) -> dict[str, mx.array]:
+    """Hugging Face's expert tensors, fused (either orientation) or one module per expert, as
+    SwitchGLU stacks, in place."""
+    per_expert: dict[tuple[str, str], dict[int, mx.array]] = {}
+    for key in list(out):
+        if match := PER_EXPERT.fullmatch(key):
+            per_expert.setdefault((match[1], match[3]), {})[int(match[2])] = out.pop(key)
+    for (prefix, name), experts in per_expert.items():
+        out[f"{prefix}switch_mlp.{name}.weight"] = mx.stack([experts[index] for index in range(len(experts))])
     for key in [key for key in out if key.endswith(".mlp.experts.gate_up_proj")]:
         prefix = key.removesuffix("experts.gate_up_proj")
         gate_up, down = out.pop(key), out.pop(prefix + "experts.down_proj")
