@@ -569,20 +569,15 @@ def build_holo2_checkpoint(path: str | Path, preset: str = "holo2-tiny", *, conf
 # Holo3 (Qwen3.5) widths: five layers, so the Gated DeltaNet layers (three before the attention
 # layer, one after it, which is then the last) and the attention layer each take every path. The
 # rotary and linear-attention shapes keep the real models' ratios (head_dim 4x the rotary dims,
-<<<<<<< HEAD
 # value heads twice the key heads). The vocabulary is Qwen3.5's (qwen3_5_tokenizer_dir), whose
-# special tokens start at 248044.
-QWEN3_5_END_OF_TEXT, QWEN3_5_IM_END = 248044, 248046
-=======
-# value heads twice the key heads). The ids are those of the Qwen tokenizer the presets share,
-# until Qwen3.5's own vocabulary. holo3-moe-tiny is Holo3-35B-A3B's architecture (Qwen3.5 MoE):
+# special tokens start at 248044. holo3-moe-tiny is Holo3-35B-A3B's architecture (Qwen3.5 MoE):
 # every layer's MLP six routed experts (top 2) and a shared expert, no dense MLP width.
+QWEN3_5_END_OF_TEXT, QWEN3_5_IM_END = 248044, 248046
 _HOLO3_TINY_TEXT = dict(hidden_size=128, num_hidden_layers=5, num_attention_heads=4, num_key_value_heads=2,
                         head_dim=64, linear_conv_kernel_dim=4, linear_key_head_dim=32, linear_value_head_dim=32,
                         linear_num_key_heads=2, linear_num_value_heads=4, mrope_section=[3, 3, 2],
                         tie_word_embeddings=False)
 _HOLO3_TINY_VISION = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, num_position_embeddings=64)
->>>>>>> holo3-moe
 HOLO3_PRESETS = {
     "holo3-tiny": dict(text=dict(_HOLO3_TINY_TEXT, intermediate_size=256), vision=_HOLO3_TINY_VISION),
     "holo3-moe-tiny": dict(text=dict(_HOLO3_TINY_TEXT, num_experts=6, num_experts_per_tok=2, moe_intermediate_size=64,
@@ -599,16 +594,11 @@ def holo3_published_config(preset: str = "holo3-tiny", dtype: str = "float32") -
     section = text.pop("mrope_section")
     layers = text["num_hidden_layers"]
     text_config = {
-<<<<<<< HEAD
         "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": QWEN3_5_END_OF_TEXT,
         "eos_token_id": QWEN3_5_IM_END, "hidden_act": "silu", "initializer_range": 0.02,
-        "max_position_embeddings": 262144, "model_type": "qwen3_5_text", "rms_norm_eps": 1e-06, "use_cache": True,
+        "max_position_embeddings": 262144, "model_type": "qwen3_5_moe_text" if moe else "qwen3_5_text",
+        "rms_norm_eps": 1e-06, "use_cache": True,
         "vocab_size": 248320,  # the published embedding's rows: the 248077 tokens padded
-=======
-        "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645,
-        "hidden_act": "silu", "initializer_range": 0.02, "max_position_embeddings": 262144,
-        "model_type": "qwen3_5_moe_text" if moe else "qwen3_5_text", "rms_norm_eps": 1e-06, "use_cache": True, "vocab_size": 151936,
->>>>>>> holo3-moe
         "dtype": dtype, "tie_word_embeddings": tie,
         "layer_types": ["full_attention" if (layer + 1) % 4 == 0 else "linear_attention" for layer in range(layers)],
         "rope_parameters": {"mrope_interleaved": True, "mrope_section": section, "partial_rotary_factor": 0.25,
@@ -616,16 +606,10 @@ def holo3_published_config(preset: str = "holo3-tiny", dtype: str = "float32") -
         **text,
     }
     return {
-<<<<<<< HEAD
-        "architectures": ["Qwen3_5ForConditionalGeneration"], "model_type": "qwen3_5", "dtype": dtype,
-        "image_token_id": 248056, "video_token_id": 248057, "vision_start_token_id": 248053,
-        "vision_end_token_id": 248054, "text_config": text_config, "tie_word_embeddings": tie,
-=======
         "architectures": ["Qwen3_5MoeForConditionalGeneration" if moe else "Qwen3_5ForConditionalGeneration"],
         "model_type": "qwen3_5_moe" if moe else "qwen3_5", "dtype": dtype,
-        "image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
-        "vision_end_token_id": 151653, "text_config": text_config, "tie_word_embeddings": tie,
->>>>>>> holo3-moe
+        "image_token_id": 248056, "video_token_id": 248057, "vision_start_token_id": 248053,
+        "vision_end_token_id": 248054, "text_config": text_config, "tie_word_embeddings": tie,
         "transformers_version": "5.25.0",
         "vision_config": {"hidden_act": "gelu_pytorch_tanh", "in_channels": 3, "initializer_range": 0.02,
                           "model_type": "qwen3_5_moe_vision" if moe else "qwen3_5_vision", "out_hidden_size": text["hidden_size"], "patch_size": 16,

@@ -82,24 +82,16 @@ def holo3_checkpoint() -> Path:
     return cached_checkpoint(preset="holo3-tiny", dtype="float32")
 
 
-<<<<<<< HEAD
-class SharedServers:
-    """serve.py processes kept for the whole session, one per exact argument tuple: a server takes
-    some 10 s to start here, and many modules ask for the same one. Only for tests that neither stop
-    it nor assert on state that other tests change (absolute metric counts, a failed /health)."""
-=======
 @pytest.fixture(scope="session")
 def holo3_moe_checkpoint() -> Path:
     """Holo3-35B-A3B's architecture (Qwen3.5 MoE) as transformers 5 saves it, with the mtp.* head, float32."""
     return cached_checkpoint(preset="holo3-moe-tiny", dtype="float32")
 
 
-@pytest.fixture(scope="module")
-def server(hf_root_checkpoint):
-    """`serve.py` on the tiny checkpoint as "holo-tiny", for one test module (a module may define
-    its own `server` with other flags)."""
-    from test_server import Server
->>>>>>> holo3-moe
+class SharedServers:
+    """serve.py processes kept for the whole session, one per exact argument tuple: a server takes
+    some 10 s to start here, and many modules ask for the same one. Only for tests that neither stop
+    it nor assert on state that other tests change (absolute metric counts, a failed /health)."""
 
     def __init__(self):
         self.running = {}
