@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ..base import ConfigError
 from ..qwen2_5_vl.config import _pick
 from ..qwen3_vl.config import VisionConfig as Qwen3VLVisionConfig
+from ..qwen3_vl.config import from_sub_configs
 
 ARCHITECTURES = ("Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration")
 MODEL_TYPES = ("qwen3_5", "qwen3_5_moe")
@@ -132,29 +133,12 @@ class ModelConfig:
     def from_dict(cls, values: dict) -> "ModelConfig":
         if values.get("model_type") not in MODEL_TYPES and not set(values.get("architectures") or []) & set(ARCHITECTURES):
             raise ConfigError(f"not a Qwen3.5 config (model_type={values.get('model_type')!r})")
-        if "text_config" not in values or "vision_config" not in values:
-            raise ConfigError("config.json needs text_config and vision_config (a Qwen3.5 checkpoint has both)")
-        text = dict(values["text_config"])
-        if "tie_word_embeddings" in values:  # the root's value is the one transformers applies
-            text["tie_word_embeddings"] = values["tie_word_embeddings"]
-        eos = text.get("eos_token_id") or values.get("eos_token_id") or IM_END
-        try:
-            text_config = TextConfig.from_dict(text)
-            vision = vision_config(values["vision_config"])
-        except TypeError as error:  # a required field is missing
-            raise ConfigError(f"incomplete config.json: {error}") from None
+        config = from_sub_configs(cls, values, "Qwen3.5", TextConfig.from_dict, vision_config, IM_END)
         moe = values.get("model_type") == "qwen3_5_moe" or ARCHITECTURES[1] in (values.get("architectures") or [])
-        if moe != bool(text_config.num_experts):  # transformers builds what model_type says, whatever the fields
+        if moe != bool(config.text_config.num_experts):  # transformers builds what model_type says, whatever the fields
             raise ConfigError(f"model_type {values.get('model_type')!r} is MoE but text_config has no num_experts" if moe
                               else f"model_type {values.get('model_type')!r} is dense but text_config has num_experts")
-        if vision.out_hidden_size != text_config.hidden_size:
-            raise ConfigError(f"vision out_hidden_size {vision.out_hidden_size} is not the decoder's "
-                              f"hidden_size {text_config.hidden_size}")
-        top = _pick(cls, values)
-        top.pop("text_config", None)
-        top.pop("vision_config", None)
-        top["eos_token_id"] = eos if isinstance(eos, list) else [eos]
-        return cls(text_config=text_config, vision_config=vision, **top)
+        return config
 
 
 def mlx_vlm_layout(raw: dict, config: ModelConfig) -> dict:

@@ -122,25 +122,32 @@ class ModelConfig:
     def from_dict(cls, values: dict) -> "ModelConfig":
         if values.get("model_type") not in MODEL_TYPES and not set(values.get("architectures") or []) & set(ARCHITECTURES):
             raise ConfigError(f"not a Qwen3-VL config (model_type={values.get('model_type')!r})")
-        if "text_config" not in values or "vision_config" not in values:
-            raise ConfigError("config.json needs text_config and vision_config (a Qwen3-VL checkpoint has both)")
-        text = dict(values["text_config"])
-        if "tie_word_embeddings" in values:  # the root's value is the one transformers applies
-            text["tie_word_embeddings"] = values["tie_word_embeddings"]
-        eos = text.get("eos_token_id") or values.get("eos_token_id") or 151645
-        try:
-            text_config = TextConfig.from_dict(text)
-            vision_config = VisionConfig.from_dict(values["vision_config"])
-        except TypeError as error:  # a required field is missing
-            raise ConfigError(f"incomplete config.json: {error}") from None
-        if vision_config.out_hidden_size != text_config.hidden_size:
-            raise ConfigError(f"vision out_hidden_size {vision_config.out_hidden_size} is not the decoder's "
-                              f"hidden_size {text_config.hidden_size}")
-        top = _pick(cls, values)
-        top.pop("text_config", None)
-        top.pop("vision_config", None)
-        top["eos_token_id"] = eos if isinstance(eos, list) else [eos]
-        return cls(text_config=text_config, vision_config=vision_config, **top)
+        return from_sub_configs(cls, values, "Qwen3-VL", TextConfig.from_dict, VisionConfig.from_dict, 151645)
+
+
+def from_sub_configs(cls, values: dict, generation: str, read_text, read_vision, default_eos: int):
+    """A model config (`cls`) from a config.json with text_config and vision_config beside the token
+    ids, as Qwen3-VL and Qwen3.5 publish theirs: the root's tie_word_embeddings applied, the end
+    token from either level, the tower's output width checked against the decoder's."""
+    if "text_config" not in values or "vision_config" not in values:
+        raise ConfigError(f"config.json needs text_config and vision_config (a {generation} checkpoint has both)")
+    text = dict(values["text_config"])
+    if "tie_word_embeddings" in values:  # the root's value is the one transformers applies
+        text["tie_word_embeddings"] = values["tie_word_embeddings"]
+    eos = text.get("eos_token_id") or values.get("eos_token_id") or default_eos
+    try:
+        text_config = read_text(text)
+        vision_config = read_vision(values["vision_config"])
+    except TypeError as error:  # a required field is missing
+        raise ConfigError(f"incomplete config.json: {error}") from None
+    if vision_config.out_hidden_size != text_config.hidden_size:
+        raise ConfigError(f"vision out_hidden_size {vision_config.out_hidden_size} is not the decoder's "
+                          f"hidden_size {text_config.hidden_size}")
+    top = _pick(cls, values)
+    top.pop("text_config", None)
+    top.pop("vision_config", None)
+    top["eos_token_id"] = eos if isinstance(eos, list) else [eos]
+    return cls(text_config=text_config, vision_config=vision_config, **top)
 
 
 def mlx_vlm_layout(raw: dict, config: ModelConfig) -> dict:
