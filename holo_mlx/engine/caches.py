@@ -78,9 +78,13 @@ class PrefixEntry:
     layers: list[Snapshot]  # each layer at len(key)
     boundaries: dict[int, list[Snapshot | None]]  # length -> the non-trimmable layers' state there
 
+    def __post_init__(self):
+        # Asked of every entry at every lookup: decided once.
+        self.resumes_anywhere = all(kind.trimmable for kind in self.kinds)
+
     def usable(self, length: int) -> int:
         """The longest stored prefix of at most `length` tokens that every layer can resume from."""
-        if all(kind.trimmable for kind in self.kinds):
+        if self.resumes_anywhere:
             return min(length, len(self.key))
         return max((stop for stop in [*self.boundaries, len(self.key)] if stop <= length), default=0)
 
