@@ -144,9 +144,8 @@ def test_a_named_tool_is_the_one_called_once_without_parallel_calls(client):
     assert_valid_calls(calls)
 
 
-def test_streamed_calls_arrive_as_tool_call_deltas(client):
-    stream = client.chat.completions.create(model="holo-tiny", messages=ASK, tools=[CLICK], tool_choice="required",
-                                            max_tokens=120, stream=True)
+def streamed_calls(stream) -> tuple[dict, str | None]:
+    """The calls a streamed answer's tool_call deltas add up to ({index: name, arguments}), and its finish reason."""
     calls, finish = {}, None
     for chunk in stream:
         for delta in chunk.choices[0].delta.tool_calls or []:
@@ -154,6 +153,13 @@ def test_streamed_calls_arrive_as_tool_call_deltas(client):
             entry["name"] += delta.function.name or ""
             entry["arguments"] += delta.function.arguments or ""
         finish = chunk.choices[0].finish_reason or finish
+    return calls, finish
+
+
+def test_streamed_calls_arrive_as_tool_call_deltas(client):
+    stream = client.chat.completions.create(model="holo-tiny", messages=ASK, tools=[CLICK], tool_choice="required",
+                                            max_tokens=120, stream=True)
+    calls, finish = streamed_calls(stream)
     assert finish == "tool_calls" and calls
     for entry in calls.values():
         assert entry["name"] == "click"

@@ -12,7 +12,7 @@ from holo_mlx.prompt import PromptBuilder
 from holo_mlx.tool_format import parse
 from holo_mlx.tool_format_xml import XML, read_call
 from test_server import Server
-from test_tools import ASK, CLICK, HISTORY, SCHEMAS, TYPE, internal
+from test_tools import ASK, CLICK, HISTORY, SCHEMAS, TYPE, internal, streamed_calls
 
 NOTE = {"type": "function", "function": {"name": "note", "parameters": {
     "type": "object", "properties": {
@@ -177,13 +177,7 @@ def test_streamed_calls_arrive_as_tool_call_deltas(client):
     stream = client.chat.completions.create(
         model="holo3-tiny", messages=ASK, tools=[NOTE], tool_choice="required", max_tokens=200, stream=True,
         extra_body=NO_THINKING)
-    calls, finish = {}, None
-    for chunk in stream:
-        for delta in chunk.choices[0].delta.tool_calls or []:
-            entry = calls.setdefault(delta.index, {"name": "", "arguments": ""})
-            entry["name"] += delta.function.name or ""
-            entry["arguments"] += delta.function.arguments or ""
-        finish = chunk.choices[0].finish_reason or finish
+    calls, finish = streamed_calls(stream)
     assert finish == "tool_calls" and calls
     for entry in calls.values():
         assert entry["name"] == "note"
