@@ -1,6 +1,6 @@
 """What a scheduler shares with other ranks each step: nothing when it runs alone (`Solo`), or,
-under mlx.launch, rank 0's decisions (`Lockstep`). The scheduler calls the same four members on
-either: `leader`, `shared`, `exchange`, `share_tokens`, `note_reset`.
+under mlx.launch, rank 0's decisions (`Lockstep`). The scheduler and the worker use the same members of
+either: `leader`, `shared`, `stopped`, `exchange`, `share_tokens`, `note_reset`.
 
 Several ranks serving one model (mlx.launch): every rank steps its own scheduler, in lockstep.
 
