@@ -199,7 +199,7 @@ def convert_tensor(
     """The output tensors for one checkpoint tensor: cast, and quantized where eligible."""
     if not mx.issubdtype(value.dtype, mx.floating):  # every parameter of these families is a float
         raise ConversionError(f"tensor {name} is {value.dtype}, expected a floating-point weight")
-    value = value.astype(dtype)
+    value = value.astype(mx.float32 if name.endswith(family.float32_weights) else dtype)
     if quantization is None or not quantizable(family, name, value.shape, quantization["group_size"], quantize_vision):
         return {name: value}
     weight, scales, biases = mx.quantize(
@@ -217,6 +217,7 @@ class ShardWriter:
         self.pending: dict[str, mx.array] = {}
         self.pending_size = 0
         self.shards: list[list[str]] = []
+        self.apart: dict[str, str] = {}  # tensor name -> file, for add_apart's files
         self.total_size = 0
 
     def add(self, tensors: dict[str, mx.array]) -> None:
@@ -233,10 +234,17 @@ class ShardWriter:
         self.shards.append(list(self.pending))
         self.pending, self.pending_size = {}, 0
 
+    def add_apart(self, name: str, tensors: dict[str, mx.array]) -> None:
+        """A file of tensors in the published checkpoint's conventions (metadata "pt", as mlx-vlm's
+        split_mtp reads a draft head), outside the numbered shards."""
+        mx.save_safetensors(str(self.folder / name), tensors, metadata={"format": "pt"})
+        self.apart.update(dict.fromkeys(tensors, name))
+        self.total_size += sum(value.nbytes for value in tensors.values())
+
     def finish(self) -> None:
         if self.pending:
             self.flush()
-        count, weight_map = len(self.shards), {}
+        count, weight_map = len(self.shards), dict(self.apart)
         for index, names in enumerate(self.shards):
             final = f"model-{index + 1:05d}-of-{count:05d}.safetensors"
             self._path(index).rename(self.folder / final)
@@ -269,6 +277,13 @@ def write_weights(
                     raise ConversionError(f"cannot convert {name} from {file}: {error}") from None
                 writer.add(converted)
                 progress.update()
+    for prefix in family.unrun_prefixes:
+        unrun = {}
+        for file, _ in plan:
+            tensors = mx.load(str(file))
+            unrun.update({key: tensors[key].astype(dtype) for key in tensors if key.startswith(prefix)})
+        if unrun:
+            writer.add_apart(f"{prefix.rstrip('.')}.safetensors", unrun)
     writer.finish()
 
 

@@ -21,8 +21,10 @@ from holo_mlx.engine.sampling import SamplingParams
 from holo_mlx.models import ConfigError, ShardingError, family_for
 from holo_mlx.models.base import Span
 from holo_mlx.models.cache import KVLayerCache, RecurrentLayerCache
+from holo_mlx.models.qwen2_5_vl.weights import to_mlx_name
 from holo_mlx.models.qwen3_5.language import SharedExpertMoeBlock
 from holo_mlx.testing import holo3_published_config, qwen3_5_tiktoken, qwen3_5_tokenizer_dir, synthetic_screenshot
+from test_convert import copy_checkpoint
 from test_distributed import generated
 from test_scheduler import sequential, tokens
 # The toy hybrid's engine tests, collected here again to run on this family's `loaded` (below).
@@ -256,11 +258,18 @@ def test_only_matrices_may_be_quantized(loaded):
 def test_the_converted_folder_is_mlx_vlms_layout_and_computes_the_same(loaded, checkpoint, tmp_path):
     model, builder = loaded
     folder = convert(str(checkpoint), tmp_path / "mlx", dtype="float32")
-    weights = {name: value for file in sorted(folder.glob("*.safetensors")) for name, value in load_file(file).items()}
+    weights = {name: value for file in sorted(folder.glob("model-*.safetensors")) for name, value in load_file(file).items()}
     assert not any(name.startswith("mtp.") or ".experts." in name for name in weights)  # MoE: experts stacked
     assert weights["language_model.model.layers.0.linear_attn.conv1d.weight"].shape == (256, 4, 1)
-    # Norms carry their 1 once: the converted folder's are read as they are.
     original = load_file(checkpoint / "model.safetensors")
+    # The draft head is not run but kept, as published, in a file the index lists.
+    draft = {name: value for name, value in original.items() if name.startswith("mtp.")}
+    assert draft and set(load_file(folder / "mtp.safetensors")) == set(draft)
+    for name, value in load_file(folder / "mtp.safetensors").items():
+        np.testing.assert_array_equal(value, draft[name])
+    index = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    assert {name for name, file in index.items() if file == "mtp.safetensors"} == set(draft)
+    # Norms carry their 1 once: the converted folder's are read as they are.
     np.testing.assert_array_equal(weights["language_model.model.norm.weight"],
                                   original["model.language_model.norm.weight"] + 1)
     converted = load(folder)
@@ -270,3 +279,23 @@ def test_the_converted_folder_is_mlx_vlms_layout_and_computes_the_same(loaded, c
     np.testing.assert_array_equal(prompt_logits(converted[0], prompt), prompt_logits(model, prompt))
     params = SamplingParams(max_tokens=8, ignore_eos=True)
     assert tokens(sequential(converted, prompt, params)) == tokens(sequential(loaded, prompt, params))
+
+
+def test_a_bfloat16_conversion_keeps_what_qwen_publishes_in_float32(holo3_checkpoint, tmp_path):
+    """Qwen's bfloat16 checkpoints store A_log and the gated norm in float32; convert keeps them so
+    (and the draft head in the folder's dtype), and the folder still loads."""
+    kept = (".linear_attn.A_log", ".linear_attn.norm.weight")
+    source = {name: value if name.endswith(kept) else value.astype(mx.bfloat16)
+              for name, value in mx.load(str(holo3_checkpoint / "model.safetensors")).items()}
+    config = json.loads((holo3_checkpoint / "config.json").read_text())
+    config["dtype"] = config["text_config"]["dtype"] = "bfloat16"
+    published = copy_checkpoint(holo3_checkpoint, tmp_path / "published", [source], config)
+    folder = convert(str(published), tmp_path / "mlx")
+    converted = {name: value for file in folder.glob("*.safetensors") for name, value in mx.load(str(file)).items()}
+    float32 = {name for name, value in converted.items() if value.dtype == mx.float32}
+    assert float32 == {name for name in converted if name.endswith(kept)} and len(float32) == 2 * 4  # 4 DeltaNet layers
+    for name, value in source.items():
+        if name.endswith(kept):
+            np.testing.assert_array_equal(np.array(converted[to_mlx_name(name)]), np.array(value))
+    assert {converted[name].dtype for name in converted if name.startswith("mtp.")} == {mx.bfloat16}
+    load(folder)

@@ -116,3 +116,9 @@ class Family:
     # (sanitized name of a `.weight`, its shape, --quantize-vision) -> whether `python -m convert -q`
     # may quantize it; convert still keeps in float what the group size does not divide.
     quantizable: Callable[[str, tuple[int, ...], bool], bool] = matrix_weights
+    # Sanitized name suffixes `python -m convert` writes in float32 whatever --dtype: what the published
+    # checkpoints keep in float32 because rounding it compounds over every token.
+    float32_weights: tuple[str, ...] = ()
+    # Checkpoint key prefixes of heads the runtime does not run (a multi-token-prediction draft head):
+    # sanitize drops them, convert keeps them, as published but for the dtype, in a shard of their own.
+    unrun_prefixes: tuple[str, ...] = ()

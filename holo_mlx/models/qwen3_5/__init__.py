@@ -17,13 +17,13 @@ from ..base import Family
 from ..qwen3_vl import PROCESSOR
 from .config import ARCHITECTURES, MODEL_TYPES, ModelConfig, mlx_vlm_layout
 from .model import build
-from .weights import quantizable, sanitize
+from .weights import DRAFT_HEAD, FLOAT32_WEIGHTS, quantizable, sanitize
 
 FAMILY = Family(
     name="qwen3_5", description="Holo3 / Qwen3.5, dense and MoE hybrid",
     model_types=MODEL_TYPES, architectures=ARCHITECTURES,
     config=ModelConfig.from_dict, model=build, sanitize=sanitize, mlx_config=mlx_vlm_layout,
-    quantizable=quantizable,
+    quantizable=quantizable, float32_weights=FLOAT32_WEIGHTS, unrun_prefixes=(DRAFT_HEAD,),
     image_processor=partial(ImageProcessorConfig.from_pretrained, defaults=PROCESSOR),
     image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
     # Holo2's instruction and schema until Holo3's own are known.

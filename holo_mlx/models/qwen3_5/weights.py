@@ -4,7 +4,8 @@ transformers saves `model.language_model.*`, `model.visual.*` and `lm_head.*` (Q
 apply) with two torch conventions that a converted (mlx-vlm layout) folder no longer has: the
 depthwise conv1d kernel as (channels, 1, kernel), MLX's being (channels, kernel, 1), and zero-centred
 RMSNorms (the decoder's norms and each head's q/k norm scale by 1 + weight), which MLX's RMSNorm
-takes with the 1 added. The multi-token-prediction head (`mtp.*`, a draft model) is not run. The
+takes with the 1 added. The multi-token-prediction head (`mtp.*`, a draft model) is not run
+(a converted folder keeps it as published, in mtp.safetensors). The
 MoE variant's experts (one module each as published, or fused) are stacked as Qwen3-VL's.
 
 Which weights may be quantized is Qwen3-VL's rule: the 2-D matrices and the experts; A_log, dt_bias,
@@ -18,12 +19,16 @@ from ..qwen2_5_vl.weights import sanitize as rename
 from ..qwen3_vl.weights import quantizable as qwen3_vl_quantizable
 from ..qwen3_vl.weights import stack_experts
 
+DRAFT_HEAD = "mtp."
+# Qwen publishes these two in float32 in bfloat16 checkpoints: the per-head decay (exp of A_log) is
+# raised to the power of every token's step, and the gated norm scales the recurrent read-out.
+FLOAT32_WEIGHTS = (".linear_attn.A_log", ".linear_attn.norm.weight")
 ZERO_CENTRED = (".input_layernorm.weight", ".post_attention_layernorm.weight", ".q_norm.weight", ".k_norm.weight")
 FINAL_NORM = "language_model.model.norm.weight"
 
 
 def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
-    weights = {key: value for key, value in weights.items() if not key.startswith("mtp.")}
+    weights = {key: value for key, value in weights.items() if not key.startswith(DRAFT_HEAD)}
     out = rename(weights)
     for key in weights:
         name = to_mlx_name(key)
