@@ -98,35 +98,56 @@ def main(argv=None) -> None:
     shown = f"[{host}]" if ":" in host else host
     print(f"holo-mlx: serving {config.model_name} at http://{shown}:{port}/v1 (model loading in the background)",
           flush=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level=config.log_level))
+    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level=config.log_level,
+                                           timeout_graceful_shutdown=config.shutdown_timeout))
     server.run(sockets=[sock])
     if group is not None:
         os._exit(0)  # the engine thread may still wait in a collective for ranks that are gone
 
 
 def follow(config) -> None:
-    """A rank other than 0: its engine follows rank 0's on a thread, so that Ctrl-C (which reaches
-    every rank), or rank 0's loss, ends it even while it waits inside a collective, where Python
-    runs no handler."""
+    """A rank other than 0: its engine follows rank 0's on a thread, so that a stop signal, or rank 0's
+    loss, reaches it even while the engine waits inside a collective, where Python runs no handler.
+
+    SIGTERM or SIGINT asks rank 0 to stop: rank 0 lets requests in flight finish (this rank runs its
+    share of them meanwhile), then its last exchange ends this rank's engine."""
+    import signal
     import threading
+    import time
 
     from holo_mlx.engine.worker import Engine
 
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     engine, failures = Engine(config), []
+
+    ended = threading.Event()  # not Thread.join: a signal interrupting join can mark the thread ended
 
     def run() -> None:
         try:
             engine.follow()
         except BaseException as error:  # its load failed, or it fell out of step
             failures.append(error)
+        finally:
+            ended.set()
 
-    thread = threading.Thread(target=run, name="mlx-engine", daemon=True)
-    thread.start()
+    threading.Thread(target=run, name="mlx-engine", daemon=True).start()
+
+    def wait(until: float) -> None:
+        while not ended.wait(0.5) and engine.failure is None and time.monotonic() < until:
+            pass
+
     try:
-        while thread.is_alive() and engine.failure is None:
-            thread.join(0.5)
+        wait(float("inf"))
     except KeyboardInterrupt:
-        pass
+        if engine.heartbeat is not None:
+            engine.heartbeat.ask_rank0_to_stop()
+            try:  # rank 0's drain, then its stop; a second signal ends this rank at once
+                wait(time.monotonic() + config.shutdown_timeout + 5)
+            except KeyboardInterrupt:
+                pass
     why = failures[0] if failures else f"error: {engine.failure.message}" if engine.failure is not None else None
     if why is not None:  # said on stderr, which mlx.launch passes on
         print(why, file=sys.stderr, flush=True)

@@ -7,6 +7,15 @@ a byte on it every second: a closed connection, or silence longer than the timeo
 Rank 0 then reports it (its engine refuses work and fails what it holds) and closes every
 connection, so that the other ranks, finding rank 0 gone, end themselves.
 
+The same connections let idle ranks sleep: a rank other than 0 enters each step's exchange only
+once rank 0 has sent it a step byte, which rank 0 sends just before its own. While rank 0 has no
+work it sends none, and the others wait in a blocking read instead of spinning in a collective.
+
+They also carry orderly stops. A rank other than 0 that gets SIGTERM or SIGINT sends rank 0 a stop
+byte; rank 0 then stops as on its own SIGTERM (requests in flight finish, bounded by
+--shutdown-timeout), and its last exchange stops the other ranks. A rank whose parent (mlx.launch)
+is gone, killed by SIGTERM, which mlx.launch does not pass on, stops itself the same way.
+
 Rank 0 listens on its own address in the ring's hostfile (the one the other ranks already reach)
 or on JACCL's coordinator address; its port reaches the others in one all-sum at start-up.
 """
@@ -25,6 +34,7 @@ import mlx.core as mx
 from .distributed import RanksMissing, ring_hosts
 
 BEAT_S = 1.0
+BEAT, STEP, STOP = b".", b"s", b"q"
 log = logging.getLogger("holo_mlx.liveness")
 
 
@@ -51,11 +61,16 @@ class Heartbeat:
     """A thread that beats to, and listens for, the other end(s): rank 0 every other rank, the
     others rank 0. `on_lost(reason)` runs once, on that thread, when one is lost."""
 
-    def __init__(self, group: mx.distributed.Group, timeout: float, on_lost: Callable[[str], None]):
+    def __init__(self, group: mx.distributed.Group, timeout: float, on_lost: Callable[[str], None],
+                 stop_self: Callable[[str], None]):
+        """`stop_self(reason)` stops this process in order: on rank 0, when another rank asks it to;
+        on any rank, when its parent process is gone."""
         self.rank, self.size, self.timeout, self.on_lost = group.rank(), group.size(), timeout, on_lost
+        self.stop_self, self.parent = stop_self, os.getppid()
         self.peers: dict[socket.socket, Peer] = {}
         self.stopped = False
         self.lost = threading.Event()  # set once on_lost has run
+        self.steps = threading.Semaphore(0)  # a rank other than 0: rank 0's step bytes not yet waited for
         host = rank0_host()
         listener = socket.create_server((host, 0), family=socket.AF_INET6 if ":" in host else socket.AF_INET) \
             if self.rank == 0 and host else None
@@ -76,9 +91,34 @@ class Heartbeat:
         """Watch no more (a shutdown): the connections stay open until the process ends."""
         self.stopped = True
 
+    def announce_step(self) -> None:
+        """Rank 0, before each step's exchange: wake every other rank for it."""
+        for connection in list(self.peers):
+            try:
+                connection.sendall(STEP)
+            except OSError:
+                pass  # the heartbeat thread reports the lost rank
+
+    def ask_rank0_to_stop(self) -> None:
+        """A rank other than 0, on a stop signal: rank 0 stops every rank once requests in flight end."""
+        for connection in list(self.peers):
+            try:
+                connection.sendall(STOP)
+            except OSError:
+                pass  # rank 0 is gone already
+
+    def await_step(self) -> bool:
+        """A rank other than 0, before each step's exchange: wait for rank 0's step byte. False once
+        rank 0 is lost (no step will come)."""
+        while not self.steps.acquire(timeout=BEAT_S):
+            if self.stopped:
+                return False
+        return not self.stopped
+
     def _connect(self, host: str, port: int) -> None:
         try:
             connection = socket.create_connection((host, port), timeout=self.timeout)
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a step byte goes at once
             connection.sendall(f"{self.rank} {socket.gethostname()}\n".encode())
         except OSError as error:
             raise RanksMissing(f"rank {self.rank} cannot reach rank 0's heartbeat at {host}:{port}: {error}") from error
@@ -86,6 +126,7 @@ class Heartbeat:
 
     def _accept(self, listener: socket.socket) -> None:
         connection, _ = listener.accept()
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connection.settimeout(BEAT_S)  # a rank says hello at once: nothing else may stall the beats
         hello = b""
         try:  # "RANK HOST\n", perhaps with its first beats behind it
@@ -105,7 +146,7 @@ class Heartbeat:
                 next_beat = now + BEAT_S
                 for connection, peer in list(self.peers.items()):
                     try:
-                        connection.sendall(b".")
+                        connection.sendall(BEAT)
                     except OSError:
                         return self._lose(f"{peer} closed its heartbeat connection: {self._why_closed}")
             accepting = listener is not None and len(self.peers) < self.size - 1
@@ -121,6 +162,16 @@ class Heartbeat:
                 if not beats:
                     return self._lose(f"{self.peers[connection]} closed its heartbeat connection: {self._why_closed}")
                 self.peers[connection].heard = time.monotonic()
+                for _ in range(beats.count(STEP)):
+                    self.steps.release()
+                if STOP in beats:
+                    self.stop_self(f"{self.peers[connection]} got a stop signal")
+            if self.parent and os.getppid() != self.parent:
+                self.parent = 0  # once
+                # Its output went to the launcher: writing to the closed pipes would fail every log line.
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1), os.dup2(devnull, 2)
+                self.stop_self("its launcher (the parent process) is gone")
             now = time.monotonic()
             for peer in self.peers.values():
                 if now - peer.heard > self.timeout:
@@ -143,3 +194,4 @@ class Heartbeat:
         log.error("%s", reason)
         self.on_lost(reason)
         self.lost.set()
+        self.steps.release()  # a rank waiting for rank 0's next step wakes and finds it lost

@@ -113,6 +113,9 @@ class ServerConfig:
     rank_timeout: float = option(10.0, "under mlx.launch: seconds without a heartbeat after which a rank counts as "
                                  "lost (it hangs, or its machine or link is down; a rank whose process ends is "
                                  "seen at once)", parse=seconds, metavar="S")
+    shutdown_timeout: float = option(30.0, "on SIGTERM or Ctrl-C (to the server, mlx.launch or any rank): seconds "
+                                     "requests in flight may take to finish before they are cut", parse=seconds,
+                                     metavar="S")
     log_level: str = option("info", "uvicorn's log level: critical, error, warning, info, debug or trace",
                             metavar="LEVEL")
 

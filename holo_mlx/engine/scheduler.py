@@ -95,6 +95,8 @@ class Scheduler:
         if self.sync.leader:
             self._snapshot_cancellations()
         self.sync.exchange(self)
+        if self.sync.stopped:  # rank 0 stopped or is lost: it runs this pass's collectives no more
+            return
         if self.embeddings and self.embeddings[0].step():
             self.embeddings.popleft()
         started, waited = time.perf_counter(), self.stats.wait_seconds

@@ -12,6 +12,9 @@ same pass, its share of the collectives inside. Rank 0 alone chooses the tokens 
 penalties and seeds stay with it) and all-sums them into every rank's graph, still lazy, so the
 next pass never waits on the host for them; only rank 0 hands results out.
 
+While rank 0 is idle it runs no step, so no exchange: the other ranks wait for its step byte on the
+heartbeat connection (liveness.py) before each exchange rather than spin in the collective.
+
 The news travels as mlx-lm's distributed server shares its requests: a pickled message, its length
 all-summed, then its bytes (zeros from the other ranks). Both run on the default stream, after the
 step in flight, so every rank issues its collectives in the same order.
@@ -53,8 +56,8 @@ class Solo:
 class Lockstep:
     shared = True
 
-    def __init__(self, group: mx.distributed.Group):
-        self.group = group
+    def __init__(self, group: mx.distributed.Group, heartbeat=None):
+        self.group, self.heartbeat = group, heartbeat  # no heartbeat: the other ranks wait in the collective
         self.leader = group.rank() == 0
         self.stopped = False
         self.numbers: dict = {}  # rank 0: request -> its number; other ranks: number -> request
@@ -66,7 +69,11 @@ class Lockstep:
     def exchange(self, scheduler, stop: bool = False) -> None:
         """Rank 0 sends what changed; every other rank applies it to its scheduler (or stops)."""
         if self.leader:
+            if self.heartbeat is not None:
+                self.heartbeat.announce_step()
             self._share(pickle.dumps(self._news(scheduler, stop)))
+        elif self.heartbeat is not None and not self.heartbeat.await_step():
+            self.stopped = True  # rank 0 is lost (the heartbeat reported it)
         else:
             self._apply(pickle.loads(self._share(None)), scheduler)
 

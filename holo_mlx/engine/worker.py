@@ -16,7 +16,9 @@ the reason, at once.
 
 import asyncio
 import logging
+import os
 import queue
+import signal
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -36,6 +38,13 @@ from .sync import Lockstep
 log = logging.getLogger("holo_mlx.engine")
 _DONE = None  # what a sequence emits after its last chunk
 DISCONNECT_POLL_S = 0.5  # how often a waiting embeddings request checks whether its client left
+
+
+def stop_self(reason: str) -> None:
+    """Stop this rank as its own SIGTERM does (rank 0: uvicorn drains; another rank: serve.follow asks
+    rank 0 to stop them all)."""
+    log.warning("stopping: %s", reason)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class QueueFull(Exception):
@@ -138,13 +147,13 @@ class Engine:
         try:
             group = world(config.join_timeout)
             if group is not None:
-                self.heartbeat = Heartbeat(group, config.rank_timeout, self._lose_rank)
+                self.heartbeat = Heartbeat(group, config.rank_timeout, self._lose_rank, stop_self)
             same_everywhere(config, group)
             self.model, self.prompts = load(config.model, group, config.pipeline, **config.resize)
             self.ranks = ranks(self.model, group)
             scheduler = Scheduler(self.model, self.prompts.tokenizer, max_num_seqs=config.max_num_seqs,
                                   prefix_cache=self.prefix_cache, vision_cache=self.vision_cache,
-                                  sync=Lockstep(group) if group is not None else None)
+                                  sync=Lockstep(group, self.heartbeat) if group is not None else None)
         except Exception as error:
             log.error("could not load %s: %s", config.model, error)
             self._fail(load_failed(error))
