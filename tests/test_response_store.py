@@ -41,6 +41,11 @@ def status_of(server: Server, response_id: str) -> int:
     return httpx.get(f"{server.url}/v1/responses/{response_id}", timeout=30).status_code
 
 
+def items_of(response) -> list[dict]:
+    """A response's output as input items, to send its conversation whole."""
+    return [item.model_dump(exclude_none=True) for item in response.output]
+
+
 def hi(client, **fields):
     return client.responses.create(model="holo-tiny", input="Hi", max_output_tokens=2, **fields)
 
@@ -58,10 +63,9 @@ def test_a_chain_continues_and_a_deletion_holds_after_the_server_is_killed(hf_ro
         first = client.responses.create(model="holo-tiny", input=screen, tools=[CLICK], tool_choice="required",
                                         max_output_tokens=80, parallel_tool_calls=False)
         call = next(item for item in first.output if item.type == "function_call")
-        second = client.responses.create(
-            model="holo-tiny", previous_response_id=first.id, tools=[CLICK], max_output_tokens=3,
-            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "clicked"}])
-        unrestarted = client.responses.create(previous_response_id=second.id, store=False, **again)
+        clicked = [{"type": "function_call_output", "call_id": call.call_id, "output": "clicked"}]
+        second = client.responses.create(model="holo-tiny", previous_response_id=first.id, tools=[CLICK],
+                                         max_output_tokens=3, input=clicked)
         deleted = hi(client)
         client.responses.delete(deleted.id)
     finally:
@@ -71,9 +75,11 @@ def test_a_chain_continues_and_a_deletion_holds_after_the_server_is_killed(hf_ro
         client = after.client()
         retrieved = client.responses.retrieve(second.id)
         assert (retrieved.output_text, retrieved.previous_response_id) == (second.output_text, first.id)
-        # The whole conversation came back, its screenshot included: the same prompt as before the kill.
+        # The whole conversation came back, its screenshot included: the prompt of the chain sent whole.
         third = client.responses.create(previous_response_id=second.id, **again)
-        assert third.usage.input_tokens == unrestarted.usage.input_tokens
+        chain = [*screen, *items_of(first), *clicked, *items_of(second), {"role": "user", "content": "Again"}]
+        whole = client.responses.create(**{**again, "input": chain}, store=False)
+        assert third.usage.input_tokens == whole.usage.input_tokens
         missing = httpx.get(f"{after.url}/v1/responses/{deleted.id}")
         assert missing.status_code == 404 and error_of(missing)["code"] == "response_not_found"
         # The screenshot is kept once, though the three stored responses' conversations all hold it.
@@ -199,6 +205,15 @@ def damaged(tmp_path):
     return path
 
 
+def newer(tmp_path):
+    """A store of a later schema than this server reads."""
+    path = tmp_path / "responses.sqlite3"
+    ResponseStore(path, 10, 86400).close()
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute("PRAGMA user_version = 2")
+    return path
+
+
 def foreign(tmp_path):
     path = tmp_path / "app.sqlite3"
     with closing(sqlite3.connect(path)) as connection:
@@ -206,7 +221,7 @@ def foreign(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("make", [unwritable, garbage, damaged, foreign])
+@pytest.mark.parametrize("make", [unwritable, garbage, damaged, newer, foreign])
 def test_a_file_the_store_cannot_use_stops_the_start_with_one_line_naming_it(hf_root_checkpoint, tmp_path, make):
     path = make(tmp_path)
     result = subprocess.run([sys.executable, str(ROOT / "serve.py"), "--model", str(hf_root_checkpoint),
