@@ -92,13 +92,18 @@ def main(argv=None) -> None:
     logging.basicConfig(level=config.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
 
     from holo_mlx.server.app import create_app
+    from holo_mlx.server.response_store import StoreError
 
     sock = bind(config.host, config.port, config.next_free_port)
+    try:
+        app = create_app(config)
+    except StoreError as error:
+        sys.exit(f"error: {error}")
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"holo-mlx: serving {config.model_name} at http://{shown}:{port}/v1 (model loading in the background)",
           flush=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level=config.log_level,
+    server = uvicorn.Server(uvicorn.Config(app, log_level=config.log_level,
                                            timeout_graceful_shutdown=config.shutdown_timeout))
     server.run(sockets=[sock])
     if group is not None:

@@ -8,6 +8,7 @@ Sizes are in MiB, as on the command line; the properties give bytes.
 
 import argparse
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
@@ -29,6 +30,13 @@ def seconds(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def days(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of days, got {text}")
     return value
 
 
@@ -93,9 +101,14 @@ class ServerConfig:
     map_coordinates: bool = option(False, "rewrite x/y and boxes of JSON answers about an image into the original "
                                    "image's pixels unless a request's holo.map_coordinates says otherwise (for "
                                    "clients that cannot send extra fields)")
-    responses_store: int = option(256, "Responses API responses kept in memory (store: true) for previous_response_id "
-                                  "and GET /v1/responses/{id}, the oldest dropped first; 0 stores none",
+    responses_store: int = option(256, "Responses API responses kept (store: true) for previous_response_id and "
+                                  "GET /v1/responses/{id}, the oldest dropped first; 0 stores none and writes nothing",
                                   parse=at_least(0), metavar="N")
+    responses_max_age_days: float = option(30.0, "days a stored response is kept", parse=days, metavar="DAYS")
+    responses_db: str | None = option(None, "SQLite file of the stored responses (default: "
+                                      "$XDG_STATE_HOME/holo-mlx/responses.sqlite3, ~/.local/state/holo-mlx/... when "
+                                      "unset; on macOS ~/Library/Application Support/holo-mlx/responses.sqlite3)",
+                                      metavar="PATH")
     default_max_tokens: int = option(4096, "max_tokens of a request that sets none; requests may ask for more, "
                                      "up to the context", parse=at_least(1))
     allowed_hosts: tuple[str, ...] = option((), "comma-separated Host names accepted besides localhost, 127.0.0.1, "
@@ -131,6 +144,14 @@ class ServerConfig:
         return {name: value or None for name, value in given.items() if value is not None}
 
     @property
+    def responses_db_path(self) -> Path:
+        return Path(self.responses_db).expanduser() if self.responses_db else default_responses_db()
+
+    @property
+    def responses_max_age_s(self) -> float:
+        return self.responses_max_age_days * 86400
+
+    @property
     def max_request_bytes(self) -> int:
         return mib(self.max_request_mb)
 
@@ -145,6 +166,16 @@ class ServerConfig:
     @property
     def vision_cache_bytes(self) -> int:
         return mib(self.vision_cache_mb)
+
+
+def default_responses_db() -> Path:
+    """Where the stored responses live by default: the per-user state folder (XDG's on Linux, as
+    platformdirs' user_state_dir puts it; Application Support on macOS)."""
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "holo-mlx" / "responses.sqlite3"
+    state = os.environ.get("XDG_STATE_HOME", "")
+    folder = Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state"  # XDG: relative is unset
+    return folder / "holo-mlx" / "responses.sqlite3"
 
 
 def flag(spec: Field) -> str:

@@ -10,6 +10,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -30,12 +31,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class Server:
     def __init__(self, *args: str, launcher: tuple[str, ...] = (sys.executable,), env: dict[str, str] | None = None):
-        """serve.py ARGS, run by `launcher` (the python here, or mlx.launch and its flags), with `env` added."""
+        """serve.py ARGS, run by `launcher` (the python here, or mlx.launch and its flags), with `env` added;
+        its stored responses in a folder of its own unless ARGS or `env` name a file."""
+        self.state = tempfile.TemporaryDirectory(prefix="holo-server-")  # never the user's own store
+        own_store = {"HOLO_RESPONSES_DB": str(Path(self.state.name) / "responses.sqlite3")}
         # stdin a pipe nobody writes to: mlx.launch polls its stdin, and spins at end of file.
         self.process = subprocess.Popen(
             [*launcher, str(ROOT / "serve.py"), "--port", "0", "--log-level", "warning", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-            start_new_session=True, env={**os.environ, **(env or {})},
+            start_new_session=True, env={**os.environ, **own_store, **(env or {})},
         )
         said = []  # ranks under mlx.launch say that they join before rank 0 prints its URL
         while (line := self.process.stdout.readline()) and not (match := re.search(r"(http://\S+)/v1", line)):
@@ -63,6 +67,7 @@ class Server:
     def stop(self) -> None:
         os.killpg(self.process.pid, signal.SIGTERM)  # its session: mlx.launch's ranks too
         self.process.wait(timeout=30)
+        self.state.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -178,7 +178,7 @@ def test_the_engine_imports_nothing_of_the_server():
 
 
 def test_a_loading_model_answers_503_with_retry_after_and_zero_steps():
-    app = create_app(ServerConfig(model="never-loaded"))  # no lifespan here: the engine never starts
+    app = create_app(ServerConfig(model="never-loaded", responses_store=0))  # no lifespan here: the engine never starts
     client = TestClient(app, base_url="http://127.0.0.1")
     response = client.post(CHAT, json={"messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 503 and response.headers["retry-after"] == "5"

@@ -14,7 +14,7 @@ OPTIONS = fields(ServerConfig)
 
 # A value to give each kind of option, and what it must parse to.
 SAMPLES = {"int": ("7", 7), "float": ("1.5", 1.5), "str": ("x", "x"), "names": ("a, b,", ("a", "b")),
-           "switch": ("1", True), "seconds": ("1.5", 1.5)}
+           "switch": ("1", True), "seconds": ("1.5", 1.5), "days": ("0.5", 0.5)}
 
 
 def sample(option) -> tuple[str, object]:
@@ -53,6 +53,7 @@ def test_the_documented_host_and_port_variables_still_work():
     ([], {"HOLO_ENABLE_DOCS": "sure"}, "HOLO_ENABLE_DOCS='sure': must be 1/0, true/false, yes/no or on/off"),
     (["--rank-timeout", "0"], {}, "argument --rank-timeout: must be a positive number of seconds, got 0"),
     (["--join-timeout", "soon"], {}, "argument --join-timeout: invalid seconds value: 'soon'"),
+    ([], {"HOLO_RESPONSES_MAX_AGE_DAYS": "0"}, "HOLO_RESPONSES_MAX_AGE_DAYS='0': must be a positive number of days"),
 ])
 def test_bad_values_exit_naming_the_flag_or_the_variable(argv, environ, message, capsys):
     with pytest.raises(SystemExit):

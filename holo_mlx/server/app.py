@@ -18,10 +18,13 @@ from .metrics import Metrics
 from .middleware import LOOPBACK_NAMES, BodyLimit, Gate, HostCheck
 from .openapi import responses, text_responses
 from .protocol import Health, ModelCard, ModelList, dump
+from .response_store import ResponseStore
 from .served import Served
 
 
 def create_app(config: ServerConfig) -> FastAPI:
+    """The app; StoreError if the response store's file cannot be used (serve.py then exits, its URL unsaid)."""
+    store = ResponseStore(config.responses_db_path, config.responses_store, config.responses_max_age_s)
     engine = Engine(config)
     metrics = Metrics(engine)
 
@@ -30,6 +33,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         engine.start()  # loads in the background: /health answers 503 "loading" meanwhile
         yield
         engine.stop()
+        store.close()
 
     # The schema pages only on request: /docs loads Swagger UI from a CDN, which fails offline.
     docs = dict(docs_url="/docs", redoc_url="/redoc", openapi_url="/openapi.json") if config.enable_docs else \
@@ -40,7 +44,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.state.image_policy = ImagePolicy(allow_remote=config.allow_remote_images,
                                          allow_local=config.allow_local_images, max_bytes=config.max_image_bytes)
     app.state.started = int(time.time())
-    app.state.responses = responses_api.ResponseStore(config.responses_store)
+    app.state.responses = store
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
     app.add_middleware(Gate, api_key=config.api_key, metrics=metrics)

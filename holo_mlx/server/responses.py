@@ -4,9 +4,6 @@ messages, reasoning as the next assistant turn's), the request becomes a chat re
 becomes output items: a thinking model's reasoning, then a message, function calls, or (with a
 computer tool, server/computer.py) computer calls."""
 
-from collections import OrderedDict
-from dataclasses import dataclass
-
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
@@ -20,44 +17,11 @@ from .openapi import API_ERRORS, responses
 from .protocol import (ChatCompletionRequest, DeletedResponse, FunctionCallItem, IncompleteDetails,
                        InputTokensDetails, OutputMessage, OutputText, OutputTokensDetails, ReasoningItem,
                        ReasoningText, ResponseEvent, ResponseObject, ResponsesRequest, ResponseUsage, dump, new_id)
+from .response_store import ResponseStore, Stored
 from .served import ready_model
 from .streaming import collect, ending_with_error_event, sse
 
 router = APIRouter()
-
-
-# --- the store ---------------------------------------------------------------------------------------
-
-@dataclass
-class Stored:
-    response: dict
-    conversation: list[dict]  # chat messages up to and including this response's answer, instructions aside
-
-
-class ResponseStore:
-    """The most recent stored responses, for previous_response_id and GET; the oldest leave first."""
-
-    def __init__(self, max_entries: int):
-        self.max_entries = max_entries
-        self.entries: OrderedDict[str, Stored] = OrderedDict()
-
-    def put(self, stored: Stored) -> None:
-        if self.max_entries == 0:
-            return
-        self.entries[stored.response["id"]] = stored
-        while len(self.entries) > self.max_entries:
-            self.entries.popitem(last=False)
-
-    def get(self, response_id: str, param: str | None = None, status: int = 404) -> Stored:
-        stored = self.entries.get(response_id)
-        if stored is None:
-            raise APIError(status, f"no stored response with id {response_id!r} (responses are kept in memory, "
-                           f"the last {self.max_entries} with store: true)", param=param, code="response_not_found")
-        return stored
-
-    def delete(self, response_id: str) -> None:
-        self.get(response_id)
-        del self.entries[response_id]
 
 
 # --- input items -> chat messages -----------------------------------------------------------------------
@@ -229,12 +193,12 @@ async def computer_turn(body: ResponsesRequest, request: Request, screen: comput
     return shaped.reply(store, reasoning + items, chunks, "stop", answer={"role": "assistant", "content": text})
 
 
-@router.get("/v1/responses/{response_id}", responses=responses(ResponseObject, 400, 401, 404, 422))
+@router.get("/v1/responses/{response_id}", responses=responses(ResponseObject, 400, 401, 404, 422, 503))
 async def get_response(response_id: str, request: Request):
     return request.app.state.responses.get(response_id).response
 
 
-@router.delete("/v1/responses/{response_id}", responses=responses(DeletedResponse, 400, 401, 404, 422))
+@router.delete("/v1/responses/{response_id}", responses=responses(DeletedResponse, 400, 401, 404, 422, 503))
 async def delete_response(response_id: str, request: Request):
     request.app.state.responses.delete(response_id)
     return dump(DeletedResponse(id=response_id))
