@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from ..coordinates import CoordinateSpace, map_answer
 from ..engine.stream import GenerationChunk
 from ..prompt import Prompt
-from ..reasoning import AfterThinking
+from ..reasoning import ThinkBlock
 from ..tool_format import ParsedCall
 from .content import ImagePolicy, to_messages
 from .errors import APIError
@@ -99,16 +99,16 @@ async def start_chat(body: ChatCompletionRequest, request: Request) -> ChatRun:
     prompt = await build_prompt(lambda: prompts.build(chat_messages(body, state.image_policy, prompts.process_image),
                                                       tools=tools.tools if tools else None, template_kwargs=kwargs),
                                 "messages")
-    thinking = prompts.think_tokens if prompt.thinking else None
-    if thinking is not None and grammar is not None:  # the reasoning stays free: the grammar holds the answer
-        grammar = AfterThinking(grammar, thinking, served.grammars.eos_token_ids, served.grammars.vocab_size)
+    # A prompt that opened a think block: the grammar holds the answer only.
+    reasoning = ThinkBlock(prompts.think_tokens, tuple(served.grammars.eos_token_ids), served.grammars.vocab_size) \
+        if prompt.thinking else None
     params = choice_params(body, lambda: sampling_params(
         body, max_tokens=body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens,
         prompt_tokens=len(prompt.input_ids), context=engine.max_model_len,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None, prompt_param="messages",
         default_max_tokens=state.config.default_max_tokens, grammar=grammar,
         vocab_size=engine.model.config.text_config.vocab_size,
-        reasoning_end=thinking.close if thinking else None), state.config.max_num_seqs)
+        reasoning=reasoning), state.config.max_num_seqs)
     asked = body.holo.map_coordinates if body.holo and body.holo.map_coordinates is not None else None
     map_coordinates = state.config.map_coordinates if asked is None else asked
     mapping = why_not_mapped(body, prompt, grammar, tools) if map_coordinates else None
