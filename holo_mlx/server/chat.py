@@ -14,11 +14,12 @@ from ..reasoning import ThinkBlock
 from ..tool_format import ParsedCall
 from .content import ImagePolicy, to_messages
 from .errors import APIError
-from .inputs import build_prompt, holo_info, reject_lone_surrogates, template_kwargs
+from .inputs import build_prompt, holo_info, reject_lone_surrogates
 from .openapi import API_ERRORS, responses
 from .protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
                        ChatCompletionRequest, ChatDelta, ChoiceLogprobs, CompletionTokensDetails, HoloInfo,
                        PromptTokensDetails, TokenLogprobEntry, Usage, dump, new_id)
+from .reasoning_fields import reasoning_controls
 from .sampling_fields import check_top_logprobs, choice_params, sampling_params
 from .schemas import requested_grammar
 from .served import MeteredGeneration, Served, ready_model
@@ -89,7 +90,7 @@ async def start_chat(body: ChatCompletionRequest, request: Request) -> ChatRun:
     check_top_logprobs(body.top_logprobs, "top_logprobs")
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-    kwargs = template_kwargs(body.chat_template_kwargs)
+    kwargs, budget = reasoning_controls(body, state.config.reasoning_budget)
     grammar = await requested_grammar(served.grammars, body)
     prompts = engine.prompts
     tools = await tool_use(body, served.grammars, prompts.tool_format, has_schema=grammar is not None)
@@ -99,9 +100,9 @@ async def start_chat(body: ChatCompletionRequest, request: Request) -> ChatRun:
     prompt = await build_prompt(lambda: prompts.build(chat_messages(body, state.image_policy, prompts.process_image),
                                                       tools=tools.tools if tools else None, template_kwargs=kwargs),
                                 "messages")
-    # A prompt that opened a think block: the grammar holds the answer only.
-    reasoning = ThinkBlock(prompts.think_tokens, tuple(served.grammars.eos_token_ids), served.grammars.vocab_size) \
-        if prompt.thinking else None
+    # A prompt that opened a think block: the budget holds the reasoning, the grammar the answer only.
+    reasoning = ThinkBlock(prompts.think_tokens, tuple(served.grammars.eos_token_ids), served.grammars.vocab_size,
+                           budget) if prompt.thinking else None
     params = choice_params(body, lambda: sampling_params(
         body, max_tokens=body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens,
         prompt_tokens=len(prompt.input_ids), context=engine.max_model_len,
