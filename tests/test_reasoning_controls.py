@@ -167,7 +167,8 @@ def test_the_servers_budget_holds_requests_that_set_none(budgeted):
     assert usage_reasoning(budgeted.chat(max_tokens=10, extra_body={"thinking_token_budget": 5})) == 6
     off = budgeted.chat(max_tokens=4, extra_body={"thinking_token_budget": 0})
     assert reasoning_of(off.choices[0].message) is None and usage_reasoning(off) == 0
-    response = budgeted.client.responses.create(model=budgeted.model, input="Hello", max_output_tokens=10, temperature=0)
+    response = budgeted.client.responses.create(model=budgeted.model, input="Hello", max_output_tokens=10,
+                                                temperature=0)
     assert response.usage.output_tokens_details.reasoning_tokens == DEFAULT_BUDGET + 1
     assert [item.type for item in response.output] == ["reasoning", "message"]
 
@@ -193,7 +194,8 @@ def test_effort_none_turns_thinking_off(thinker, effort):
     assert thinker.builder.tokenizer.decode(prompt).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert response.usage.prompt_tokens == len(prompt)
     # chat_template_kwargs win over what the effort implies.
-    on = thinker.chat(max_tokens=4, reasoning_effort=effort, extra_body={"chat_template_kwargs": {"enable_thinking": True}})
+    on = thinker.chat(max_tokens=4, reasoning_effort=effort,
+                      extra_body={"chat_template_kwargs": {"enable_thinking": True}})
     assert usage_reasoning(on) == 4
     answer = thinker.client.responses.create(model=thinker.model, input="Hello", max_output_tokens=4,
                                              reasoning={"effort": effort})
