@@ -1,5 +1,5 @@
-"""Thinking models (Holo2, a Qwen3-VL Thinking fine-tune): the reasoning their chat template opens,
-and a grammar that holds only the answer after it.
+"""Thinking models (Holo2, a Qwen3-VL Thinking fine-tune; Holo3, Qwen3.5): the reasoning their chat
+template opens, its budget, and a grammar that holds only the answer after it.
 
 Qwen3's convention: the generation prompt opens a think block (`<think>\\n`), the model writes its
 reasoning, closes it with `</think>` and a blank line, then answers. With thinking off
@@ -8,7 +8,7 @@ so the answer comes at once. Whether a prompt opened a block is read from its to
 (PromptBuilder), so a template that never writes `<think>` (Holo1.5's) has no reasoning.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mlx.core as mx
 import numpy as np
@@ -41,56 +41,100 @@ class ThinkTokens:
         return not decode(input_ids[last + 1:]).strip()
 
 
-class AfterThinking:
-    """A grammar (a response schema, or tool calls) that holds the answer only, after the reasoning.
+@dataclass(frozen=True)
+class ThinkBlock:
+    """A prompt's open think block and what holds it: at most `budget` reasoning tokens (None: no
+    limit), then the answer under `grammar` (None: free text).
 
-    The reasoning is free but for the end tokens (an answer must follow it). Then `</think>` and the
-    blank line, then the grammar. The always-closing guarantee holds with the reasoning counted in
-    max_tokens: once the budget left only just fits `</think>`, the blank line and the grammar's
-    shortest answer, `</think>` is forced (and the answer ends with finish_reason "length")."""
+    Once the budget is spent, `</think>` and the blank line are forced and the answer follows. With a
+    grammar the reasoning is free but for the end tokens (an answer must follow it), and the
+    always-closing guarantee holds with the reasoning counted in max_tokens: once the tokens left
+    only just fit `</think>`, the blank line and the grammar's shortest answer, `</think>` is forced
+    (and the answer ends with finish_reason "length")."""
 
-    def __init__(self, grammar, think: ThinkTokens, end_tokens: list[int], vocab_size: int):
-        self.grammar, self.think = grammar, think
-        self.free = np.ones(vocab_size, dtype=bool)
-        self.free[end_tokens] = False
-        self.steps = (think.close, *think.separator)  # then written one by one
+    think: ThinkTokens
+    end_tokens: tuple[int, ...]
+    vocab_size: int
+    budget: int | None = None
+    grammar: object = None  # the answer's: a Grammar, or tool calls (a constraint factory)
+
+    def holding(self, grammar) -> "ThinkBlock | None":
+        """This block with the answer's grammar; None when it would hold nothing (no budget, free text)."""
+        return None if grammar is None and self.budget is None else replace(self, grammar=grammar)
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        """What closes the block: `</think>` and the blank line."""
+        return (self.think.close, *self.think.separator)
 
     def constraint(self) -> "ThinkingThenAnswer":
         return ThinkingThenAnswer(self)
 
     def shortest_answer_tokens(self) -> int | None:
-        shortest = self.grammar.shortest_answer_tokens()
+        shortest = None if self.grammar is None else self.grammar.shortest_answer_tokens()
         return None if shortest is None else len(self.steps) + shortest
 
 
 class ThinkingThenAnswer:
-    """One request's state for AfterThinking."""
+    """One request's state for ThinkBlock."""
 
-    def __init__(self, after: AfterThinking):
-        self.after, self.answer = after, after.grammar.constraint()
-        self.shortest = after.shortest_answer_tokens()
-        self.written = 0  # tokens written of `</think>` and the blank line
-        self.forced = False  # the budget closed the reasoning
+    def __init__(self, block: ThinkBlock):
+        self.block = block
+        self.answer = None if block.grammar is None else block.grammar.constraint()
+        self.shortest = block.shortest_answer_tokens()
+        self.reasoned = 0  # reasoning tokens, `</think>` not counted
+        self.forcing: tuple[int, ...] | None = None  # the closing tokens still to write, once closing
+        self.answering = False
+        self.cut = False  # max_tokens closed the reasoning: the answer is cut short
         self.free: mx.array | None = None  # made on the engine's thread, where MLX runs
 
     @property
     def closed_early(self) -> bool:
-        return self.forced or self.answer.closed_early
+        return self.cut or (self.answer is not None and self.answer.closed_early)
+
+    def waits(self) -> bool:
+        """Whether the next mask depends on the token still in flight. A grammar's always does; free
+        reasoning and a free answer need no mask, so only the tokens around the budget's end wait."""
+        if self.answer is not None:
+            return True
+        if self.answering or self.forcing is not None:
+            return not self.answering
+        return self.block.budget is not None and self.reasoned + 1 >= self.block.budget
 
     def allowed(self, remaining: int | None = None) -> mx.array | None:
-        steps = self.after.steps
-        if self.written == len(steps):
-            return self.answer.allowed(remaining)
-        if not self.written and remaining is not None and self.shortest is not None and remaining <= self.shortest:
-            self.forced = True
-        if self.written or self.forced:
-            return mx.arange(len(self.after.free)) == steps[self.written]
+        if self.answering:
+            return None if self.answer is None else self.answer.allowed(remaining)
+        if self.forcing is None and self._spent(remaining):
+            self.forcing = self.block.steps
+        if self.forcing:
+            return mx.arange(self.block.vocab_size) == self.forcing[0]
+        if self.answer is None:
+            return None
         if self.free is None:
-            self.free = mx.array(self.after.free)
+            free = np.ones(self.block.vocab_size, dtype=bool)
+            free[list(self.block.end_tokens)] = False
+            self.free = mx.array(free)
         return self.free
 
+    def _spent(self, remaining: int | None) -> bool:
+        """Whether the reasoning must close now: its budget is spent, or max_tokens only just fits the
+        close and the grammar's shortest answer."""
+        if self.block.budget is not None and self.reasoned >= self.block.budget:
+            return True
+        self.cut = remaining is not None and self.shortest is not None and remaining <= self.shortest
+        return self.cut
+
     def advance(self, token: int) -> None:
-        if self.written == len(self.after.steps):
-            self.answer.advance(token)
-        elif self.written or token == self.after.think.close:
-            self.written += 1
+        if self.answering:
+            if self.answer is not None:
+                self.answer.advance(token)
+        elif self.forcing:
+            self.forcing = self.forcing[1:]
+            self.answering = not self.forcing
+        elif token == self.block.think.close:
+            # The model closed the block: a grammar would not allow its blank line, so it is forced;
+            # free text takes the model's own.
+            self.forcing = self.block.think.separator if self.answer is not None else ()
+            self.answering = not self.forcing
+        else:
+            self.reasoned += 1

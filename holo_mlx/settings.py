@@ -40,6 +40,17 @@ def days(text: str) -> float:
     return value
 
 
+def budget(text: str) -> int | None:
+    """A token budget: N >= 0, or -1 for none (None)."""
+    value = int(text)
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"must be -1 (no limit) or at least 0, got {value}")
+    return None if value == -1 else value
+
+
+budget.__name__ = "int"  # argparse says "invalid int value: 'x'" for text that is no number
+
+
 def names(text: str) -> tuple[str, ...]:
     """A comma-separated list: "a, b," -> ("a", "b")."""
     return tuple(name.strip() for name in text.split(",") if name.strip())
@@ -111,6 +122,9 @@ class ServerConfig:
                                       metavar="PATH")
     default_max_tokens: int = option(4096, "max_tokens of a request that sets none; requests may ask for more, "
                                      "up to the context", parse=at_least(1))
+    reasoning_budget: int | None = option(None, "most reasoning tokens of a thinking model before `</think>` is "
+                                          "forced, for requests that set no thinking_token_budget; 0: thinking off; "
+                                          "-1: no limit (default)", parse=budget)
     allowed_hosts: tuple[str, ...] = option((), "comma-separated Host names accepted besides localhost, 127.0.0.1, "
                                             "[::1] and --host; '*' accepts any (guards against DNS rebinding)",
                                             parse=names, metavar="NAMES")

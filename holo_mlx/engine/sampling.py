@@ -23,7 +23,7 @@ class SamplingParams:
     logprobs: int | None = None  # None: no logprobs; N: the chosen token's plus the top N
     min_tokens: int = 0
     ignore_eos: bool = False
-    # Per-request decoding constraint (structured output); see Constraint below.
+    # Per-request decoding constraint (structured output, a reasoning budget); see Constraint below.
     constraint: "Constraint | None" = None
     # The token that closes the think block the prompt opened (a thinking model's `</think>`): the
     # text before it is reasoning, and stop strings apply to the answer after it. None: no reasoning.
@@ -55,6 +55,9 @@ class Constraint(Protocol):
 
     def advance(self, token: int) -> None:
         """Record the token that was sampled."""
+
+    # Optional: `waits() -> bool`, whether the next mask depends on the token still in flight (the
+    # scheduler then reads it before masking). A constraint without it always waits.
 
 
 class Penalties:
@@ -124,6 +127,14 @@ class TokenChooser:
         if allowed is None:
             return self.ban if banned else None
         return allowed & self.ban if banned else allowed
+
+    def waits(self) -> bool:
+        """Whether this row's next mask needs its previous token on the host (Constraint.waits)."""
+        constraint = self.params.constraint
+        if constraint is None:
+            return False
+        waits = getattr(constraint, "waits", None)
+        return waits is None or waits()
 
     def next_key(self) -> mx.array | None:
         if self.key is None:

@@ -206,7 +206,7 @@ class Scheduler:
             states = [c.state for c in self.prefilling.cache] if self.prefilling is not None else []
             if not sampled:  # a prefill chunk alone (its hidden state too: a pipeline stage sends it)
                 self._queue(hidden, states)
-            elif any(s.params.constraint is not None for s in sampled):
+            elif any(s.chooser.waits() for s in sampled):
                 # A grammar's next mask needs the previous token on the host: the pass runs meanwhile.
                 logits = self._logits(hidden, finishing)
                 self._queue(logits, states)

@@ -10,15 +10,16 @@ from fastapi.responses import StreamingResponse
 from ..coordinates import CoordinateSpace, map_answer
 from ..engine.stream import GenerationChunk
 from ..prompt import Prompt
-from ..reasoning import AfterThinking
+from ..reasoning import ThinkBlock
 from ..tool_format import ParsedCall
 from .content import ImagePolicy, to_messages
 from .errors import APIError
-from .inputs import build_prompt, holo_info, reject_lone_surrogates, template_kwargs
+from .inputs import build_prompt, holo_info, reject_lone_surrogates
 from .openapi import API_ERRORS, responses
 from .protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
                        ChatCompletionRequest, ChatDelta, ChoiceLogprobs, CompletionTokensDetails, HoloInfo,
                        PromptTokensDetails, TokenLogprobEntry, Usage, dump, new_id)
+from .reasoning_fields import reasoning_controls
 from .sampling_fields import check_top_logprobs, choice_params, sampling_params
 from .schemas import requested_grammar
 from .served import MeteredGeneration, Served, ready_model
@@ -89,7 +90,7 @@ async def start_chat(body: ChatCompletionRequest, request: Request) -> ChatRun:
     check_top_logprobs(body.top_logprobs, "top_logprobs")
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-    kwargs = template_kwargs(body.chat_template_kwargs)
+    kwargs, budget = reasoning_controls(body, state.config.reasoning_budget)
     grammar = await requested_grammar(served.grammars, body)
     prompts = engine.prompts
     tools = await tool_use(body, served.grammars, prompts.tool_format, has_schema=grammar is not None)
@@ -99,16 +100,16 @@ async def start_chat(body: ChatCompletionRequest, request: Request) -> ChatRun:
     prompt = await build_prompt(lambda: prompts.build(chat_messages(body, state.image_policy, prompts.process_image),
                                                       tools=tools.tools if tools else None, template_kwargs=kwargs),
                                 "messages")
-    thinking = prompts.think_tokens if prompt.thinking else None
-    if thinking is not None and grammar is not None:  # the reasoning stays free: the grammar holds the answer
-        grammar = AfterThinking(grammar, thinking, served.grammars.eos_token_ids, served.grammars.vocab_size)
+    # A prompt that opened a think block: the budget holds the reasoning, the grammar the answer only.
+    reasoning = ThinkBlock(prompts.think_tokens, tuple(served.grammars.eos_token_ids), served.grammars.vocab_size,
+                           budget) if prompt.thinking else None
     params = choice_params(body, lambda: sampling_params(
         body, max_tokens=body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens,
         prompt_tokens=len(prompt.input_ids), context=engine.max_model_len,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None, prompt_param="messages",
         default_max_tokens=state.config.default_max_tokens, grammar=grammar,
         vocab_size=engine.model.config.text_config.vocab_size,
-        reasoning_end=thinking.close if thinking else None), state.config.max_num_seqs)
+        reasoning=reasoning), state.config.max_num_seqs)
     asked = body.holo.map_coordinates if body.holo and body.holo.map_coordinates is not None else None
     map_coordinates = state.config.map_coordinates if asked is None else asked
     mapping = why_not_mapped(body, prompt, grammar, tools) if map_coordinates else None

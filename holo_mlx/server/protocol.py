@@ -1,8 +1,8 @@
 """OpenAI-compatible request and response types, fields in the OpenAI reference's order.
 
 Unknown request fields are accepted (clients send many) and logged, never silently relied on.
-Extensions (vLLM's top_k / min_tokens / ignore_eos / chat_template_kwargs, the reasoning of thinking
-models, Holo's image part and resize report) are marked as such.
+Extensions (vLLM's top_k / min_tokens / ignore_eos / chat_template_kwargs / thinking_token_budget, the
+reasoning of thinking models, Holo's image part and resize report) are marked as such.
 """
 
 import logging
@@ -178,8 +178,12 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = None
     top_logprobs: int | None = None
     holo: HoloOptions | None = None
-    # Extension (vLLM): more chat template variables, e.g. {"enable_thinking": false}. Any JSON here:
-    # inputs.template_kwargs answers a non-object with a 400 naming it.
+    # The next three take any JSON: server/reasoning_fields.py answers a bad value with a 400 naming it.
+    # OpenAI's: "none" turns thinking off, a level reaches the chat template as `reasoning_effort`.
+    reasoning_effort: Any = None
+    # Extension (vLLM): the most reasoning tokens before `</think>` is forced (None: --reasoning-budget).
+    thinking_token_budget: Any = None
+    # Extension (vLLM): more chat template variables, e.g. {"enable_thinking": false}.
     chat_template_kwargs: Any = None
 
 
@@ -466,6 +470,14 @@ class ResponseText(Request):
     verbosity: str | None = None  # a hint for OpenAI's models; nothing to honour here
 
 
+class ReasoningOptions(Request):
+    """The Responses API's `reasoning`."""
+
+    effort: Any = None  # as chat completions' reasoning_effort
+    summary: str | None = None  # the reasoning comes whole (a reasoning item's text): no summaries
+    generate_summary: str | None = None  # summary's older name
+
+
 class ResponsesRequest(Request):
     """POST /v1/responses. Input items are checked one by one (server/responses.py), so a bad one
     is named by its index."""
@@ -487,6 +499,8 @@ class ResponsesRequest(Request):
     include: list[str] | None = None
     truncation: Literal["auto", "disabled"] | None = None
     user: str | None = None
+    reasoning: ReasoningOptions | None = None
+    thinking_token_budget: Any = None  # extension, as in chat completions
     chat_template_kwargs: Any = None  # extension, as in chat completions
 
 
@@ -583,6 +597,7 @@ class ResponseObject(BaseModel):
     metadata: dict[str, str] = {}
     usage: ResponseUsage | None = None
     user: str | None = None
+    reasoning: dict[str, Any] | None = None  # the request's effort and summary, echoed
 
 
 class ResponseEvent(BaseModel):

@@ -14,6 +14,7 @@ from . import computer
 from .chat import ChatRun, reasoning_tokens, start_chat
 from .errors import APIError
 from .openapi import API_ERRORS, responses
+from .reasoning_fields import effort_of
 from .protocol import (ChatCompletionRequest, DeletedResponse, FunctionCallItem, IncompleteDetails,
                        InputTokensDetails, OutputMessage, OutputText, OutputTokensDetails, ReasoningItem,
                        ReasoningText, ResponseEvent, ResponseObject, ResponsesRequest, ResponseUsage, dump, new_id)
@@ -134,7 +135,10 @@ def chat_request(body: ResponsesRequest, conversation: list[dict], tools: list[d
               "temperature": body.temperature, "top_p": body.top_p, "stream": body.stream,
               "tools": tools, "tool_choice": chat_tool_choice(body.tool_choice) if tools else None,
               "parallel_tool_calls": True if body.parallel_tool_calls is None else body.parallel_tool_calls,
-              "response_format": schema, "chat_template_kwargs": body.chat_template_kwargs}
+              "response_format": schema, "chat_template_kwargs": body.chat_template_kwargs,
+              # Checked here too, so that a bad effort is named as this request has it.
+              "reasoning_effort": effort_of(body.reasoning.effort, "reasoning.effort") if body.reasoning else None,
+              "thinking_token_budget": body.thinking_token_budget}
     try:
         return ChatCompletionRequest.model_validate({key: value for key, value in fields.items() if value is not None})
     except ValidationError as error:
@@ -215,6 +219,7 @@ class Shaped:
             tool_choice=body.tool_choice or "auto", tools=body.tools or [], store=body.store,
             parallel_tool_calls=True if body.parallel_tool_calls is None else body.parallel_tool_calls,
             previous_response_id=body.previous_response_id, metadata=body.metadata or {}, user=body.user,
+            reasoning=body.reasoning.model_dump(include={"effort", "summary"}) if body.reasoning else None,
             text={"format": body.text.format.model_dump(by_alias=True, exclude_none=True)}
             if body.text and body.text.format else {"format": {"type": "text"}})
 

@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 from ..constrain import Grammar
 from ..engine.sampling import SamplingParams
+from ..reasoning import ThinkBlock
 from .errors import APIError
 from .protocol import SamplingFields
 from .schemas import check_answer_fits
@@ -13,11 +14,11 @@ from .schemas import check_answer_fits
 def sampling_params(body: SamplingFields, *, max_tokens: int | None, prompt_tokens: int, context: int,
                     logprobs: int | None, prompt_param: str, default_max_tokens: int,
                     grammar: Grammar | None = None, vocab_size: int | None = None,
-                    reasoning_end: int | None = None) -> SamplingParams:
-    """Validated sampling settings for one sequence; with a grammar, its own constraint. Without
-    max_tokens a request gets the server's default, capped by what is left of the context.
-    vocab_size bounds logit_bias's token ids: a caller whose body may carry logit_bias passes it.
-    reasoning_end: the `</think>` of a prompt that opened a think block (SamplingParams')."""
+                    reasoning: ThinkBlock | None = None) -> SamplingParams:
+    """Validated sampling settings for one sequence; with a grammar or a reasoning budget, its own
+    constraint. Without max_tokens a request gets the server's default, capped by what is left of
+    the context. vocab_size bounds logit_bias's token ids: a caller whose body may carry logit_bias
+    passes it. reasoning: the think block the prompt opened (the grammar then holds the answer only)."""
     if grammar is not None and (body.ignore_eos or body.min_tokens):
         # The grammar decides where the answer ends; holding back the end would break the JSON.
         raise APIError(400, "ignore_eos and min_tokens cannot be combined with a response schema",
@@ -35,7 +36,8 @@ def sampling_params(body: SamplingFields, *, max_tokens: int | None, prompt_toke
         raise APIError(400, f"this model's context is {context} tokens; you asked for {prompt_tokens + max_tokens} "
                        f"({prompt_tokens} in the prompt, {max_tokens} to generate)", param="max_tokens",
                        code="context_length_exceeded")
-    check_answer_fits(grammar, max_tokens)
+    decoding = grammar if reasoning is None else reasoning.holding(grammar)
+    check_answer_fits(decoding, max_tokens)
     temperature = 1.0 if body.temperature is None else body.temperature
     if not 0 <= temperature <= 2:
         raise APIError(400, f"temperature must be in [0, 2], got {temperature}", param="temperature")
@@ -61,7 +63,8 @@ def sampling_params(body: SamplingFields, *, max_tokens: int | None, prompt_toke
     return SamplingParams(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=max(top_k, 0), seed=seed,
         stop=stop, logprobs=logprobs, min_tokens=body.min_tokens, ignore_eos=body.ignore_eos,
-        constraint=grammar.constraint() if grammar is not None else None, reasoning_end=reasoning_end,
+        constraint=decoding.constraint() if decoding is not None else None,
+        reasoning_end=reasoning.think.close if reasoning is not None else None,
         presence_penalty=_penalty(body.presence_penalty, "presence_penalty"),
         frequency_penalty=_penalty(body.frequency_penalty, "frequency_penalty"),
         repetition_penalty=repetition_penalty, logit_bias=_logit_bias(body.logit_bias or {}, vocab_size),
