@@ -7,6 +7,7 @@ holo3-moe-tiny, served under the name the holo CLI's local mode uses, the cheap 
 
 import json
 
+import httpx
 import numpy as np
 import pytest
 
@@ -290,3 +291,14 @@ def test_the_next_turn_resumes_after_the_last_screenshot_and_answers_as_a_cold_s
         assert resumed.token == fresh.token and abs(resumed.logprob - fresh.logprob) < 1e-4
         assert [top.token for top in resumed.top_logprobs] == [top.token for top in fresh.top_logprobs]
 
+
+# --- the holo CLI's local mode ---------------------------------------------------------------------
+
+def test_the_holo_cli_finds_the_server_by_the_name_it_sends(moe_server):
+    # The runtime behind `holo run --base-url URL --model NAME` probes URL/health, then chats as NAME
+    # (hcompai/holo-desktop-cli's local-mode contract test); NAME may hold a slash.
+    assert httpx.get(f"{moe_server.url}/v1/health", timeout=30).json()["status"] == "ready"
+    client = moe_server.client()
+    assert [model.id for model in client.models.list().data] == [MOE] and client.models.retrieve(MOE).id == MOE
+    response = client.chat.completions.create(model=MOE, messages=ASK, max_tokens=2)
+    assert response.model == MOE
