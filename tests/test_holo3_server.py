@@ -5,18 +5,20 @@ call history, LangChain and openai-agents driving tools, and an agent's next tur
 prefix cache with the tokens a cold server gives. The dense holo3-tiny runs everything; the MoE
 holo3-moe-tiny, served under the name the holo CLI's local mode uses, the cheap core."""
 
+import base64
 import json
 
 import httpx
 import numpy as np
 import pytest
 
-from holo_mlx.agent import holo2_localization_prompt, holo2_localization_schema
+from holo_mlx.agent import EVICTED, evict_screenshots, holo2_localization_prompt, holo2_localization_schema
 from holo_mlx.coordinates import NORMALIZED_1000, map_point
 from holo_mlx.folders import read_config
 from holo_mlx.prompt import PromptBuilder
 from holo_mlx.testing import synthetic_screenshot
 from test_agents import agents_model, langchain_required_clicks, run_click_agent
+from test_hybrid import common_prefix
 from test_server import data_url, error_of, image_message
 from test_tools import ASK, CLICK, HISTORY, TYPE, assert_valid_calls, internal, streamed_calls
 
@@ -291,6 +293,42 @@ def test_the_next_turn_resumes_after_the_last_screenshot_and_answers_as_a_cold_s
         assert resumed.token == fresh.token and abs(resumed.logprob - fresh.logprob) < 1e-4
         assert [top.token for top in resumed.top_logprobs] == [top.token for top in fresh.top_logprobs]
 
+
+
+def builder_messages(messages: list[dict]) -> list[dict]:
+    """Chat messages as the prompt builder takes them: data URLs decoded to the image's bytes."""
+    def part(item):
+        if item["type"] == "image_url":
+            return {"type": "image", "image": base64.b64decode(item["image_url"]["url"].partition(",")[2])}
+        return item
+    return [{**message, "content": [part(item) for item in message["content"]]}
+            if isinstance(message["content"], list) else message for message in messages]
+
+
+def test_an_agent_loop_keeping_three_screenshots_resumes_each_step_where_it_parts_from_the_last(client, builder):
+    # Hcompany's loop keeps the 3 latest screenshots, so from the 4th step on each step's prompt parts
+    # from the previous one inside an earlier observation: the turns before it are still cached.
+    kwargs = dict(model=DENSE, max_tokens=2, temperature=0, extra_body=NO_THINKING)
+    opening = builder.tokenizer.encode("<|im_start|>user\n")
+    history, previous = [{"role": "system", "content": "You are Holo, a GUI agent. " * 8}], None
+    for step in range(5):
+        history.append({"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": screenshot(96, 64, seed=step)}},
+            {"type": "text", "text": f"Step {step}: what now?"}]})
+        sent = evict_screenshots(history)
+        response = client.chat.completions.create(messages=sent, **kwargs)
+        assert len(response.model_extra["holo"]["images"]) == min(step + 1, 3)
+        ids = builder.build(builder_messages(sent), template_kwargs=NO_THINKING["chat_template_kwargs"]).input_ids
+        assert response.usage.prompt_tokens == len(ids) and sum(EVICTED in str(message) for message in sent) == \
+            max(0, step - 2)
+        if previous is not None:
+            shared = common_prefix(previous, ids)
+            # At least up to the content of the last user turn that opens within what the two share.
+            opened = max(start + len(opening) for start in range(shared - len(opening) + 1)
+                         if ids[start:start + len(opening)] == opening)
+            assert response.usage.prompt_tokens_details.cached_tokens >= opened, step
+        history.append({"role": "assistant", "content": response.choices[0].message.content})
+        previous = ids
 
 # --- the holo CLI's local mode ---------------------------------------------------------------------
 
