@@ -184,7 +184,7 @@ def test_embeddings_of_text_and_a_screenshot(server, client, holo3_checkpoint):
 def test_required_calls_come_after_the_reasoning_whole_and_streamed(served):
     server, model = served
     client = server.client()
-    kwargs = dict(model=model, messages=ASK, tools=[CLICK, TYPE], tool_choice="required", max_tokens=60,
+    kwargs = dict(model=model, messages=ASK, tools=[CLICK, TYPE], tool_choice="required", max_tokens=48,
                   temperature=0)
     choice = client.chat.completions.create(**kwargs).choices[0]
     # The reasoning runs until only the shortest call still fits, then the grammar writes the call.
@@ -196,7 +196,7 @@ def test_required_calls_come_after_the_reasoning_whole_and_streamed(served):
 
 
 def test_a_named_call_comes_after_the_reasoning_whole_and_streamed(client):
-    kwargs = dict(model=DENSE, messages=ASK, tools=[CLICK, TYPE], parallel_tool_calls=False, max_tokens=60,
+    kwargs = dict(model=DENSE, messages=ASK, tools=[CLICK, TYPE], parallel_tool_calls=False, max_tokens=48,
                   temperature=0, tool_choice={"type": "function", "function": {"name": "type_text"}})
     choice = client.chat.completions.create(**kwargs).choices[0]
     assert reasoning_of(choice.message) and [call.function.name for call in choice.message.tool_calls] == ["type_text"]
@@ -261,13 +261,15 @@ def test_openai_agents_calls_a_function_tool_through_chat_completions(server):
 # --- an agent's next turn --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def cold_servers(shared_server, holo3_checkpoint, holo3_moe_checkpoint):
-    """The same models without a prefix cache: every prompt prefilled from its first token."""
-    return {name: shared_server("--model", str(checkpoint), "--served-model-name", name, "--prefix-cache-mb", "0")
-            for name, checkpoint in ((DENSE, holo3_checkpoint), (MOE, holo3_moe_checkpoint))}
+def cold_server(shared_server, holo3_checkpoint, holo3_moe_checkpoint):
+    """`cold_server(name)`: that model without a prefix cache (every prompt prefilled from its first
+    token), started on first use."""
+    checkpoints = {DENSE: holo3_checkpoint, MOE: holo3_moe_checkpoint}
+    return lambda name: shared_server("--model", str(checkpoints[name]), "--served-model-name", name,
+                                      "--prefix-cache-mb", "0")
 
 
-def test_the_next_turn_resumes_after_the_last_screenshot_and_answers_as_a_cold_server(served, cold_servers, builder):
+def test_the_next_turn_resumes_after_the_last_screenshot_and_answers_as_a_cold_server(served, cold_server, builder):
     server, model = served
     client = server.client()
     # Thinking off so the answer is content (the template drops past reasoning anyway); greedy.
@@ -280,7 +282,7 @@ def test_the_next_turn_resumes_after_the_last_screenshot_and_answers_as_a_cold_s
              {"role": "user", "content": [{"type": "image_url", "image_url": {"url": screenshot(300, 250, seed=2)}},
                                           {"type": "text", "text": "Now close it."}]}]
     warm = client.chat.completions.create(messages=turn, **kwargs)
-    cold = cold_servers[model].client().chat.completions.create(messages=turn, **kwargs)
+    cold = cold_server(model).client().chat.completions.create(messages=turn, **kwargs)
     # The first turn's prompt without its generation prompt: the system turn, the screenshot and the text.
     opening = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
     plain = builder.build([{"role": "user", "content": "x"}], template_kwargs=NO_THINKING["chat_template_kwargs"])
