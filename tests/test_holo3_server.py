@@ -1,8 +1,9 @@
 """Holo3 (the Qwen3.5 hybrid) through the real server end to end, on random weights: chat whole and
 streamed, a screenshot off the 32-pixel grid, the Responses API, /v1/localize, computer use,
 embeddings, thinking followed by XML tool calls (auto, required, named; whole and streamed), a tool
-call history, LangChain and openai-agents driving tools, and an agent's next turn resumed from the
-prefix cache with the tokens a cold server gives. The dense holo3-tiny runs everything; the MoE
+call history, LangChain and openai-agents driving tools, an agent's next turn resumed from the prefix
+cache with the tokens a cold server gives, an agent loop that keeps its 3 latest screenshots, and the
+name and health check the holo CLI uses. The dense holo3-tiny runs everything; the MoE
 holo3-moe-tiny, served under the name the holo CLI's local mode uses, the cheap core."""
 
 import base64
@@ -19,6 +20,7 @@ from holo_mlx.prompt import PromptBuilder
 from holo_mlx.testing import synthetic_screenshot
 from test_agents import agents_model, langchain_required_clicks, run_click_agent
 from test_hybrid import common_prefix
+from test_reasoning import reasoning_of
 from test_server import data_url, error_of, image_message
 from test_tools import ASK, CLICK, HISTORY, TYPE, assert_valid_calls, internal, streamed_calls
 
@@ -53,10 +55,6 @@ def builder(holo3_checkpoint):
 
 def token_id(builder, token: str) -> int:
     return builder.tokenizer.convert_tokens_to_ids(token)
-
-
-def reasoning_of(message) -> str | None:
-    return message.model_extra["reasoning_content"]
 
 
 def screenshot(width: int = 333, height: int = 217, seed: int = 0) -> str:
