@@ -8,9 +8,11 @@ constrained decoding makes the answer parse into that model:
 
 Localization follows the Holo1.5 model card (`ClickAbsoluteAction`, pixels of the resized
 screenshot) and, for Holo2, Hcompany's element-localization guide (`VisualLocalizerOutput`, 0-1000
-on each axis). Navigation follows Surfer-H, Hcompany's web agent built on the Holo models: one step is
-a thought, notes, and one action; element actions carry the element's description and its click
-position.
+on each axis); Hcompany asks Holo3 and Holo3.1 with the same instruction and schema
+(hub.hcompany.ai/element-localization). Navigation follows Surfer-H, Hcompany's web agent built on the
+Holo models: one step is a thought, notes, and one action; element actions carry the element's
+description and its click position. For an agent loop on Holo3 (hub.hcompany.ai/agent-loop),
+`evict_screenshots` keeps a conversation within its image budget.
 """
 
 import json
@@ -205,3 +207,41 @@ def navigation_prompt(schema: dict) -> str:
 def navigation_state(task: str, previous_actions: list[str]) -> str:
     """The user turn's text beside the screenshot."""
     return json.dumps({"task": task, "previous_actions": previous_actions})
+
+
+# --- the image budget of an agent loop ----------------------------------------------------------------
+
+MAX_IMAGES_PER_REQUEST = 5  # what Hcompany's Models API takes in one request (hub.hcompany.ai/models)
+SCREENSHOTS_KEPT = 3  # the latest screenshots Hcompany's Holo3 agent loop keeps in its history
+EVICTED = "[screenshot evicted]"  # what an older screenshot's place says instead
+# An image part, and the text part that takes its place: chat completions' (OpenAI's and Holo's own
+# image part) and the Responses API's.
+EVICTED_PART = {"image_url": "text", "image": "text", "input_image": "input_text"}
+
+
+def evict_screenshots(messages: list[dict], keep: int = SCREENSHOTS_KEPT) -> list[dict]:
+    """The messages with only their `keep` latest images: each older image part is replaced, in place,
+    by the text part `[screenshot evicted]`, so every turn keeps its layout and the model still sees
+    that a screenshot was there. The messages given are left as they are.
+
+    Hcompany's Holo3 harness keeps the 3 latest screenshots (its models take at most 5 images a
+    request). On a server with a prefix cache, a step that evicts one re-reads the conversation from
+    that screenshot on: the prompt before it is the only prefix the previous step's prompt shares.
+    """
+    if not 0 <= keep <= MAX_IMAGES_PER_REQUEST:
+        raise ValueError(f"keep must be in [0, {MAX_IMAGES_PER_REQUEST}] (images a request takes), got {keep}")
+    seen, evicted = 0, []
+    for message in reversed(messages):
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in reversed(content):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind in EVICTED_PART:
+                    seen += 1
+                    if seen > keep:
+                        part = {"type": EVICTED_PART[kind], "text": EVICTED}
+                parts.append(part)
+            message = {**message, "content": parts[::-1]}
+        evicted.append(message)
+    return evicted[::-1]

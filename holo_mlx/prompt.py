@@ -128,9 +128,7 @@ class PromptBuilder:
         if self.mark_message_ends and self.tokenizer.is_fast:
             encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
             ids = encoded["input_ids"]
-            message_ends = self._message_ends(text, encoded["offset_mapping"],
-                                              lambda count: render(template_messages[:count], False),
-                                              len(template_messages))
+            message_ends = self._message_ends(text, encoded["offset_mapping"], render, template_messages)
         else:
             ids = self.tokenizer.encode(text, add_special_tokens=False)
         thinking = add_generation_prompt and self.think_tokens is not None \
@@ -138,18 +136,21 @@ class PromptBuilder:
         return self._expand(ids, images, thinking, message_ends)
 
     @staticmethod
-    def _message_ends(text: str, offsets: list[tuple[int, int]], render_first, count: int) -> list[int]:
-        """Token counts at which the rendering of the first 1, 2, ... messages ends, where that
-        rendering is a prefix of the whole prompt's `text` ending on a token boundary."""
+    def _message_ends(text: str, offsets: list[tuple[int, int]], render, messages: list[dict]) -> list[int]:
+        """Token counts at which the first 1, 2, ... messages end in the prompt's `text`, where the
+        rendering of those messages alone is a prefix of `text` ending on a token boundary.
+
+        A template may refuse them alone (Qwen3.5's, with no user turn yet) or write them otherwise
+        when they end the conversation (Qwen3.5 gives a last assistant turn an empty think block):
+        then the count is where a user turn after them starts its content, which a later prompt
+        with the same first messages shares too (a system prompt; an agent's earlier steps)."""
         token_ends = {end: index + 1 for index, (_, end) in enumerate(offsets)}
         ends = []
-        for number in range(1, count + 1):
-            try:
-                prefix = render_first(number)
-            except Exception:  # a template may refuse a history that ends early (no user turn yet): no boundary
-                continue
-            if text.startswith(prefix) and len(prefix) in token_ends:
-                ends.append(token_ends[len(prefix)])
+        for number in range(1, len(messages) + 1):
+            for head in _rendered_heads(render, messages[:number]):
+                if text.startswith(head) and len(head) in token_ends:
+                    ends.append(token_ends[len(head)])
+                    break
         return ends
 
     def build_text(self, text: str) -> Prompt:
@@ -202,3 +203,23 @@ class PromptBuilder:
         moved[len(ids)] = len(expanded)
         return Prompt(input_ids=expanded, images=images, thinking=thinking,
                       message_ends=[moved[end] for end in message_ends])
+
+
+# A user turn's text, to find where the template starts a user turn's content after some messages.
+PROBE = "holo-mlx: where a user turn's content starts"
+
+
+def _rendered_heads(render, history: list[dict]) -> list[str]:
+    """What a conversation starting with `history` may begin with: its rendering alone, and its
+    rendering up to the content of a user turn after it."""
+    heads = []
+    for messages, cut in ((history, None), (history + [{"role": "user", "content": PROBE}], PROBE)):
+        try:
+            rendered = render(messages, False)
+        except Exception:  # a template may refuse a history that ends early (no user turn yet)
+            continue
+        if cut is None:
+            heads.append(rendered)
+        elif cut in rendered:
+            heads.append(rendered[:rendered.rindex(cut)])
+    return heads

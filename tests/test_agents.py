@@ -28,7 +28,9 @@ def screenshot_png(width: int, height: int) -> bytes:
 
 # --- LangChain --------------------------------------------------------------------------------------
 
-def test_langchain_bind_tools_with_tool_choice_required(server):
+def langchain_required_clicks(server, model: str = "holo-tiny", max_tokens: int = 80) -> list[dict]:
+    """LangChain's ChatOpenAI with a `click` tool bound, tool_choice required: its calls, each checked
+    against the schema LangChain sent (which allows other keys besides x and y)."""
     from langchain_core.tools import tool
     from langchain_openai import ChatOpenAI
 
@@ -37,13 +39,18 @@ def test_langchain_bind_tools_with_tool_choice_required(server):
         """Click a point of the screen."""
         return "clicked"
 
-    llm = ChatOpenAI(model="holo-tiny", base_url=f"{server.url}/v1", api_key="none", max_tokens=80, max_retries=0)
+    llm = ChatOpenAI(model=model, base_url=f"{server.url}/v1", api_key="none", max_tokens=max_tokens, max_retries=0)
     message = llm.bind_tools([click], tool_choice="required").invoke("Click the OK button")
     assert message.tool_calls and not message.invalid_tool_calls
-    for call in message.tool_calls:  # the schema LangChain sent allows other keys besides x and y
+    for call in message.tool_calls:
         assert call["name"] == "click"
         jsonschema.validate(call["args"], click.tool_call_schema.model_json_schema())
         assert isinstance(call["args"]["x"], int) and isinstance(call["args"]["y"], int)
+    return message.tool_calls
+
+
+def test_langchain_bind_tools_with_tool_choice_required(server):
+    langchain_required_clicks(server)
 
 
 def test_langchain_structured_output_by_function_calling(server):
@@ -61,15 +68,19 @@ def test_langchain_structured_output_by_function_calling(server):
 
 # --- openai-agents ----------------------------------------------------------------------------------
 
-def agents_model(server):
-    from agents import OpenAIResponsesModel
+def agents_model(server, model: str = "holo-tiny", chat_completions: bool = False):
+    """openai-agents' model on the server: its default Responses path, or Chat Completions."""
+    from agents import OpenAIChatCompletionsModel, OpenAIResponsesModel
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
-    return OpenAIResponsesModel(model="holo-tiny", openai_client=client)
+    kind = OpenAIChatCompletionsModel if chat_completions else OpenAIResponsesModel
+    return kind(model=model, openai_client=client)
 
 
-def test_openai_agents_runs_a_function_tool_on_the_responses_path(server):
+def run_click_agent(model, max_tokens: int = 60) -> tuple[list, object]:
+    """An Agent with a `click` function tool, tool_choice required (random weights would never choose a
+    tool) and the tool's result as the answer: the calls it made and the run's result."""
     from agents import Agent, ModelSettings, Runner, function_tool
 
     calls = []
@@ -80,13 +91,17 @@ def test_openai_agents_runs_a_function_tool_on_the_responses_path(server):
         calls.append((x, y))
         return "clicked"
 
-    # Required (random weights would never choose a tool), and the tool's result is the answer.
-    agent = Agent(name="holo", instructions="You click buttons.", model=agents_model(server), tools=[click],
-                  model_settings=ModelSettings(tool_choice="required", max_tokens=60),
+    agent = Agent(name="holo", instructions="You click buttons.", model=model, tools=[click],
+                  model_settings=ModelSettings(tool_choice="required", max_tokens=max_tokens),
                   tool_use_behavior="stop_on_first_tool")
     result = asyncio.run(Runner.run(agent, "Click OK", max_turns=2))
     assert calls and all(isinstance(x, int) and isinstance(y, int) for x, y in calls)
     assert result.final_output == "clicked"
+    return calls, result
+
+
+def test_openai_agents_runs_a_function_tool_on_the_responses_path(server):
+    run_click_agent(agents_model(server))
 
 
 def test_openai_agents_drives_a_computer_tool_loop(server):

@@ -23,6 +23,7 @@ from holo_mlx.models.base import Span
 from holo_mlx.models.cache import KVLayerCache, RecurrentLayerCache
 from holo_mlx.models.qwen2_5_vl.weights import to_mlx_name
 from holo_mlx.models.qwen3_5.language import SharedExpertMoeBlock
+from holo_mlx.prompt import PromptBuilder
 from holo_mlx.testing import holo3_published_config, qwen3_5_tiktoken, qwen3_5_tokenizer_dir, synthetic_screenshot
 from test_convert import copy_checkpoint
 from test_distributed import generated
@@ -165,6 +166,20 @@ def test_its_layers_keep_recurrent_state_and_kv(loaded):
     assert kinds == [RecurrentLayerCache] * 3 + [KVLayerCache, RecurrentLayerCache]
     assert builder.mark_message_ends  # the prompt builder marks where messages end, for its snapshots
 
+
+
+def test_its_prompts_mark_where_each_earlier_message_ends_or_the_next_user_turn_starts(holo3_checkpoint):
+    # Qwen3.5's template refuses a history without a user turn and gives a last assistant turn an empty
+    # think block: after those, the snapshot is taken where the next user turn's content starts, which
+    # a later prompt with the same system prompt or the same earlier steps shares too.
+    builder = PromptBuilder.from_pretrained(holo3_checkpoint, mark_message_ends=True)
+    prompt = builder.build([{"role": "system", "content": "You are Holo."},
+                            user("Open the settings.", synthetic_screenshot(96, 64, 1)),
+                            {"role": "assistant", "content": "Done."}, user("Now close it.")])
+    heads = [builder.tokenizer.decode(prompt.input_ids[:end]) for end in prompt.message_ends]
+    ends = ["You are Holo.<|im_end|>\n<|im_start|>user\n", "Open the settings.<|im_end|>\n",
+            "Done.<|im_end|>\n<|im_start|>user\n", "Now close it.<|im_end|>\n"]
+    assert len(heads) == len(ends) and all(head.endswith(end) for head, end in zip(heads, ends))
 
 def test_a_prompt_prefilled_in_chunks_through_its_caches_equals_one_pass(loaded):
     """Chunks shorter and longer than the convolution's kernel, one across the image: each layer's

@@ -11,7 +11,6 @@ import pytest
 from holo_mlx.prompt import PromptBuilder
 from holo_mlx.tool_format import parse
 from holo_mlx.tool_format_xml import XML, read_call
-from test_server import Server
 from test_tools import ASK, CLICK, HISTORY, SCHEMAS, TYPE, internal, streamed_calls
 
 NOTE = {"type": "function", "function": {"name": "note", "parameters": {
@@ -120,15 +119,8 @@ def test_what_is_not_a_call_to_the_tools_stays_text(body):
 # --- the server ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def server(holo3_checkpoint):
-    running = Server("--model", str(holo3_checkpoint), "--served-model-name", "holo3-tiny")
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return server.client()
+def server(shared_server, holo3_checkpoint):
+    return shared_server("--model", str(holo3_checkpoint), "--served-model-name", "holo3-tiny")
 
 
 def assert_valid_calls(calls, names):

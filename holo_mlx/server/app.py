@@ -54,7 +54,9 @@ def create_app(config: ServerConfig) -> FastAPI:
     async def metrics_page():
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    # /v1/health too: the holo CLI's runtime probes its --base-url's /health (hcompai/holo-desktop-cli).
     @app.get("/health", responses={**responses(Health, 400), 503: {"model": Health}})
+    @app.get("/v1/health", responses={**responses(Health, 400, 401), 503: {"model": Health}})
     async def health():
         body = {"status": engine.status, "model": config.model_name, "model_path": config.model,
                 "device": device_name(), "dtype": engine.dtype, **image_limits(engine),

@@ -92,12 +92,27 @@ class ToolCall(BaseModel):
     function: FunctionCall
 
 
+class CalledFunction(Request):
+    """A function an earlier assistant turn called, in a request's history."""
+
+    name: str
+    # JSON text as OpenAI sends it, or the object itself as some clients send it: Qwen's templates take
+    # either (Holo3's iterates the object's items), so both reach the prompt alike.
+    arguments: str | dict[str, Any]
+
+
+class CalledTool(Request):
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     # Parts are checked one by one (content.to_parts), so a bad one is named by its own index.
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
-    tool_calls: list[ToolCall] | None = None  # assistant
+    tool_calls: list[CalledTool] | None = None  # assistant
     tool_call_id: str | None = None  # tool
     # Extension: an assistant turn's reasoning, as this server returns it (vLLM's newer name accepted too).
     reasoning_content: str | None = Field(None, validation_alias=AliasChoices("reasoning_content", "reasoning"))

@@ -26,7 +26,7 @@ FAMILY = Family(
     quantizable=quantizable, float32_weights=FLOAT32_WEIGHTS, unrun_prefixes=(DRAFT_HEAD,),
     image_processor=partial(ImageProcessorConfig.from_pretrained, defaults=PROCESSOR),
     image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
-    # Holo2's instruction and schema until Holo3's own are known.
+    # Hcompany asks Holo3 and Holo3.1 with Holo2's instruction and schema (hub.hcompany.ai/element-localization).
     localization_prompt=holo2_localization_prompt, localization_schema=holo2_localization_schema,
     coordinates=NORMALIZED_1000,
     tool_format=XML,
