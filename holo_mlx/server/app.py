@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ..engine.worker import Engine
 from ..runtime import device_name
 from ..settings import ServerConfig
-from . import chat, completions, embeddings, localize, playground, responses as responses_api
+from . import chat, completions, embeddings, localize, playground, responses as responses_api, tokenize
 from .content import ImagePolicy
 from .errors import install_error_handlers
 from .metrics import Metrics
@@ -80,6 +80,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(localize.router)
     app.include_router(responses_api.router)
     app.include_router(playground.router)
+    app.include_router(tokenize.router)
     return app
 
 

@@ -226,6 +226,30 @@ class LocalizeRequest(Request):
     model: str | None = None
 
 
+class TokenizeRequest(Request):
+    """Extension (vLLM): POST /tokenize of a raw `prompt` (vLLM's TokenizeCompletionRequest) or of chat
+    `messages` through the chat template, as chat completions builds them (its TokenizeChatRequest):
+    one model for both, so a bad field's error names that field alone."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    # vLLM's defaults: true for a prompt, false for messages (the chat template writes their special
+    # tokens; Qwen's tokenizers add none either way).
+    add_special_tokens: bool | None = None
+    add_generation_prompt: bool = True  # messages only, as the next two
+    chat_template_kwargs: Any = None
+    tools: list[FunctionTool] | None = None
+    return_token_strs: bool | None = False
+
+
+class DetokenizeRequest(Request):
+    """Extension (vLLM): POST /detokenize."""
+
+    model: str | None = None
+    tokens: list[int]
+
+
 # --- responses -----------------------------------------------------------------------------------
 
 def new_id(prefix: str) -> str:
@@ -402,6 +426,17 @@ class EmbeddingList(BaseModel):
     data: list[Embedding]
     model: str
     usage: EmbeddingUsage
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
 
 
 class ModelCard(BaseModel):
