@@ -89,3 +89,31 @@ def test_bad_input_is_an_openai_error_naming_the_field(server, path, payload, st
     response = server.post(path, payload)
     assert response.status_code == status and error_of(response)["param"] == param, response.text
 
+
+# --- null where OpenAI's OpenAPI document allows it: the field's default -----------------------------------
+
+CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+COMPLETION = {"prompt": "Hi", "max_tokens": 2, "temperature": 0}
+RESPONSE = {"input": "Hi", "max_output_tokens": 2}
+
+
+@pytest.mark.parametrize("path, payload, field", [
+    ("/v1/chat/completions", CHAT, "stream"), ("/v1/chat/completions", CHAT, "n"),
+    ("/v1/chat/completions", CHAT, "logprobs"), ("/v1/chat/completions", CHAT, "store"),
+    ("/v1/completions", COMPLETION, "stream"), ("/v1/completions", COMPLETION, "n"),
+    ("/v1/completions", COMPLETION, "logprobs"), ("/v1/completions", COMPLETION, "echo"),
+    ("/v1/responses", RESPONSE, "stream"), ("/v1/responses", RESPONSE, "store"),
+])
+def test_null_means_the_default(server, path, payload, field):
+    response = server.post(path, {**payload, field: None})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"  # not streamed
+    body = response.json()
+    if path == "/v1/responses":
+        assert server.client().responses.retrieve(body["id"]).id == body["id"]  # stored, the default
+        return
+    assert len(body["choices"]) == 1 and body["choices"][0]["logprobs"] is None
+    if path == "/v1/completions":  # greedy: the very text of the request without the field (no echo)
+        assert body["choices"][0]["text"] == server.post(path, payload).json()["choices"][0]["text"]
+        echoed = server.post(path, {**payload, "echo": True}).json()["choices"][0]["text"]
+        assert echoed == "Hi" + body["choices"][0]["text"]

@@ -8,7 +8,7 @@ reasoning of thinking models, Holo's image part and resize report) are marked as
 import logging
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, model_validator
 
@@ -17,6 +17,15 @@ log = logging.getLogger("holo_mlx.server")
 
 class Request(BaseModel):
     model_config = ConfigDict(extra="allow")
+    # Fields OpenAI's OpenAPI document lets be null, where null means unset: they take their default.
+    NULL_MEANS_ABSENT: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls_meaning_absent(cls, data):
+        if isinstance(data, dict) and cls.NULL_MEANS_ABSENT:
+            return {key: value for key, value in data.items() if value is not None or key not in cls.NULL_MEANS_ABSENT}
+        return data
 
     @model_validator(mode="after")
     def _log_unknown_fields(self):
@@ -160,6 +169,7 @@ class HoloOptions(Request):
 class SamplingFields(Request):
     """Fields shared by chat and text completions."""
 
+    NULL_MEANS_ABSENT = ("stream", "n")
     max_tokens: int | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
@@ -184,6 +194,7 @@ class SamplingFields(Request):
 
 
 class ChatCompletionRequest(SamplingFields):
+    NULL_MEANS_ABSENT = (*SamplingFields.NULL_MEANS_ABSENT, "logprobs")
     messages: list[ChatMessage]
     model: str | None = None
     tools: list[FunctionTool] | None = None
@@ -203,6 +214,7 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
+    NULL_MEANS_ABSENT = (*SamplingFields.NULL_MEANS_ABSENT, "echo")
     model: str | None = None
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
@@ -531,6 +543,8 @@ class ReasoningOptions(Request):
 class ResponsesRequest(Request):
     """POST /v1/responses. Input items are checked one by one (server/responses.py), so a bad one
     is named by its index."""
+
+    NULL_MEANS_ABSENT = ("stream", "store")
 
     model: str | None = None
     input: str | list[dict[str, Any]]
