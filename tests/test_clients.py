@@ -5,8 +5,12 @@
 import json
 
 import httpx
+import mlx.core as mx
+import numpy as np
+import openai
 import pytest
 
+from holo_mlx.engine.sampling import SamplingParams, TokenChooser, choose
 from holo_mlx.testing import synthetic_screenshot
 from test_server import data_url, error_of, image_message
 
@@ -117,3 +121,66 @@ def test_null_means_the_default(server, path, payload, field):
         assert body["choices"][0]["text"] == server.post(path, payload).json()["choices"][0]["text"]
         echoed = server.post(path, {**payload, "echo": True}).json()["choices"][0]["text"]
         assert echoed == "Hi" + body["choices"][0]["text"]
+
+
+# --- min_p ------------------------------------------------------------------------------------------------
+
+def min_p_reference(logits: np.ndarray, temperature: float, min_p: float) -> np.ndarray:
+    """vLLM's min_p: the distribution at the temperature, tokens below min_p times the likeliest's
+    probability dropped, the rest renormalized."""
+    p = np.exp((logits - logits.max()) / temperature)
+    p /= p.sum()
+    p[p < min_p * p.max()] = 0
+    return p / p.sum()
+
+
+def test_min_p_draws_follow_the_filtered_distribution():
+    # Gaps below the likeliest of 0, -0.5, -1.5, -2, -4, ...: at temperature 0.7 and min_p 0.1 the cut
+    # is at a gap of 0.7 ln 0.1 = -1.61, so -2 is dropped (at temperature 1 it would be kept).
+    logits = np.array([3.0, 2.5, 1.5, 1.0, -1.0, 0.0, 2.9, -3.0], dtype=np.float32)
+    params, rows = SamplingParams(temperature=0.7, min_p=0.1), 6000
+    choosers = [TokenChooser(params, set(), len(logits)) for _ in range(rows)]
+    drawn = np.array(choose(mx.array(np.tile(logits, (rows, 1))), choosers, [None] * rows).tokens)
+    frequency = np.bincount(drawn, minlength=len(logits)) / rows
+    expected = min_p_reference(logits, 0.7, 0.1)
+    assert (frequency[expected == 0] == 0).all() and (expected > 0).sum() == 4
+    assert np.abs(frequency - expected).max() < 4 * np.sqrt(0.25 / rows)
+
+
+def test_a_seeded_min_p_row_draws_alike_alone_and_beside_other_settings():
+    # Beside a penalized row (float32 scores for the batch), a row of another min_p and a plain one:
+    # each row is filtered by its own min_p and draws from its own key, in bfloat16 logits as a model's.
+    vocab, rng = 2000, np.random.default_rng(0)
+    own = [SamplingParams(temperature=0.9, min_p=0.05, seed=11), SamplingParams(frequency_penalty=0.5),
+           SamplingParams(temperature=1.2, min_p=0.3, seed=12), SamplingParams(temperature=1.0, seed=13)]
+    beside = [TokenChooser(params, set(), vocab) for params in own]
+    alone = [TokenChooser(params, set(), vocab) for params in own]
+    for _ in range(100):
+        logits = mx.array(rng.standard_normal((4, vocab)) * 3).astype(mx.bfloat16)
+        batched = choose(logits, beside, [None] * 4).tokens.tolist()
+        assert [choose(logits[row:row + 1], [alone[row]], [None]).tokens.item() for row in range(4)] == batched
+
+
+def test_min_p_one_keeps_only_the_likeliest_token(server):
+    client, messages = server.client(), [{"role": "user", "content": "Count to three."}]
+    greedy = client.chat.completions.create(model=NAMES[0], messages=messages, max_tokens=8, temperature=0)
+    kept = client.chat.completions.create(model=NAMES[0], messages=messages, max_tokens=8, temperature=1.5,
+                                          extra_body={"min_p": 1})
+    assert kept.choices[0].message.content == greedy.choices[0].message.content
+    text = client.completions.create(model=NAMES[0], prompt="Count", max_tokens=8, temperature=1.5,
+                                     extra_body={"min_p": 1}).choices[0].text
+    plain = client.completions.create(model=NAMES[0], prompt="Count", max_tokens=8, temperature=0)
+    assert text == plain.choices[0].text
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_min_p_outside_0_1_is_400_naming_it(server, value, endpoint):
+    client = server.client()
+    with pytest.raises(openai.BadRequestError) as raised:
+        if endpoint == "chat":
+            client.chat.completions.create(model=NAMES[0], messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=1, extra_body={"min_p": value})
+        else:
+            client.completions.create(model=NAMES[0], prompt="hi", max_tokens=1, extra_body={"min_p": value})
+    assert raised.value.status_code == 400 and raised.value.param == "min_p"

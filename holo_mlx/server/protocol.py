@@ -1,7 +1,7 @@
 """OpenAI-compatible request and response types, fields in the OpenAI reference's order.
 
 Unknown request fields are accepted (clients send many) and logged, never silently relied on.
-Extensions (vLLM's top_k / min_tokens / ignore_eos / chat_template_kwargs / thinking_token_budget, the
+Extensions (vLLM's top_k / min_p / min_tokens / ignore_eos / chat_template_kwargs / thinking_token_budget, the
 reasoning of thinking models, Holo's image part and resize report) are marked as such.
 """
 
@@ -184,6 +184,7 @@ class SamplingFields(Request):
     logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias
     # vLLM extensions, used by benchmarks and agents (UI-TARS sends repetition_penalty)
     top_k: int | None = None
+    min_p: float | None = None
     min_tokens: int = 0
     ignore_eos: bool = False
     repetition_penalty: float | None = None
