@@ -8,6 +8,7 @@ Sizes are in MiB, as on the command line; the properties give bytes.
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
@@ -56,6 +57,18 @@ def names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
+def model_names(text: str) -> tuple[str, ...]:
+    """Model ids separated by commas or spaces (no id has either): "a, b c" -> ("a", "b", "c")."""
+    return tuple(name for name in re.split(r"[,\s]+", text) if name)
+
+
+class Several(argparse.Action):
+    """A flag given one or more values (`--served-model-name a b c`), each parsed to a tuple: joined."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, tuple(item for value in values for item in value))
+
+
 SWITCH_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
                  "off": False}
 
@@ -69,11 +82,12 @@ def switch(text: str) -> bool:
 
 
 def option(default, help: str, *, parse: Callable[[str], object] = str, metavar: str = "N",
-           also_env: tuple[str, ...] = ()):
-    """A ServerConfig field with its flag; a bool default makes an on/off flag (store_true)."""
+           also_env: tuple[str, ...] = (), several: bool = False):
+    """A ServerConfig field with its flag; a bool default makes an on/off flag (store_true); `several`
+    lets the flag take one or more values (its environment variable lists them as `parse` splits)."""
     return field(default=default, metadata={
         "help": help, "parse": switch if isinstance(default, bool) else parse, "metavar": metavar,
-        "also_env": also_env})
+        "also_env": also_env, "several": several})
 
 
 def mib(value: float) -> int:
@@ -95,8 +109,9 @@ class ServerConfig:
     max_model_len: int | None = option(None, "context length limit (default: the model's)", parse=at_least(2))
     api_key: str | None = option(None, "require `Authorization: Bearer KEY` on /v1, /metrics and the schema pages",
                                  metavar="KEY")
-    served_model_name: str | None = option(None, "model id reported and accepted (default: the folder name)",
-                                           metavar="NAME")
+    served_model_name: tuple[str, ...] = option((), "model ids accepted, the first reported in answers (default: "
+                                                "the folder name); the variable separates them by commas or spaces",
+                                                parse=model_names, metavar="NAME", several=True)
     allow_remote_images: bool = option(False, "let clients pass http(s) image URLs for the server to fetch")
     allow_local_images: bool = option(False, "let clients pass paths of image files on this machine")
     max_request_mb: float = option(64.0, "largest request body accepted, in MiB (larger: 413)", parse=float,
@@ -148,7 +163,13 @@ class ServerConfig:
 
     @property
     def model_name(self) -> str:
-        return self.served_model_name or Path(self.model.rstrip("/")).name
+        """The id answers report: the first served name."""
+        return self.model_names[0]
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """Every id a request may name (/v1/models lists them)."""
+        return self.served_model_name or (Path(self.model.rstrip("/")).name,)
 
     @property
     def resize(self) -> dict[str, int | None]:
@@ -218,6 +239,9 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         help = f"{spec.metadata['help']} (env {' or '.join(env)})"
         if isinstance(spec.default, bool):
             parser.add_argument(flag(spec), action="store_true", default=default, help=help)
+        elif spec.metadata["several"]:
+            parser.add_argument(flag(spec), nargs="+", action=Several, type=parse, default=default,
+                                metavar=spec.metadata["metavar"], help=help)
         else:
             parser.add_argument(flag(spec), type=parse, default=default, metavar=spec.metadata["metavar"],
                                 help=help)

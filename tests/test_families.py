@@ -136,7 +136,7 @@ class InProcessServer:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        app = create_app(ServerConfig(model=str(model_dir), served_model_name="toy", responses_store=0))
+        app = create_app(ServerConfig(model=str(model_dir), served_model_name=("toy",), responses_store=0))
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()

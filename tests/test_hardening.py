@@ -158,6 +158,9 @@ def test_api_key_guards_metrics_and_schema_pages_and_allowed_hosts(hf_root_check
         for path in ("/metrics", "/openapi.json", "/docs"):
             assert httpx.get(f"{keyed.url}{path}").status_code == 401
             assert httpx.get(f"{keyed.url}{path}", headers=key).status_code == 200
+        for path, body in (("/tokenize", {"prompt": "Hi"}), ("/detokenize", {"tokens": [9707]})):
+            assert keyed.post(path, body).status_code == 401
+            assert keyed.post(path, body, headers=key).status_code == 200
         assert httpx.get(f"{keyed.url}/health").status_code == 200
         assert httpx.get(f"{keyed.url}/health", headers={"Host": "holo.lan:8000"}).status_code == 200
     finally:

@@ -14,6 +14,7 @@ OPTIONS = fields(ServerConfig)
 
 # A value to give each kind of option, and what it must parse to.
 SAMPLES = {"int": ("7", 7), "float": ("1.5", 1.5), "str": ("x", "x"), "names": ("a, b,", ("a", "b")),
+           "model_names": ("a, b c", ("a", "b", "c")),
            "switch": ("1", True), "seconds": ("1.5", 1.5), "days": ("0.5", 0.5)}
 
 
@@ -36,6 +37,15 @@ def test_defaults_are_the_declared_ones_and_the_flag_wins_over_the_environment()
                                                                     "HOLO_ENABLE_DOCS": "0"})
     assert config.max_num_seqs == 3 and config.enable_docs
     assert parse_config([], {"HOLO_MAX_NUM_SEQS": ""}).max_num_seqs == 8  # empty: unset
+
+
+def test_several_served_names_come_as_flag_values_or_a_list_in_the_variable_the_first_reported():
+    config = parse_config(["--model", "models/x-mlx/", "--served-model-name", "holo4-35b-a3b", "holo4-27b"],
+                          {"HOLO_SERVED_MODEL_NAME": "other"})
+    assert config.model_names == ("holo4-35b-a3b", "holo4-27b") and config.model_name == "holo4-35b-a3b"
+    environ = {"HOLO_SERVED_MODEL_NAME": "holo3-1-35b-a3b, Hcompany/Holo-3.1-35B-A3B holo4-27b"}
+    assert parse_config([], environ).model_names == ("holo3-1-35b-a3b", "Hcompany/Holo-3.1-35B-A3B", "holo4-27b")
+    assert parse_config(["--model", "models/x-mlx/"], {}).model_names == ("x-mlx",)  # unset: the folder's name
 
 
 def test_the_documented_host_and_port_variables_still_work():
@@ -82,5 +92,7 @@ def test_the_docs_list_every_option_as_the_code_has_it():
     documented = documented_options()
     assert set(documented) == {flag(option) for option in OPTIONS}
     for option in OPTIONS:
-        usage = flag(option) if isinstance(option.default, bool) else f"{flag(option)} {option.metadata['metavar']}"
+        metavar = option.metadata["metavar"]
+        usage = flag(option) if isinstance(option.default, bool) else f"{flag(option)} {metavar}" + (
+            f" [{metavar} ...]" if option.metadata["several"] else "")
         assert documented[flag(option)] == (usage, " or ".join(f"`{env}`" for env in env_names(option)))

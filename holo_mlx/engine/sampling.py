@@ -1,5 +1,6 @@
 """What a request asks of decoding (SamplingParams) and how a step chooses every row's next token."""
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -17,6 +18,7 @@ class SamplingParams:
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
+    min_p: float = 0.0  # vLLM's: drop tokens less likely than min_p times the likeliest (0: off)
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
@@ -181,12 +183,12 @@ def choose(logits: mx.array, choosers: list[TokenChooser], masks: list[mx.array 
         allowed = mx.stack([everything if mask is None else mask[: logits.shape[-1]] for mask in masks])
         scores = mx.where(allowed, scores, -mx.inf)
     tokens = mx.argmax(scores, axis=-1)
-    groups: dict[tuple[float, int], list[int]] = {}
+    groups: dict[tuple[float, int, float], list[int]] = {}
     for row, chooser in enumerate(choosers):
         if chooser.params.temperature > 0:
-            groups.setdefault((chooser.params.top_p, chooser.params.top_k), []).append(row)
-    for (top_p, top_k), rows in groups.items():
-        tokens[mx.array(rows)] = _draw(scores[mx.array(rows)], [choosers[row] for row in rows], top_p, top_k)
+            groups.setdefault((chooser.params.top_p, chooser.params.top_k, chooser.params.min_p), []).append(row)
+    for (top_p, top_k, min_p), rows in groups.items():
+        tokens[mx.array(rows)] = _draw(scores[mx.array(rows)], [choosers[row] for row in rows], top_p, top_k, min_p)
     choice = Choice(tokens, [row for row, chooser in enumerate(choosers) if chooser.params.logprobs is not None])
     if choice.asking:
         asking = mx.array(choice.asking)
@@ -238,16 +240,22 @@ def _penalized(logits: mx.array, choosers: list[TokenChooser]) -> mx.array:
     return scores
 
 
-def _draw(scores: mx.array, choosers: list[TokenChooser], top_p: float, top_k: int) -> mx.array:
+def _draw(scores: mx.array, choosers: list[TokenChooser], top_p: float, top_k: int, min_p: float) -> mx.array:
     """Categorical draws at each row's temperature (Gumbel-max, as mx.random.categorical does), a
-    seeded row with noise from its own key so its tokens do not depend on its batch-mates."""
+    seeded row with noise from its own key so its tokens do not depend on its batch-mates. Filters
+    in vLLM's order: min_p, then top-p and top-k."""
+    inverse_temperature = mx.array([1 / chooser.params.temperature for chooser in choosers])[:, None]
+    if min_p > 0:
+        # As vLLM: p / p_max at the row's temperature, in float32 (as top-p, below) whatever the batch.
+        scores = scores.astype(mx.float32)
+        gap = (scores - mx.max(scores, axis=-1, keepdims=True)) * inverse_temperature
+        scores = mx.where(gap < math.log(min_p), -mx.inf, scores)
     if 0 < top_p < 1:  # normalized first: mlx-lm exponentiates, and raw logits could overflow
         # In float32 whatever the model's dtype, so a penalized batch-mate (float32 scores) changes nothing.
         scores = scores.astype(mx.float32)
         scores = apply_top_p(scores - mx.logsumexp(scores, axis=-1, keepdims=True), top_p)
     if 0 < top_k < scores.shape[-1]:
         scores = apply_top_k(scores, top_k)
-    inverse_temperature = mx.array([1 / chooser.params.temperature for chooser in choosers])[:, None]
     keys = [chooser.next_key() for chooser in choosers]
     if all(key is None for key in keys):
         noise = mx.random.gumbel(scores.shape)

@@ -11,15 +11,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ..engine.worker import Engine
 from ..runtime import device_name
 from ..settings import ServerConfig
-from . import chat, completions, embeddings, localize, playground, responses as responses_api
+from . import chat, completions, embeddings, localize, playground, responses as responses_api, tokenize
 from .content import ImagePolicy
-from .errors import APIError, install_error_handlers
+from .errors import install_error_handlers
 from .metrics import Metrics
 from .middleware import LOOPBACK_NAMES, BodyLimit, Gate, HostCheck
 from .openapi import responses, text_responses
 from .protocol import Health, ModelCard, ModelList, dump
 from .response_store import ResponseStore
-from .served import Served
+from .served import Served, check_model_name
 
 
 def create_app(config: ServerConfig) -> FastAPI:
@@ -67,14 +67,12 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.get("/v1/models", responses=responses(ModelList, 400, 401))
     async def models():
-        return dump(ModelList(data=[ModelCard(id=config.model_name, created=app.state.started)]))
+        return dump(ModelList(data=[ModelCard(id=name, created=app.state.started) for name in config.model_names]))
 
     @app.get("/v1/models/{model_id:path}", responses=responses(ModelCard, 400, 401, 404, 422))
     async def model(model_id: str):
-        if model_id != config.model_name:
-            raise APIError(404, f"model {model_id!r} is not served here; this server serves {config.model_name!r}",
-                           param="model", code="model_not_found")
-        return dump(ModelCard(id=config.model_name, created=app.state.started))
+        check_model_name(config.model_names, model_id)
+        return dump(ModelCard(id=model_id, created=app.state.started))
 
     app.include_router(chat.router)
     app.include_router(completions.router)
@@ -82,6 +80,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(localize.router)
     app.include_router(responses_api.router)
     app.include_router(playground.router)
+    app.include_router(tokenize.router)
     return app
 
 

@@ -82,6 +82,21 @@ def chat_messages(body: ChatCompletionRequest, policy: ImagePolicy, prepare) -> 
     return messages
 
 
+async def chat_prompt(body: ChatCompletionRequest, request: Request, served: Served, *, has_schema: bool = False,
+                      add_generation_prompt: bool = True) -> tuple[Prompt, ToolUse | None, int | None]:
+    """The prompt of a chat request's messages, tools and template variables, with its tool use and
+    reasoning budget: chat completions, the Responses API and /tokenize all count it from here."""
+    state = request.app.state
+    kwargs, budget = reasoning_controls(body, state.config.reasoning_budget)
+    prompts = served.engine.prompts
+    tools = await tool_use(body, served.grammars, prompts.tool_format, has_schema=has_schema)
+    # Image fetching and decoding run in the worker thread with the rest of prompt building.
+    prompt = await build_prompt(lambda: prompts.build(chat_messages(body, state.image_policy, prompts.process_image),
+                                                      tools=tools.tools if tools else None, template_kwargs=kwargs,
+                                                      add_generation_prompt=add_generation_prompt), "messages")
+    return prompt, tools, budget
+
+
 async def start_chat(body: ChatCompletionRequest, request: Request) -> ChatRun:
     state = request.app.state
     reject_lone_surrogates(body)
@@ -90,16 +105,11 @@ async def start_chat(body: ChatCompletionRequest, request: Request) -> ChatRun:
     check_top_logprobs(body.top_logprobs, "top_logprobs")
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-    kwargs, budget = reasoning_controls(body, state.config.reasoning_budget)
     grammar = await requested_grammar(served.grammars, body)
-    prompts = engine.prompts
-    tools = await tool_use(body, served.grammars, prompts.tool_format, has_schema=grammar is not None)
+    prompt, tools, budget = await chat_prompt(body, request, served, has_schema=grammar is not None)
     if tools is not None:
         grammar = tools.grammar
-    # Image fetching and decoding run in the worker thread with the rest of prompt building.
-    prompt = await build_prompt(lambda: prompts.build(chat_messages(body, state.image_policy, prompts.process_image),
-                                                      tools=tools.tools if tools else None, template_kwargs=kwargs),
-                                "messages")
+    prompts = engine.prompts
     # A prompt that opened a think block: the budget holds the reasoning, the grammar the answer only.
     reasoning = ThinkBlock(prompts.think_tokens, tuple(served.grammars.eos_token_ids), served.grammars.vocab_size,
                            budget) if prompt.thinking else None

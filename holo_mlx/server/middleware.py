@@ -78,11 +78,12 @@ class HostCheck:
         await response(scope, receive, send)
 
 
-KEYED_PATHS = ("/v1/", "/metrics", "/docs", "/redoc", "/openapi.json")
+KEYED_PATHS = ("/v1/", "/tokenize", "/detokenize", "/metrics", "/docs", "/redoc", "/openapi.json")
 
 
 class Gate:
-    """API-key check (on /v1, /metrics and the schema pages; /health and the playground stay open)
+    """API-key check (on /v1, /tokenize, /detokenize, /metrics and the schema pages; /health and the
+    playground stay open)
     and request counting by route and status.
 
     Plain ASGI rather than @app.middleware: Starlette's BaseHTTPMiddleware hides client

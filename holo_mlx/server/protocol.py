@@ -1,14 +1,14 @@
 """OpenAI-compatible request and response types, fields in the OpenAI reference's order.
 
 Unknown request fields are accepted (clients send many) and logged, never silently relied on.
-Extensions (vLLM's top_k / min_tokens / ignore_eos / chat_template_kwargs / thinking_token_budget, the
+Extensions (vLLM's top_k / min_p / min_tokens / ignore_eos / chat_template_kwargs / thinking_token_budget, the
 reasoning of thinking models, Holo's image part and resize report) are marked as such.
 """
 
 import logging
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, model_validator
 
@@ -17,6 +17,15 @@ log = logging.getLogger("holo_mlx.server")
 
 class Request(BaseModel):
     model_config = ConfigDict(extra="allow")
+    # Fields OpenAI's OpenAPI document lets be null, where null means unset: they take their default.
+    NULL_MEANS_ABSENT: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls_meaning_absent(cls, data):
+        if isinstance(data, dict) and cls.NULL_MEANS_ABSENT:
+            return {key: value for key, value in data.items() if value is not None or key not in cls.NULL_MEANS_ABSENT}
+        return data
 
     @model_validator(mode="after")
     def _log_unknown_fields(self):
@@ -160,6 +169,7 @@ class HoloOptions(Request):
 class SamplingFields(Request):
     """Fields shared by chat and text completions."""
 
+    NULL_MEANS_ABSENT = ("stream", "n")
     max_tokens: int | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
@@ -174,6 +184,7 @@ class SamplingFields(Request):
     logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias
     # vLLM extensions, used by benchmarks and agents (UI-TARS sends repetition_penalty)
     top_k: int | None = None
+    min_p: float | None = None
     min_tokens: int = 0
     ignore_eos: bool = False
     repetition_penalty: float | None = None
@@ -184,6 +195,7 @@ class SamplingFields(Request):
 
 
 class ChatCompletionRequest(SamplingFields):
+    NULL_MEANS_ABSENT = (*SamplingFields.NULL_MEANS_ABSENT, "logprobs")
     messages: list[ChatMessage]
     model: str | None = None
     tools: list[FunctionTool] | None = None
@@ -203,6 +215,7 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
+    NULL_MEANS_ABSENT = (*SamplingFields.NULL_MEANS_ABSENT, "echo")
     model: str | None = None
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
@@ -224,6 +237,30 @@ class LocalizeRequest(Request):
     image: str  # data URL (or another image URL the server allows) or bare base64
     target: str
     model: str | None = None
+
+
+class TokenizeRequest(Request):
+    """Extension (vLLM): POST /tokenize of a raw `prompt` (vLLM's TokenizeCompletionRequest) or of chat
+    `messages` through the chat template, as chat completions builds them (its TokenizeChatRequest):
+    one model for both, so a bad field's error names that field alone."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    # vLLM's defaults: true for a prompt, false for messages (the chat template writes their special
+    # tokens; Qwen's tokenizers add none either way).
+    add_special_tokens: bool | None = None
+    add_generation_prompt: bool = True  # messages only, as the next two
+    chat_template_kwargs: Any = None
+    tools: list[FunctionTool] | None = None
+    return_token_strs: bool | None = False
+
+
+class DetokenizeRequest(Request):
+    """Extension (vLLM): POST /detokenize."""
+
+    model: str | None = None
+    tokens: list[int]
 
 
 # --- responses -----------------------------------------------------------------------------------
@@ -404,6 +441,17 @@ class EmbeddingList(BaseModel):
     usage: EmbeddingUsage
 
 
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -496,6 +544,8 @@ class ReasoningOptions(Request):
 class ResponsesRequest(Request):
     """POST /v1/responses. Input items are checked one by one (server/responses.py), so a bad one
     is named by its index."""
+
+    NULL_MEANS_ABSENT = ("stream", "store")
 
     model: str | None = None
     input: str | list[dict[str, Any]]

@@ -47,6 +47,9 @@ def sampling_params(body: SamplingFields, *, max_tokens: int | None, prompt_toke
     top_k = body.top_k or 0
     if top_k < -1:
         raise APIError(400, f"top_k must be -1 (off), 0 (off) or positive, got {top_k}", param="top_k")
+    min_p = body.min_p or 0.0
+    if not 0 <= min_p <= 1:
+        raise APIError(400, f"min_p must be in [0, 1] (0: off), got {min_p}", param="min_p")
     if body.min_tokens < 0 or body.min_tokens > max_tokens:
         raise APIError(400, f"min_tokens must be in [0, max_tokens={max_tokens}], got {body.min_tokens}",
                        param="min_tokens")
@@ -61,7 +64,7 @@ def sampling_params(body: SamplingFields, *, max_tokens: int | None, prompt_toke
         raise APIError(400, f"repetition_penalty must be a finite number above 0 (1: off), got {repetition_penalty}",
                        param="repetition_penalty")
     return SamplingParams(
-        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=max(top_k, 0), seed=seed,
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=max(top_k, 0), min_p=min_p, seed=seed,
         stop=stop, logprobs=logprobs, min_tokens=body.min_tokens, ignore_eos=body.ignore_eos,
         constraint=decoding.constraint() if decoding is not None else None,
         reasoning_end=reasoning.think.close if reasoning is not None else None,

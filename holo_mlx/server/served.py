@@ -77,11 +77,16 @@ class Served:
         return generations
 
 
+def check_model_name(names: tuple[str, ...], model: str | None) -> None:
+    """404 unless the request names one of the served names (or none)."""
+    if model is not None and model not in names:
+        raise APIError(404, f"model {model!r} is not served here; this server serves "
+                       f"{', '.join(map(repr, names))}", param="model", code="model_not_found")
+
+
 def ready_model(request: Request, model: str | None) -> Served:
     """The served model, once it can take work and the request names it (or none)."""
-    served, name = request.app.state.served, request.app.state.config.model_name
+    served = request.app.state.served
     served.engine.require_ready()
-    if model is not None and model != name:
-        raise APIError(404, f"model {model!r} is not served here; this server serves {name!r}",
-                       param="model", code="model_not_found")
+    check_model_name(request.app.state.config.model_names, model)
     return served
