@@ -120,7 +120,9 @@ def same_everywhere(config, group: mx.distributed.Group | None) -> None:
     folder = resolve_path(config.model)
     files = sorted((file.name, file.stat().st_size) for file in folder.glob("*.safetensors"))
     # The folder's path may differ from machine to machine; its config and weight files may not.
-    described = {**asdict(config), "model": [(folder / "config.json").read_text(), files]}
+    # Rank 0 alone keeps the stored responses, in a file whose path may differ from machine to machine.
+    settings = {name: value for name, value in asdict(config).items() if name != "responses_db"}
+    described = {**settings, "model": [(folder / "config.json").read_text(), files]}
     digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).digest()
     digests = mx.distributed.all_gather(mx.array(list(digest), dtype=mx.uint8)[None], group=group).tolist()
     others = [rank for rank, row in enumerate(digests) if row != digests[0]]
