@@ -19,7 +19,7 @@ import pytest
 
 from convert.convert import convert
 from holo_mlx.testing import synthetic_screenshot
-from test_server import Server, data_url
+from test_server import Server, data_url, fill_ranks_stdin
 
 LAUNCHER = Path(sys.executable).parent / "mlx.launch"
 PROBE = Path(__file__).parent / "distributed_probe.py"
@@ -39,11 +39,12 @@ def free_port() -> int:
 def launch(ranks: int, *command: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python COMMAND` on `ranks` ranks of 127.0.0.1 (one process, as is, when ranks is 1)."""
     argv = [sys.executable, *command] if ranks == 1 else [*launcher(ranks), *command]
-    idle, keep_open = os.pipe()  # mlx.launch polls its stdin: at end of file it would spin
+    stdin, keep_open = os.pipe()
+    fill_ranks_stdin(keep_open)
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=idle)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=stdin)
     finally:
-        os.close(idle), os.close(keep_open)
+        os.close(stdin), os.close(keep_open)
 
 
 def launcher(ranks: int = 2) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -28,15 +29,35 @@ from holo_mlx.testing import synthetic_screenshot
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def fill_ranks_stdin(launcher_stdin: int) -> None:
+    """Write 1 MiB, in the background, into mlx.launch's stdin (a pipe the caller keeps open: at its end
+    of file mlx.launch would spin). mlx.launch's relay thread for each rank selects for writing on the
+    rank's stdin even with nothing to write, so it spins while that pipe has room: these bytes fill it
+    (ranks never read stdin), and the threads then sleep in select, leaving the cores to the ranks."""
+    def write(own: int, data=memoryview(bytes(1 << 20))):
+        try:
+            while data:
+                data = data[os.write(own, data):]
+        except BrokenPipeError:  # the launcher ended first
+            pass
+        finally:
+            os.close(own)
+
+    # Its own descriptor: the caller's may be closed, and its number reused, while this one writes.
+    threading.Thread(target=write, args=(os.dup(launcher_stdin),), daemon=True).start()
+
+
 class Server:
     def __init__(self, *args: str, launcher: tuple[str, ...] = (sys.executable,), env: dict[str, str] | None = None):
         """serve.py ARGS, run by `launcher` (the python here, or mlx.launch and its flags), with `env` added."""
-        # stdin a pipe nobody writes to: mlx.launch polls its stdin, and spins at end of file.
+        # stdin a pipe kept open, filled for mlx.launch (fill_ranks_stdin).
         self.process = subprocess.Popen(
             [*launcher, str(ROOT / "serve.py"), "--port", "0", "--log-level", "warning", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
             start_new_session=True, env={**os.environ, **(env or {})},
         )
+        if launcher[0] != sys.executable:
+            fill_ranks_stdin(self.process.stdin.fileno())
         said = []  # ranks under mlx.launch say that they join before rank 0 prints its URL
         while (line := self.process.stdout.readline()) and not (match := re.search(r"(http://\S+)/v1", line)):
             said.append(line)
