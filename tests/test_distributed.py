@@ -149,6 +149,8 @@ def alone(shared_server, hf_root_checkpoint):
 
 @pytest.fixture(scope="module", params=["tensor", "pipeline"])
 def ranked(request, hf_root_checkpoint):
+    """Two ranks serving, started once for the module per split: the last test of each ends it (Ctrl-C
+    or a killed rank) rather than start ranks of its own, the costly part."""
     flags = ["--pipeline"] if request.param == "pipeline" else []
     running = Server("--model", str(hf_root_checkpoint), "--max-num-seqs", "4", *flags, launcher=launcher())
     yield running
@@ -238,10 +240,13 @@ def ranks_of(session: int) -> dict[int, int]:
     return found
 
 
-@pytest.mark.server
+# The two tests below end their split's `ranked` server, so they come after the other tests of `ranked`:
+# pytest runs the tests of one split in the order they are defined.
+
+@pytest.mark.parametrize("ranked", ["pipeline"], indirect=True)
 @pytest.mark.slow
-def test_a_killed_rank_ends_the_server_instead_of_hanging_it(hf_root_checkpoint):
-    running = Server("--model", str(hf_root_checkpoint), launcher=launcher())
+def test_a_killed_rank_ends_the_server_instead_of_hanging_it(ranked):
+    running = ranked
     os.kill(ranks_of(running.process.pid)[1], signal.SIGKILL)
     # mlx.launch stops the other ranks: a request then fails at once (no listener), never waits forever.
     running.process.wait(timeout=30)
@@ -251,10 +256,10 @@ def test_a_killed_rank_ends_the_server_instead_of_hanging_it(hf_root_checkpoint)
     assert not ranks_of(running.process.pid)
 
 
-@pytest.mark.server
+@pytest.mark.parametrize("ranked", ["tensor"], indirect=True)
 @pytest.mark.slow
-def test_ctrl_c_stops_every_rank(hf_root_checkpoint):
-    running = Server("--model", str(hf_root_checkpoint), launcher=launcher())
+def test_ctrl_c_stops_every_rank(ranked):
+    running = ranked
     assert running.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}],
                                                  "max_tokens": 2}).status_code == 200
     os.killpg(running.process.pid, signal.SIGINT)  # what a terminal sends the launcher and its ranks
