@@ -66,6 +66,16 @@ def reference_inputs(path, messages):
     return inputs
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """transformers' references run on tiny tensors, where torch's second intra-op thread mostly waits
+    on the first (and spins on a busy machine): one thread computes them sooner."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 CHECKPOINTS = ["hf_root_checkpoint", "hf_nested_checkpoint", "holo2_root_checkpoint", "holo2_nested_checkpoint",
                "holo2_bf16_checkpoint", "holo2_moe_root_checkpoint", "holo2_moe_nested_checkpoint",
                "holo3_checkpoint", "holo3_moe_checkpoint"]
