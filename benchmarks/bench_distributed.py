@@ -18,6 +18,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from common import TEXT_PROMPT, format_table
@@ -49,11 +50,27 @@ def on_ranks(ranks: int, *command: str) -> subprocess.CompletedProcess:
                    "--starting-port", str(free_port()), "--python", sys.executable, "--", *command)
     else:
         command = (sys.executable, *command)
-    idle, keep_open = os.pipe()  # mlx.launch polls its stdin: at end of file it would spin on a core
+    # stdin a pipe kept open (at its end of file mlx.launch would spin on a core), holding 1 MiB:
+    # mlx.launch's relay thread for each rank selects for writing on the rank's stdin even with
+    # nothing to write, and spins beside the ranks until that pipe is full (ranks never read stdin).
+    stdin, keep_open = os.pipe()
+    threading.Thread(target=fill, args=(os.dup(keep_open),), daemon=True).start()
     try:
-        return subprocess.run(command, capture_output=True, text=True, cwd=REPO, stdin=idle)
+        return subprocess.run(command, capture_output=True, text=True, cwd=REPO, stdin=stdin)
     finally:
-        os.close(idle), os.close(keep_open)
+        os.close(stdin), os.close(keep_open)
+
+
+def fill(own: int, data=memoryview(bytes(1 << 20))) -> None:
+    """Write `data` into the pipe `own` (a descriptor of its own: the caller's may be closed and its
+    number reused meanwhile), then close it."""
+    try:
+        while data:
+            data = data[os.write(own, data):]
+    except BrokenPipeError:  # the launcher ended first
+        pass
+    finally:
+        os.close(own)
 
 
 def generate(model: Path, ranks: int, flags: list[str], tokens: int) -> tuple[dict, int]:

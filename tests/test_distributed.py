@@ -2,7 +2,6 @@
 parallelism, ranks launched by the real `mlx.launch` on the ring backend over loopback, the
 generate CLI and the server against one process on the same checkpoints."""
 
-import hashlib
 import json
 import os
 import signal
@@ -19,15 +18,15 @@ import pytest
 
 from convert.convert import convert
 from holo_mlx.testing import synthetic_screenshot
-from test_server import Server, data_url
+from test_server import Server, data_url, fill_ranks_stdin
 
 LAUNCHER = Path(sys.executable).parent / "mlx.launch"
 PROBE = Path(__file__).parent / "distributed_probe.py"
 pytestmark = pytest.mark.distributed
 
-# One-process outputs, kept for the session: several tests compare their ranks with the same
-# baseline (same checkpoint, screenshot and flags), which one process computes alike every time.
-ONE_PROCESS: dict[tuple, object] = {}
+# Launches' outputs, kept for the session: several tests read the same launch (a probe's ranks answer
+# both splits' bytes and text), or compare their ranks with the same one-process baseline.
+LAUNCHED: dict[tuple, str] = {}
 
 
 def free_port() -> int:
@@ -39,11 +38,12 @@ def free_port() -> int:
 def launch(ranks: int, *command: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python COMMAND` on `ranks` ranks of 127.0.0.1 (one process, as is, when ranks is 1)."""
     argv = [sys.executable, *command] if ranks == 1 else [*launcher(ranks), *command]
-    idle, keep_open = os.pipe()  # mlx.launch polls its stdin: at end of file it would spin
+    stdin, keep_open = os.pipe()
+    fill_ranks_stdin(keep_open)
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=idle)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=stdin)
     finally:
-        os.close(idle), os.close(keep_open)
+        os.close(stdin), os.close(keep_open)
 
 
 def launcher(ranks: int = 2) -> tuple[str, ...]:
@@ -52,63 +52,63 @@ def launcher(ranks: int = 2) -> tuple[str, ...]:
             "--starting-port", str(free_port()), "--python", sys.executable, "--")
 
 
+def launched(ranks: int, *command: str) -> str:
+    """The stdout of `launch(ranks, *command)`, launched once per session."""
+    key = (ranks, *command)
+    if key not in LAUNCHED:
+        result = launch(ranks, *command)
+        # mlx.launch exits 0 even when a rank failed (it reports the first rank out): no output is a failure too.
+        assert result.returncode == 0 and result.stdout, result.stderr[-3000:]
+        LAUNCHED[key] = result.stdout
+    return LAUNCHED[key]
+
+
 def generated(ranks: int, checkpoint: Path, image: Path, *flags: str) -> str:
-    key = ("generate", str(checkpoint), hashlib.sha256(image.read_bytes()).hexdigest(), flags)
-    if ranks == 1 and key in ONE_PROCESS:
-        return ONE_PROCESS[key]
-    result = launch(ranks, "-m", "holo_mlx.generate", "--model", str(checkpoint), "--image", str(image),
-                    "--prompt", "Click the Submit button.", "--max-tokens", "24", *flags)
-    assert result.returncode == 0, result.stderr[-3000:]
-    text, _, stats = result.stdout.partition("\n==========\n")
+    """What the generate CLI prints on `ranks` ranks (rank 0's text) for a screenshot."""
+    stdout = launched(ranks, "-m", "holo_mlx.generate", "--model", str(checkpoint), "--image", str(image),
+                      "--prompt", "Click the Submit button.", "--max-tokens", "24", *flags)
+    text, _, stats = stdout.partition("\n==========\n")
     assert stats.count("Generation: 24 tokens") == 1  # rank 0 alone prints
-    if ranks == 1:
-        ONE_PROCESS[key] = text
     return text
+
+
+def probe(ranks: int, checkpoint: Path) -> dict:
+    """distributed_probe.py's answers: {"alone": ...} for one process, {"tensor": ..., "pipeline": ...}
+    for ranks; each call parses its own copy."""
+    return json.loads(launched(ranks, str(PROBE), str(checkpoint)))
 
 
 @pytest.mark.parametrize("checkpoint", ["hf_root_checkpoint", "holo2_moe_root_checkpoint"])
 @pytest.mark.slow
-def test_two_ranks_generate_what_one_process_does(checkpoint, request, tmp_path):
-    path, image = request.getfixturevalue(checkpoint), tmp_path / "screen.png"
-    synthetic_screenshot(333, 217, seed=5).save(image)
-    alone = generated(1, path, image)
-    assert generated(2, path, image) == alone  # tensor parallel
-    assert generated(2, path, image, "--pipeline") == alone
+def test_two_ranks_generate_what_one_process_does(checkpoint, request):
+    path = request.getfixturevalue(checkpoint)
+    alone, split = probe(1, path)["alone"], probe(2, path)
+    assert split["tensor"]["text"] == alone["text"]
+    assert split["pipeline"]["text"] == alone["text"]
 
 
 @pytest.fixture(scope="module")
-def quantized_moe(holo2_moe_root_checkpoint, tmp_path_factory) -> Path:
-    """The MoE checkpoint in 4 bits, experts too: converted once for both splits, which then share its
-    one-process answer."""
-    folder = tmp_path_factory.mktemp("quantized") / "q4"
-    return convert(str(holo2_moe_root_checkpoint), folder, quantize=True, q_bits=4)
+def quantized_moe(holo2_moe_root_checkpoint, tmp_path_factory) -> tuple[Path, Path]:
+    """The MoE checkpoint in 4 bits, experts too, and a screenshot: made once for both splits, which
+    then share its one-process answer."""
+    folder = tmp_path_factory.mktemp("quantized")
+    synthetic_screenshot(200, 160, seed=2).save(folder / "screen.png")
+    return convert(str(holo2_moe_root_checkpoint), folder / "q4", quantize=True, q_bits=4), folder / "screen.png"
 
 
 @pytest.mark.parametrize("split", [[], ["--pipeline"]])
 @pytest.mark.slow
-def test_a_quantized_folder_splits_too(quantized_moe, tmp_path, split):
-    folder = quantized_moe
-    image = tmp_path / "screen.png"
-    synthetic_screenshot(200, 160, seed=2).save(image)
+def test_a_quantized_folder_splits_too(quantized_moe, split):
+    # The generate CLI on the ranks, as users run it (the probe's tests call the engine themselves).
+    folder, image = quantized_moe
     assert generated(2, folder, image, *split) == generated(1, folder, image)
-
-
-def probe(ranks: int, checkpoint: Path, *flags: str) -> dict:
-    key = ("probe", str(checkpoint), flags)
-    if ranks == 1 and key in ONE_PROCESS:
-        return json.loads(ONE_PROCESS[key])
-    result = launch(ranks, str(PROBE), str(checkpoint), *flags)
-    assert result.returncode == 0, result.stderr[-3000:]
-    if ranks == 1:
-        ONE_PROCESS[key] = result.stdout  # the text: each test parses its own copy
-    return json.loads(result.stdout)
 
 
 @pytest.mark.parametrize("checkpoint", ["hf_root_checkpoint", "holo2_moe_root_checkpoint"])
 @pytest.mark.slow
 def test_each_rank_loads_half_the_decoder_and_never_the_whole(checkpoint, request):
     path = request.getfixturevalue(checkpoint)
-    alone, split = probe(1, path), probe(2, path)
+    alone, split = probe(1, path)["alone"], probe(2, path)["tensor"]
     whole = alone["decoder_layer_bytes"]
     assert [rank["rank"] for rank in split["ranks"]] == [0, 1] and len(alone["ranks"]) == 1
     # Half of every projection; the norms (and an MoE router) are whole on each rank.
@@ -123,7 +123,7 @@ def test_each_rank_loads_half_the_decoder_and_never_the_whole(checkpoint, reques
 @pytest.mark.parametrize("checkpoint", ["hf_root_checkpoint", "holo2_moe_root_checkpoint"])
 def test_pipeline_ranks_load_their_own_layers_only(checkpoint, request):
     path = request.getfixturevalue(checkpoint)
-    alone, split = probe(1, path), probe(2, path, "--pipeline")
+    alone, split = probe(1, path)["alone"], probe(2, path)["pipeline"]
     replicated = split["replicated_bytes"]
     assert replicated == alone["replicated_bytes"]
     # The layers are split, none held twice: the ranks' layers add up to the whole decoder.
@@ -149,6 +149,8 @@ def alone(shared_server, hf_root_checkpoint):
 
 @pytest.fixture(scope="module", params=["tensor", "pipeline"])
 def ranked(request, hf_root_checkpoint):
+    """Two ranks serving, started once for the module per split: the last test of each ends it (Ctrl-C
+    or a killed rank) rather than start ranks of its own, the costly part."""
     flags = ["--pipeline"] if request.param == "pipeline" else []
     running = Server("--model", str(hf_root_checkpoint), "--max-num-seqs", "4", *flags, launcher=launcher())
     yield running
@@ -238,10 +240,13 @@ def ranks_of(session: int) -> dict[int, int]:
     return found
 
 
-@pytest.mark.server
+# The two tests below end their split's `ranked` server, so they come after the other tests of `ranked`:
+# pytest runs the tests of one split in the order they are defined.
+
+@pytest.mark.parametrize("ranked", ["pipeline"], indirect=True)
 @pytest.mark.slow
-def test_a_killed_rank_ends_the_server_instead_of_hanging_it(hf_root_checkpoint):
-    running = Server("--model", str(hf_root_checkpoint), launcher=launcher())
+def test_a_killed_rank_ends_the_server_instead_of_hanging_it(ranked):
+    running = ranked
     os.kill(ranks_of(running.process.pid)[1], signal.SIGKILL)
     # mlx.launch stops the other ranks: a request then fails at once (no listener), never waits forever.
     running.process.wait(timeout=30)
@@ -251,10 +256,10 @@ def test_a_killed_rank_ends_the_server_instead_of_hanging_it(hf_root_checkpoint)
     assert not ranks_of(running.process.pid)
 
 
-@pytest.mark.server
+@pytest.mark.parametrize("ranked", ["tensor"], indirect=True)
 @pytest.mark.slow
-def test_ctrl_c_stops_every_rank(hf_root_checkpoint):
-    running = Server("--model", str(hf_root_checkpoint), launcher=launcher())
+def test_ctrl_c_stops_every_rank(ranked):
+    running = ranked
     assert running.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}],
                                                  "max_tokens": 2}).status_code == 200
     os.killpg(running.process.pid, signal.SIGINT)  # what a terminal sends the launcher and its ranks

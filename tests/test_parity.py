@@ -2,6 +2,8 @@
 Holo2 (Qwen3VLForConditionalGeneration, Qwen3VLMoeForConditionalGeneration), each config layout, and Holo3
 (Qwen3_5ForConditionalGeneration, Qwen3_5MoeForConditionalGeneration)."""
 
+import functools
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -37,10 +39,16 @@ def conversations():
     }
 
 
+@functools.cache
+def reference_tokenizer(path):
+    """transformers' tokenizer of a checkpoint, loaded once for all its tests (Qwen3.5's takes seconds)."""
+    return AutoTokenizer.from_pretrained(path)
+
+
 def reference_inputs(path, messages):
     """What transformers' processor produces: template, PIL image processor with the checkpoint's
     settings (Holo1.5 capped at MAX_PIXELS, as the model is loaded below), pad expansion."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = reference_tokenizer(path)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     images = [part["image"] for m in messages if isinstance(m["content"], list)
               for part in m["content"] if part["type"] == "image"]
@@ -56,6 +64,16 @@ def reference_inputs(path, messages):
         text = text.replace("<|placeholder|>", "<|image_pad|>")
     inputs["input_ids"] = tokenizer(text, add_special_tokens=False)["input_ids"]
     return inputs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """transformers' references run on tiny tensors, where torch's second intra-op thread mostly waits
+    on the first (and spins on a busy machine): one thread computes them sooner."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 CHECKPOINTS = ["hf_root_checkpoint", "hf_nested_checkpoint", "holo2_root_checkpoint", "holo2_nested_checkpoint",

@@ -26,7 +26,7 @@ from holo_mlx.models.qwen3_5.language import SharedExpertMoeBlock
 from holo_mlx.prompt import PromptBuilder
 from holo_mlx.testing import holo3_published_config, qwen3_5_tiktoken, qwen3_5_tokenizer_dir, synthetic_screenshot
 from test_convert import copy_checkpoint
-from test_distributed import generated
+from test_distributed import generated, probe
 from test_scheduler import sequential, tokens
 # The toy hybrid's engine tests, collected here again to run on this family's `loaded` (below).
 from test_hybrid import (test_a_follow_up_turn_resumes_from_the_end_of_the_previous_turn,  # noqa: F401
@@ -218,14 +218,13 @@ def test_a_rank_count_that_does_not_divide_the_linear_key_heads_is_refused(holo3
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_two_ranks_generate_what_one_process_does(checkpoint, tmp_path):
-    image = tmp_path / "screen.png"
-    synthetic_screenshot(333, 217, seed=5).save(image)
-    alone = generated(1, checkpoint, image)
-    assert generated(2, checkpoint, image) == alone  # tensor parallel
-    assert generated(2, checkpoint, image, "--pipeline") == alone
+def test_two_ranks_generate_what_one_process_does(checkpoint):
+    alone, split = probe(1, checkpoint)["alone"], probe(2, checkpoint)
+    assert split["tensor"]["text"] == alone["text"]
+    assert split["pipeline"]["text"] == alone["text"]
 
 
+@pytest.mark.distributed  # the generate CLI on two ranks
 def test_a_quantized_moe_folder_splits_too(holo3_moe_checkpoint, tmp_path):
     """Tensor parallelism slices the quantized experts and shared expert in place as it does the float
     ones, by whole quantization groups: the experts' 64 columns are two groups of 32, one of 64."""

@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -29,18 +30,38 @@ from holo_mlx.testing import synthetic_screenshot
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def fill_ranks_stdin(launcher_stdin: int) -> None:
+    """Write 1 MiB, in the background, into mlx.launch's stdin (a pipe the caller keeps open: at its end
+    of file mlx.launch would spin). mlx.launch's relay thread for each rank selects for writing on the
+    rank's stdin even with nothing to write, so it spins while that pipe has room: these bytes fill it
+    (ranks never read stdin), and the threads then sleep in select, leaving the cores to the ranks."""
+    def write(own: int, data=memoryview(bytes(1 << 20))):
+        try:
+            while data:
+                data = data[os.write(own, data):]
+        except BrokenPipeError:  # the launcher ended first
+            pass
+        finally:
+            os.close(own)
+
+    # Its own descriptor: the caller's may be closed, and its number reused, while this one writes.
+    threading.Thread(target=write, args=(os.dup(launcher_stdin),), daemon=True).start()
+
+
 class Server:
     def __init__(self, *args: str, launcher: tuple[str, ...] = (sys.executable,), env: dict[str, str] | None = None):
         """serve.py ARGS, run by `launcher` (the python here, or mlx.launch and its flags), with `env` added;
         its stored responses in a folder of its own unless ARGS or `env` name a file."""
         self.state = tempfile.TemporaryDirectory(prefix="holo-server-")  # never the user's own store
         own_store = {"HOLO_RESPONSES_DB": str(Path(self.state.name) / "responses.sqlite3")}
-        # stdin a pipe nobody writes to: mlx.launch polls its stdin, and spins at end of file.
+        # stdin a pipe kept open, filled for mlx.launch (fill_ranks_stdin).
         self.process = subprocess.Popen(
             [*launcher, str(ROOT / "serve.py"), "--port", "0", "--log-level", "warning", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
             start_new_session=True, env={**os.environ, **own_store, **(env or {})},
         )
+        if launcher[0] != sys.executable:
+            fill_ranks_stdin(self.process.stdin.fileno())
         said = []  # ranks under mlx.launch say that they join before rank 0 prints its URL
         while (line := self.process.stdout.readline()) and not (match := re.search(r"(http://\S+)/v1", line)):
             said.append(line)
@@ -65,7 +86,10 @@ class Server:
         return httpx.post(f"{self.url}{path}", json=payload, timeout=timeout, **kwargs)
 
     def stop(self) -> None:
-        os.killpg(self.process.pid, signal.SIGTERM)  # its session: mlx.launch's ranks too
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)  # its session: mlx.launch's ranks too
+        except ProcessLookupError:  # every process of it ended already (a test stopped it)
+            pass
         self.process.wait(timeout=30)
         self.state.cleanup()
 
