@@ -51,6 +51,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -111,6 +112,15 @@ def server_kind(url: str) -> str:
     return "server"
 
 
+def die_with_parent() -> None:
+    """In the started server (Linux): SIGTERM when the benchmark's process ends, however it ends
+    (killed included), so no server outlives its benchmark. Kept across serve.py's re-exec."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class LocalServer:
     """serve.py or mlx_vlm.server on 127.0.0.1, started by start() and stopped by stop().
 
@@ -147,7 +157,8 @@ class LocalServer:
 
         command = self.command
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        cwd=self.serve_py.parent, env=self.env, start_new_session=True)
+                                        cwd=self.serve_py.parent, env=self.env, start_new_session=True,
+                                        preexec_fn=die_with_parent)
         if self.kind == "holo-mlx":
             line = self.process.stdout.readline()
             self.tail.append(line.rstrip())
@@ -639,6 +650,9 @@ def main(argv=None) -> int:
     from holo_mlx.runtime import use_fast_blas
 
     use_fast_blas()  # re-executes with OpenBLAS preloaded; a started server inherits it
+    # SIGTERM ends the run through the `finally` that stops a started server (it would also stop
+    # by itself: die_with_parent), rather than killing the interpreter on the spot.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     args = parse_args(argv)
     args.csv = args.csv.resolve()
     if args.chart_only:
