@@ -11,6 +11,7 @@ compares the runtimes.
     python benchmarks/bench_runtime.py --quick --preset holo2-tiny  # smoke run, tiny Holo2 (Qwen3-VL)
     python benchmarks/bench_runtime.py --preset 0.5b --runs 3       # random weights, real shape
     python benchmarks/bench_runtime.py --preset holo2-0.6b --runtimes holo_mlx:float32,torch:float32,mlx_vlm:float32
+    python benchmarks/bench_runtime.py --preset holo3-0.8b --workloads text,screenshot --screenshot 1280x720
     python benchmarks/bench_runtime.py --model models/Holo1.5-7B-mlx-8bit --hf-model Hcompany/Holo1.5-7B
     python benchmarks/bench_runtime.py --machine-only               # bandwidth and GEMM figures only
 """
@@ -576,11 +577,11 @@ def ratio_rows(rows: list[dict]) -> list[dict]:
 
 
 def parse_args() -> argparse.Namespace:
-    from holo_mlx.testing import HOLO2_PRESETS, PRESETS
+    from holo_mlx.testing import PRESET_FAMILIES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--preset", choices=[*sorted(PRESETS), *HOLO2_PRESETS],
+    source.add_argument("--preset", choices=list(PRESET_FAMILIES),
                         help=f"random weights of this shape, built and converted once (default {DEFAULTS['preset']})")
     source.add_argument("--model", help="a converted MLX folder (python -m convert) or hub id")
     parser.add_argument("--hf-model", help="with --model: its Hugging Face source (folder or hub id), for torch")

@@ -13,16 +13,25 @@ ignore_eos, generates exactly --max-tokens tokens. Workloads:
 - repeat-screenshot: one client; a fixed system prompt and a new screenshot (cold), the same
   screenshot and system prompt with a new question (warm_image), then that request again
   (warm_identical). Reports TTFT and usage.prompt_tokens_details.cached_tokens per phase.
+- agent-loop (not run by default): one client plays an agent, --runs conversations of
+  --agent-turns turns; each turn sends the whole conversation with a new screenshot appended, after
+  the previous answer as the assistant's message (thinking off, so the answer is all content).
+  Reports TTFT, prompt and cached tokens per turn, and each turn's TTFT / turn 1's. --warmup is
+  that many untimed single-screenshot requests first.
+- agent-budget (not run by default): the same with Hcompany's image budget (--image-budget
+  KEEP:MOST, default 3:5): once the conversation holds more than MOST screenshots, all but the
+  latest KEEP become the text "[screenshot evicted]"; --budget-turns turns (default 7).
 
 Rows are appended to a CSV with the machine's details (benchmarks/common.py); two PNG charts are
 drawn next to it: aggregate tok/s, TTFT and latency per concurrency level, and the
 repeat-screenshot TTFT per phase. The charts also show the latest run of every other --label
 measured on the same model and token count in that CSV, so running the script once per server
-gives a comparison.
+gives a comparison. The agent loops get a third chart (-agent suffix): TTFT and cached tokens per turn.
 
     python benchmarks/bench_server.py --quick                                  # smoke run, tiny preset
     python benchmarks/bench_server.py --preset 0.5b --workloads text --concurrency 1,8
     python benchmarks/bench_server.py --preset 0.5b --workloads repeat-screenshot --runs 3
+    python benchmarks/bench_server.py --preset holo3-0.8b --workloads agent-loop,agent-budget --runs 1
     python benchmarks/bench_server.py --preset 0.5b --server mlx-vlm --server-args "--max-num-seqs 8"
     python benchmarks/bench_server.py --url http://127.0.0.1:8000/v1 --label holo-mlx-7b-8bit
     python benchmarks/bench_server.py --chart-only                             # redraw from the CSV
@@ -42,6 +51,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -54,7 +64,9 @@ from pathlib import Path
 from common import append_csv, format_table, grouped_bar_chart, summarize, system_info, text_messages
 
 REPO = Path(__file__).resolve().parent.parent
-WORKLOADS = ("text", "image", "repeat-screenshot")
+WORKLOADS = ("text", "image", "repeat-screenshot", "agent-loop", "agent-budget")
+DEFAULT_WORKLOADS = WORKLOADS[:3]
+AGENT_WORKLOADS = ("agent-loop", "agent-budget")
 SERVERS = ("holo-mlx", "mlx-vlm")
 DEFAULTS = {"preset": "0.5b", "concurrency": "1,2,4,8", "runs": 3, "warmup": 1, "max_tokens": 32}
 QUICK = {"preset": "tiny", "concurrency": "1,2", "runs": 2, "warmup": 1, "max_tokens": 8}
@@ -66,6 +78,10 @@ AGENT_SYSTEM_PROMPT = (
 )
 QUESTIONS = ("Localize the Submit button in this screenshot. Answer with click(x, y).",
              "Where is the Settings button? Answer with click(x, y).")
+# The agent loops: a task with the first screenshot, then after each answer the screen that follows.
+AGENT_TASK = "Task: open the Settings page and turn on dark mode. What is the next action?"
+AGENT_NEXT = "The action was executed; this is the screen now. What is the next action?"
+EVICTED = "[screenshot evicted]"
 
 
 # --- servers ----------------------------------------------------------------------------------
@@ -94,6 +110,15 @@ def server_kind(url: str) -> str:
     if "loaded_model" in body:
         return "mlx-vlm"
     return "server"
+
+
+def die_with_parent() -> None:
+    """In the started server (Linux): SIGTERM when the benchmark's process ends, however it ends
+    (killed included), so no server outlives its benchmark. Kept across serve.py's re-exec."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class LocalServer:
@@ -132,7 +157,8 @@ class LocalServer:
 
         command = self.command
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        cwd=self.serve_py.parent, env=self.env, start_new_session=True)
+                                        cwd=self.serve_py.parent, env=self.env, start_new_session=True,
+                                        preexec_fn=die_with_parent)
         if self.kind == "holo-mlx":
             line = self.process.stdout.readline()
             self.tail.append(line.rstrip())
@@ -245,19 +271,25 @@ class Client:
         self.sdk = openai.AsyncOpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=timeout)
         self.model, self.max_tokens, self.extra_body = model, max_tokens, extra_body
 
-    async def chat(self, messages: list[dict]) -> dict:
-        """TTFT is the arrival of the first chunk with text (a role-only first chunk does not count)."""
+    async def chat(self, messages: list[dict], extra_body: dict | None = None) -> dict:
+        """TTFT is the arrival of the first chunk with text, of the answer or of its reasoning (a
+        role-only first chunk does not count); "text" is the answer, as a client would keep it."""
         start = time.perf_counter()
         first = None
         usage = None
+        parts: list[str] = []
         try:
             stream = await self.sdk.chat.completions.create(
                 model=self.model, messages=messages, max_tokens=self.max_tokens, temperature=0, stream=True,
-                stream_options={"include_usage": True}, extra_body=self.extra_body)
+                stream_options={"include_usage": True}, extra_body={**self.extra_body, **(extra_body or {})})
             async for chunk in stream:
-                if first is None and chunk.choices and (chunk.choices[0].delta.content
-                                                        or chunk.choices[0].finish_reason):
-                    first = time.perf_counter()
+                if chunk.choices:
+                    delta = chunk.choices[0].delta
+                    parts.append(delta.content or "")
+                    extra = delta.model_extra or {}
+                    if first is None and (delta.content or extra.get("reasoning_content") or extra.get("reasoning")
+                                          or chunk.choices[0].finish_reason):
+                        first = time.perf_counter()
                 if chunk.usage is not None:
                     usage = chunk.usage
         except Exception as error:  # counted per level, reported, never fatal to the run
@@ -268,7 +300,7 @@ class Client:
         details = getattr(usage, "prompt_tokens_details", None)
         completion = usage.completion_tokens
         return {"ttft_s": first - start, "e2e_s": end - start, "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": completion, "cached_tokens": (getattr(details, "cached_tokens", 0) or 0),
+                "text": "".join(parts), "completion_tokens": completion, "cached_tokens": (getattr(details, "cached_tokens", 0) or 0),
                 "decode_tps": (completion - 1) / (end - first) if completion > 1 and end > first else 0.0}
 
     async def close(self) -> None:
@@ -345,6 +377,62 @@ async def run_repeat(client: Client, runs: int, warmup: int, image_size: tuple[i
     return rows, errors
 
 
+def apply_image_budget(messages: list[dict], keep: int, most: int) -> None:
+    """Hcompany's image budget: once the conversation holds more than `most` images, every image but
+    the latest `keep` becomes the text "[screenshot evicted]", in place (evicted stays evicted)."""
+    images = [part for message in messages if isinstance(message["content"], list)
+              for part in message["content"] if part.get("type") == "image_url"]
+    if len(images) > most:
+        for part in images[:len(images) - keep]:
+            part.clear()
+            part.update(type="text", text=EVICTED)
+
+
+def count_parts(messages: list[dict]) -> tuple[int, int]:
+    """(images, evicted screenshots) in a conversation."""
+    parts = [part for message in messages if isinstance(message["content"], list) for part in message["content"]]
+    return (sum(part.get("type") == "image_url" for part in parts),
+            sum(part.get("text") == EVICTED for part in parts))
+
+
+async def run_agent(client: Client, workload: str, turns: int, runs: int, warmup: int, image_size: tuple[int, int],
+                    seed: int, budget: tuple[int, int] | None, extra_body: dict) -> tuple[list[dict], list[str]]:
+    """`runs` agent conversations of `turns` turns: each turn adds a new screenshot, after the previous
+    answer appended as the assistant's message; with `budget` (keep, most), apply_image_budget first.
+    Before them, `warmup` untimed single-turn requests (the same system prompt, other screenshots)."""
+    for round_ in range(warmup):
+        url = await asyncio.to_thread(screenshot_url, *image_size, seed + round_)
+        await client.chat(image_messages(url, AGENT_TASK, AGENT_SYSTEM_PROMPT), extra_body)
+    per_turn: list[list[dict]] = [[] for _ in range(turns)]
+    for loop in range(runs):
+        messages: list[dict] = [{"role": "system", "content": AGENT_SYSTEM_PROMPT}]
+        for turn in range(turns):
+            url = await asyncio.to_thread(screenshot_url, *image_size, seed + warmup + loop * turns + turn)
+            messages.append({"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                         {"type": "text", "text": AGENT_NEXT if turn else AGENT_TASK}]})
+            if budget:
+                apply_image_budget(messages, *budget)
+            images, evicted = count_parts(messages)
+            result = await client.chat(messages, extra_body)
+            per_turn[turn].append({**result, "images": images, "evicted": evicted})
+            if "error" in result:  # the conversation cannot go on without the answer
+                break
+            messages.append({"role": "assistant", "content": result["text"]})
+    rows, errors = [], []
+    for turn, results in enumerate(per_turn, start=1):
+        if not results:
+            continue
+        rows.append({"workload": workload, "concurrency": 1, "phase": f"turn {turn}", "turn": turn,
+                     "images": max(r["images"] for r in results), "evicted": max(r["evicted"] for r in results),
+                     "image_budget": "%d:%d" % budget if budget else "", **stats_row(results, client.max_tokens)})
+        errors += [r["error"] for r in results if "error" in r]
+    first = rows[0].get("ttft_s_avg") if rows else None
+    for row in rows:
+        if first and row.get("ttft_s_avg"):
+            row["ttft_vs_turn1"] = row["ttft_s_avg"] / first
+    return rows, errors
+
+
 # --- charts -----------------------------------------------------------------------------------
 
 def read_csv(path: Path) -> list[dict]:
@@ -381,19 +469,28 @@ def draw_charts(rows: list[dict], chart: Path, title: str) -> list[Path]:
                                                 ("cached_tokens_avg", "cached prompt tokens")],
                           group_key="phase", series_key="label", title=f"repeated screenshot: {title}")
         drawn.append(cache_chart)
+    agent = [dict(row, series=f"{row['label']} {row['workload']}" + (f" {row['image_budget']}" if row.get("image_budget") else ""))
+             for row in rows if row["workload"] in AGENT_WORKLOADS and row.get("ttft_s_avg") not in (None, "")]
+    if agent:
+        agent_chart = chart.with_name(chart.stem + "-agent.png")
+        agent.sort(key=lambda row: int(row["turn"]))
+        grouped_bar_chart(agent_chart, agent, [("ttft_s_avg", "TTFT avg, s (lower is better)"),
+                                               ("cached_tokens_avg", "cached prompt tokens")],
+                          group_key="phase", series_key="series", title=f"agent loop, per turn: {title}")
+        drawn.append(agent_chart)
     return drawn
 
 
 # --- main -------------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from holo_mlx.testing import PRESETS
+    from holo_mlx.testing import PRESET_FAMILIES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--url", help="a running server's OpenAI base URL, e.g. http://127.0.0.1:8000/v1")
     source.add_argument("--model", type=Path, help="a model folder to serve here (converted, or a HF folder)")
-    source.add_argument("--preset", choices=sorted(PRESETS),
+    source.add_argument("--preset", choices=list(PRESET_FAMILIES),
                         help=f"random weights of this shape, served here (default {DEFAULTS['preset']})")
     parser.add_argument("--server", choices=SERVERS, default="holo-mlx",
                         help="with --model/--preset: which server to start (default holo-mlx: serve.py)")
@@ -407,7 +504,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                "path for a started mlx-vlm)")
     parser.add_argument("--api-key", default=os.environ.get("HOLO_API_KEY", "none"))
     parser.add_argument("--label", help="tags the rows, e.g. holo-mlx or mlx-vlm (default: the server's kind)")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated, from {', '.join(WORKLOADS)}")
+    parser.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
+                        help=f"comma-separated, from {', '.join(WORKLOADS)} (default {','.join(DEFAULT_WORKLOADS)})")
+    parser.add_argument("--agent-turns", type=int, default=5, help="turns of each agent-loop conversation (default 5)")
+    parser.add_argument("--budget-turns", type=int, default=7, help="turns of each agent-budget conversation (default 7)")
+    parser.add_argument("--image-budget", default="3:5", metavar="KEEP:MOST",
+                        help="agent-budget: once a conversation holds more than MOST images, all but the latest "
+                             "KEEP become the text '[screenshot evicted]' (default 3:5; 3:3 evicts every turn "
+                             "from the fourth)")
     parser.add_argument("--concurrency", help=f"comma-separated client counts (default {DEFAULTS['concurrency']})")
     parser.add_argument("--runs", type=int, help=f"timed requests per client per level; rounds of repeat-screenshot "
                                                  f"(default {DEFAULTS['runs']})")
@@ -434,8 +538,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     try:
         args.concurrency = [int(c) for c in str(args.concurrency).split(",")]
         args.image_size = tuple(int(v) for v in args.image_size.lower().split("x"))
+        args.image_budget = tuple(int(v) for v in args.image_budget.split(":"))
     except ValueError:
-        parser.error("--concurrency is comma-separated integers, --image-size WIDTHxHEIGHT")
+        parser.error("--concurrency is comma-separated integers, --image-size WIDTHxHEIGHT, --image-budget KEEP:MOST")
+    if len(args.image_budget) != 2 or not 1 <= args.image_budget[0] <= args.image_budget[1]:
+        parser.error("--image-budget is KEEP:MOST with 1 <= KEEP <= MOST")
+    if args.agent_turns < 1 or args.budget_turns < 1:
+        parser.error("--agent-turns and --budget-turns must be >= 1")
     if min(args.concurrency) < 1 or args.runs < 1 or args.warmup < 0 or args.max_tokens < 2 or len(args.image_size) != 2:
         parser.error("--concurrency and --runs must be >= 1, --warmup >= 0, --max-tokens >= 2")
     return args
@@ -450,7 +559,7 @@ def model_id(url: str, api_key: str) -> str:
 
 
 def print_results(rows: list[dict]) -> None:
-    levels = [row for row in rows if row["workload"] != "repeat-screenshot"]
+    levels = [row for row in rows if row["workload"] in ("text", "image")]
     if levels:
         print("\n" + format_table(levels, [
             ("label", "label"), ("workload", "workload"), ("concurrency", "clients"), ("requests", "reqs"),
@@ -474,21 +583,49 @@ def print_results(rows: list[dict]) -> None:
             ("prompt_tokens_avg", "prompt"), ("cached_tokens_avg", "cached"), ("ttft_s_avg", "TTFT avg"),
             ("ttft_s_p50", "TTFT p50"), ("ttft_s_stdev", "TTFT sd"), ("ttft_vs_cold", "TTFT / cold"),
             ("e2e_s_avg", "e2e avg")]))
+    agent = [row for row in rows if row["workload"] in AGENT_WORKLOADS]
+    if agent:
+        print("\n" + format_table(agent, [
+            ("label", "label"), ("workload", "workload"), ("phase", "turn"), ("requests", "reqs"),
+            ("errors", "errors"), ("images", "images"), ("evicted", "evicted"), ("prompt_tokens_avg", "prompt"),
+            ("cached_tokens_avg", "cached"), ("ttft_s_avg", "TTFT avg"), ("ttft_s_stdev", "TTFT sd"),
+            ("ttft_vs_turn1", "TTFT / turn 1"), ("e2e_s_avg", "e2e avg")]))
+        for label in dict.fromkeys(row["label"] for row in agent):
+            for workload in dict.fromkeys(row["workload"] for row in agent):
+                turns = [row for row in agent if row["label"] == label and row["workload"] == workload]
+                if len(turns) > 1 and turns[-1].get("ttft_vs_turn1"):
+                    print(f"{label} {workload}: TTFT of {turns[-1]['phase']} / turn 1 = {turns[-1]['ttft_vs_turn1']:.2f}x, "
+                          f"max over the turns {max(row.get('ttft_vs_turn1') or 0 for row in turns):.2f}x")
 
 
-async def measure(args, url: str, model: str, extra_body: dict, deadline: float) -> tuple[list[dict], list[str]]:
+def thinking_off(kind: str) -> dict:
+    """The request fields that turn a thinking model's reasoning off: vLLM's chat_template_kwargs
+    (holo-mlx), mlx-vlm's own enable_thinking."""
+    return {"enable_thinking": False} if kind == "mlx-vlm" else {"chat_template_kwargs": {"enable_thinking": False}}
+
+
+async def measure(args, url: str, model: str, extra_body: dict, deadline: float,
+                  kind: str = "server") -> tuple[list[dict], list[str]]:
     client = Client(url, model, args.api_key, args.max_tokens, args.request_timeout, extra_body)
     rows, errors, seed = [], [], 1000
     try:
         for workload in args.workloads:
-            levels = [1] if workload == "repeat-screenshot" else args.concurrency
+            levels = [1] if workload == "repeat-screenshot" or workload in AGENT_WORKLOADS else args.concurrency
             for clients in levels:
                 if time.monotonic() > deadline:
                     print(f"time limit reached: skipping {workload} at {clients} client(s)", flush=True)
                     continue
                 load = os.getloadavg()[0]
                 print(f"{workload}: {clients} client(s) ...", end=" ", flush=True)
-                if workload == "repeat-screenshot":
+                if workload in AGENT_WORKLOADS:
+                    budget = args.image_budget if workload == "agent-budget" else None
+                    turns = args.budget_turns if budget else args.agent_turns
+                    new_rows, new_errors = await run_agent(client, workload, turns, args.runs, args.warmup,
+                                                           args.image_size, seed, budget, thinking_off(kind))
+                    seed += args.warmup + args.runs * turns
+                    print(", ".join(f"{row['phase']} TTFT {row.get('ttft_s_avg', float('nan')):.2f}s "
+                                    f"cached {row.get('cached_tokens_avg', 0):.0f}" for row in new_rows), flush=True)
+                elif workload == "repeat-screenshot":
                     new_rows, new_errors = await run_repeat(client, args.runs, args.warmup, args.image_size, seed)
                     seed += args.runs + args.warmup
                     print(", ".join(f"{row['phase']} TTFT {row.get('ttft_s_avg', float('nan')):.3f}s "
@@ -513,6 +650,9 @@ def main(argv=None) -> int:
     from holo_mlx.runtime import use_fast_blas
 
     use_fast_blas()  # re-executes with OpenBLAS preloaded; a started server inherits it
+    # SIGTERM ends the run through the `finally` that stops a started server (it would also stop
+    # by itself: die_with_parent), rather than killing the interpreter on the spot.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     args = parse_args(argv)
     args.csv = args.csv.resolve()
     if args.chart_only:
@@ -547,7 +687,7 @@ def main(argv=None) -> int:
             # mlx-vlm has no ignore_eos: a large negative logit bias keeps EOS from being chosen.
             extra_body["logit_bias"] = {str(token): -100 for token in eos_token_ids(folder)}
         print(f"benchmarking {kind} at {url} (model {model})", flush=True)
-        rows, errors = asyncio.run(measure(args, url, model, extra_body, started + args.time_limit))
+        rows, errors = asyncio.run(measure(args, url, model, extra_body, started + args.time_limit, kind))
         if errors and server is not None:
             print(f"{len(errors)} requests failed; the server's last output:\n{server.log()}", file=sys.stderr)
     finally:

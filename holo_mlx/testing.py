@@ -583,6 +583,23 @@ HOLO3_PRESETS = {
     "holo3-moe-tiny": dict(text=dict(_HOLO3_TINY_TEXT, num_experts=6, num_experts_per_tok=2, moe_intermediate_size=64,
                                      shared_expert_intermediate_size=128),
                            vision=_HOLO3_TINY_VISION),
+    # Benchmark shapes. holo3-0.8b is Qwen3.5-0.8B's (Holo3.1-0.8B's): 24 layers of width 1024, the
+    # real model's vision tower, tied embeddings. holo3-35b-a3b-2l is Qwen3.5-35B-A3B's widths, heads,
+    # 256 experts (top 8) and tower with 2 of its 40 layers, one Gated DeltaNet and one attention
+    # layer: ~3.1B parameters, 12 GB in float32, so one framework at a time fits a 24 GiB machine.
+    "holo3-0.8b": dict(
+        text=dict(hidden_size=1024, intermediate_size=3584, num_hidden_layers=24, num_attention_heads=8,
+                  num_key_value_heads=2, head_dim=256, linear_conv_kernel_dim=4, linear_key_head_dim=128,
+                  linear_value_head_dim=128, linear_num_key_heads=16, linear_num_value_heads=16,
+                  mrope_section=[11, 11, 10], tie_word_embeddings=True),
+        vision=dict(depth=12, hidden_size=768, intermediate_size=3072, num_heads=12, num_position_embeddings=2304)),
+    "holo3-35b-a3b-2l": dict(
+        text=dict(hidden_size=2048, num_hidden_layers=2, layer_types=["linear_attention", "full_attention"],
+                  num_attention_heads=16, num_key_value_heads=2, head_dim=256, linear_conv_kernel_dim=4,
+                  linear_key_head_dim=128, linear_value_head_dim=128, linear_num_key_heads=16,
+                  linear_num_value_heads=32, num_experts=256, num_experts_per_tok=8, moe_intermediate_size=512,
+                  shared_expert_intermediate_size=512, mrope_section=[11, 11, 10], tie_word_embeddings=False),
+        vision=dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, num_position_embeddings=2304)),
 }
 
 
