@@ -1,9 +1,10 @@
-"""Run under mlx.launch by tests/test_distributed.py: load a model split across the ranks, by tensor
-parallelism and then by layers (pipeline parallelism), and print from rank 0, for each split, every
-rank's weight bytes, this rank's decoder bytes and peak memory after loading, and the text it
-generates greedily for a screenshot, as JSON: {"tensor": {...}, "pipeline": {...}}. One process
-alone (no mlx.launch) loads once: {"alone": {...}}. One launch answers every question on both
-splits: the ranks' start-up (Python, MLX, the ring) costs far more than a tiny model's load."""
+"""Run under mlx.launch by tests/test_distributed.py: load each model given split across the ranks,
+by tensor parallelism and then by layers (pipeline parallelism), and print from rank 0, for each
+split, every rank's weight bytes, this rank's decoder bytes and peak memory after loading, and the
+text it generates greedily for a screenshot, as JSON: {model: {"tensor": {...}, "pipeline": {...}}}.
+One process alone (no mlx.launch) loads each once: {model: {"alone": {...}}}. One launch answers
+every question on every model: the ranks' start-up (Python, MLX, the ring) costs far more than a
+tiny model's load."""
 
 import gc
 import json
@@ -25,9 +26,9 @@ PROMPT, MAX_TOKENS = "Click the Submit button.", 24
 
 
 def probe(path: str, group, pipeline: bool, prompts: PromptBuilder | None) -> tuple[dict, PromptBuilder]:
-    """This split's answers, and the prompt builder (loaded with the first split, whose tokenizer
-    takes longer to load than a tiny model)."""
-    # Peak memory counts from here: what this load holds at most, not the split loaded before it.
+    """This split's answers, and the model's prompt builder (loaded with its first split: its
+    tokenizer takes longer to load than a tiny model)."""
+    # Peak memory counts from here: what this load holds at most, not the model loaded before it.
     mx.clear_cache()
     mx.reset_peak_memory()
     try:
@@ -54,9 +55,11 @@ def probe(path: str, group, pipeline: bool, prompts: PromptBuilder | None) -> tu
 use_fast_blas()
 group = world()
 splits = {"alone": False} if group is None else {"tensor": False, "pipeline": True}
-answers, prompts = {}, None
-for split, pipeline in splits.items():
-    answers[split], prompts = probe(sys.argv[1], group, pipeline, prompts)
-    gc.collect()  # the model's modules hold each other: freed before the next split loads
+answers = {}
+for path in sys.argv[1:]:
+    answers[path], prompts = {}, None
+    for split, pipeline in splits.items():
+        answers[path][split], prompts = probe(path, group, pipeline, prompts)
+        gc.collect()  # the model's modules hold each other: freed before the next split loads
 if group is None or group.rank() == 0:
     print(json.dumps(answers), flush=True)
