@@ -134,10 +134,17 @@ def client(server):
     return server.client()
 
 
+@pytest.fixture(scope="module")
+def holo2_server(shared_server, holo2_root_checkpoint):
+    """`serve.py` on the tiny Holo2 checkpoint (served under its folder's name), shared by every module
+    that uses it: test_server_engine's Holo2 `family_server` has the same flags."""
+    return shared_server("--model", str(holo2_root_checkpoint), "--max-num-seqs", "4")
+
+
 # Fixtures that start or hand out a live server: a test using one (directly or through another
 # fixture) is marked `server`; tests that start a server in their body carry the mark themselves.
 SERVER_FIXTURES = {"shared_server", "server", "client", "live", "alone", "ranked", "family_server",
-                   "normalized_server"}
+                   "normalized_server", "holo2_server"}
 
 
 def pytest_collection_modifyitems(items):

@@ -24,8 +24,8 @@ LAUNCHER = Path(sys.executable).parent / "mlx.launch"
 PROBE = Path(__file__).parent / "distributed_probe.py"
 pytestmark = pytest.mark.distributed
 
-# Launches' outputs, kept for the session: several tests read the same launch (a probe's ranks answer
-# both splits' bytes and text), or compare their ranks with the same one-process baseline.
+# Launches' outputs, kept for the session: several tests compare their ranks with the same one-process
+# baseline (same command), which one process computes alike every time.
 LAUNCHED: dict[tuple, str] = {}
 
 
@@ -72,19 +72,27 @@ def generated(ranks: int, checkpoint: Path, image: Path, *flags: str) -> str:
     return text
 
 
-def probe(ranks: int, checkpoint: Path) -> dict:
-    """distributed_probe.py's answers: {"alone": ...} for one process, {"tensor": ..., "pipeline": ...}
-    for ranks; each call parses its own copy."""
-    return json.loads(launched(ranks, str(PROBE), str(checkpoint)))
+def probe(*checkpoints: Path) -> dict[str, dict]:
+    """distributed_probe.py's answers for each checkpoint, by its path: "alone" from one process,
+    "tensor" and "pipeline" from one launch of two ranks."""
+    answers = {}
+    for ranks in (1, 2):
+        for path, splits in json.loads(launched(ranks, str(PROBE), *map(str, checkpoints))).items():
+            answers.setdefault(path, {}).update(splits)
+    return answers
+
+
+@pytest.fixture(scope="module")
+def probed(hf_root_checkpoint, holo2_moe_root_checkpoint) -> dict[str, dict]:
+    return probe(hf_root_checkpoint, holo2_moe_root_checkpoint)
 
 
 @pytest.mark.parametrize("checkpoint", ["hf_root_checkpoint", "holo2_moe_root_checkpoint"])
 @pytest.mark.slow
-def test_two_ranks_generate_what_one_process_does(checkpoint, request):
-    path = request.getfixturevalue(checkpoint)
-    alone, split = probe(1, path)["alone"], probe(2, path)
-    assert split["tensor"]["text"] == alone["text"]
-    assert split["pipeline"]["text"] == alone["text"]
+def test_two_ranks_generate_what_one_process_does(checkpoint, request, probed):
+    answers = probed[str(request.getfixturevalue(checkpoint))]
+    assert answers["tensor"]["text"] == answers["alone"]["text"]
+    assert answers["pipeline"]["text"] == answers["alone"]["text"]
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +114,9 @@ def test_a_quantized_folder_splits_too(quantized_moe, split):
 
 @pytest.mark.parametrize("checkpoint", ["hf_root_checkpoint", "holo2_moe_root_checkpoint"])
 @pytest.mark.slow
-def test_each_rank_loads_half_the_decoder_and_never_the_whole(checkpoint, request):
-    path = request.getfixturevalue(checkpoint)
-    alone, split = probe(1, path)["alone"], probe(2, path)["tensor"]
+def test_each_rank_loads_half_the_decoder_and_never_the_whole(checkpoint, request, probed):
+    answers = probed[str(request.getfixturevalue(checkpoint))]
+    alone, split = answers["alone"], answers["tensor"]
     whole = alone["decoder_layer_bytes"]
     assert [rank["rank"] for rank in split["ranks"]] == [0, 1] and len(alone["ranks"]) == 1
     # Half of every projection; the norms (and an MoE router) are whole on each rank.
@@ -121,9 +129,9 @@ def test_each_rank_loads_half_the_decoder_and_never_the_whole(checkpoint, reques
 
 
 @pytest.mark.parametrize("checkpoint", ["hf_root_checkpoint", "holo2_moe_root_checkpoint"])
-def test_pipeline_ranks_load_their_own_layers_only(checkpoint, request):
-    path = request.getfixturevalue(checkpoint)
-    alone, split = probe(1, path)["alone"], probe(2, path)["pipeline"]
+def test_pipeline_ranks_load_their_own_layers_only(checkpoint, request, probed):
+    answers = probed[str(request.getfixturevalue(checkpoint))]
+    alone, split = answers["alone"], answers["pipeline"]
     replicated = split["replicated_bytes"]
     assert replicated == alone["replicated_bytes"]
     # The layers are split, none held twice: the ranks' layers add up to the whole decoder.

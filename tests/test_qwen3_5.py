@@ -26,7 +26,7 @@ from holo_mlx.models.qwen3_5.language import SharedExpertMoeBlock
 from holo_mlx.prompt import PromptBuilder
 from holo_mlx.testing import holo3_published_config, qwen3_5_tiktoken, qwen3_5_tokenizer_dir, synthetic_screenshot
 from test_convert import copy_checkpoint
-from test_distributed import generated, probe
+from test_distributed import probe
 from test_scheduler import sequential, tokens
 # The toy hybrid's engine tests, collected here again to run on this family's `loaded` (below).
 from test_hybrid import (test_a_follow_up_turn_resumes_from_the_end_of_the_previous_turn,  # noqa: F401
@@ -216,22 +216,33 @@ def test_a_rank_count_that_does_not_divide_the_linear_key_heads_is_refused(holo3
         model.shard(Ranks(3))
 
 
+@pytest.fixture(scope="module")
+def quantized_moe(holo3_moe_checkpoint, tmp_path_factory):
+    """The MoE fixture in 4 bits, in groups of 32: its experts' 64 columns are two groups."""
+    return convert(str(holo3_moe_checkpoint), tmp_path_factory.mktemp("quantized") / "q4", quantize=True, q_bits=4,
+                   q_group_size=32)
+
+
+@pytest.fixture(scope="module")
+def probed(holo3_checkpoint, holo3_moe_checkpoint, quantized_moe):
+    """Every model of the two-rank tests, one process and two ranks (test_distributed.probe)."""
+    return probe(holo3_checkpoint, holo3_moe_checkpoint, quantized_moe)
+
+
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_two_ranks_generate_what_one_process_does(checkpoint):
-    alone, split = probe(1, checkpoint)["alone"], probe(2, checkpoint)
-    assert split["tensor"]["text"] == alone["text"]
-    assert split["pipeline"]["text"] == alone["text"]
+def test_two_ranks_generate_what_one_process_does(checkpoint, probed):
+    answers = probed[str(checkpoint)]
+    assert answers["tensor"]["text"] == answers["alone"]["text"]
+    assert answers["pipeline"]["text"] == answers["alone"]["text"]
 
 
-@pytest.mark.distributed  # the generate CLI on two ranks
-def test_a_quantized_moe_folder_splits_too(holo3_moe_checkpoint, tmp_path):
+@pytest.mark.distributed
+def test_a_quantized_moe_folder_splits_too(holo3_moe_checkpoint, quantized_moe, probed, tmp_path):
     """Tensor parallelism slices the quantized experts and shared expert in place as it does the float
     ones, by whole quantization groups: the experts' 64 columns are two groups of 32, one of 64."""
-    folder = convert(str(holo3_moe_checkpoint), tmp_path / "q4", quantize=True, q_bits=4, q_group_size=32)
-    image = tmp_path / "screen.png"
-    synthetic_screenshot(200, 160, seed=2).save(image)
-    assert generated(2, folder, image) == generated(1, folder, image)
+    answers = probed[str(quantized_moe)]
+    assert answers["tensor"]["text"] == answers["alone"]["text"]
     model, _ = load(convert(str(holo3_moe_checkpoint), tmp_path / "q4-64", quantize=True, q_bits=4))
     with pytest.raises(ShardingError, match="moe_intermediate_size's quantization groups = 1 does not split"):
         model.shard(Ranks(2))

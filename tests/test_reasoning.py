@@ -307,16 +307,12 @@ def test_chat_template_kwargs_reach_the_template(server):
 
 # --- Holo2 itself --------------------------------------------------------------------------------
 
-@pytest.mark.server
-def test_holo2_thinks_first_and_its_json_answer_follows_the_reasoning(holo2_root_checkpoint):
-    holo2 = Server("--model", str(holo2_root_checkpoint), "--served-model-name", "holo2")
-    try:
-        client = holo2.client()
-        answers = {thinking: client.chat.completions.create(
-            model="holo2", messages=HELLO, temperature=0, max_tokens=40, response_format=response_format(POINT),
-            **({} if thinking else {"extra_body": THINKING_OFF})) for thinking in (True, False)}
-    finally:
-        holo2.stop()
+def test_holo2_thinks_first_and_its_json_answer_follows_the_reasoning(holo2_root_checkpoint, holo2_server):
+    client = holo2_server.client()
+    answers = {thinking: client.chat.completions.create(
+        model=holo2_root_checkpoint.name, messages=HELLO, temperature=0, max_tokens=40,
+        response_format=response_format(POINT), **({} if thinking else {"extra_body": THINKING_OFF}))
+        for thinking in (True, False)}
     for thinking, answer in answers.items():
         message = answer.choices[0].message
         jsonschema.validate(json.loads(message.content), POINT)
