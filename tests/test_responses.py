@@ -135,7 +135,6 @@ def test_computer_use_asks_for_a_screenshot_then_acts_inside_the_display(client)
     ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools.0.type"),
     ({"input": "hi", "tools": [{"type": "computer_use_preview", "environment": "browser"}]}, "tools.0"),
     ({"input": "hi", "previous_response_id": "resp-missing"}, "previous_response_id"),
-    ({"input": "hi", "truncation": "auto"}, "truncation"),
     ({"input": "hi", "tools": [DISPLAY], "text": POINT_FORMAT}, "text.format"),
 ])
 def test_bad_responses_requests_get_the_envelope_naming_the_field(server, payload, param):

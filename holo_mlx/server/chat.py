@@ -83,21 +83,33 @@ def chat_messages(body: ChatCompletionRequest, policy: ImagePolicy, prepare) -> 
 
 
 async def chat_prompt(body: ChatCompletionRequest, request: Request, served: Served, *, has_schema: bool = False,
-                      add_generation_prompt: bool = True) -> tuple[Prompt, ToolUse | None, int | None]:
+                      add_generation_prompt: bool = True,
+                      decoded: dict | None = None) -> tuple[Prompt, ToolUse | None, int | None]:
     """The prompt of a chat request's messages, tools and template variables, with its tool use and
-    reasoning budget: chat completions, the Responses API and /tokenize all count it from here."""
+    reasoning budget: chat completions, the Responses API and /tokenize all count it from here.
+    `decoded`: the images of a request built more than once (truncation drops messages and builds
+    again), each decoded once, by its bytes."""
     state = request.app.state
     kwargs, budget = reasoning_controls(body, state.config.reasoning_budget)
     prompts = served.engine.prompts
     tools = await tool_use(body, served.grammars, prompts.tool_format, has_schema=has_schema)
+
+    def prepare(raw: bytes):
+        if decoded is None:
+            return prompts.process_image(raw)
+        if raw not in decoded:
+            decoded[raw] = prompts.process_image(raw)
+        return decoded[raw]
+
     # Image fetching and decoding run in the worker thread with the rest of prompt building.
-    prompt = await build_prompt(lambda: prompts.build(chat_messages(body, state.image_policy, prompts.process_image),
+    prompt = await build_prompt(lambda: prompts.build(chat_messages(body, state.image_policy, prepare),
                                                       tools=tools.tools if tools else None, template_kwargs=kwargs,
                                                       add_generation_prompt=add_generation_prompt), "messages")
     return prompt, tools, budget
 
 
-async def start_chat(body: ChatCompletionRequest, request: Request) -> ChatRun:
+async def start_chat(body: ChatCompletionRequest, request: Request, decoded: dict | None = None) -> ChatRun:
+    """The request checked, its prompt built (`decoded`: chat_prompt's) and its choices queued."""
     state = request.app.state
     reject_lone_surrogates(body)
     served = ready_model(request, body.model)
@@ -106,7 +118,7 @@ async def start_chat(body: ChatCompletionRequest, request: Request) -> ChatRun:
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     grammar = await requested_grammar(served.grammars, body)
-    prompt, tools, budget = await chat_prompt(body, request, served, has_schema=grammar is not None)
+    prompt, tools, budget = await chat_prompt(body, request, served, has_schema=grammar is not None, decoded=decoded)
     if tools is not None:
         grammar = tools.grammar
     prompts = engine.prompts

@@ -327,12 +327,22 @@ class ImageResize(BaseModel):
     resized: ImageSize  # Holo1.5 answers coordinates in these pixels
 
 
+class TruncationInfo(BaseModel):
+    """Extension: what `truncation: "auto"` dropped from a Responses conversation to fit the context
+    (messages as the prompt has them: a message and its function calls are one)."""
+
+    dropped_messages: int = 0
+    dropped_images: int = 0
+
+
 class HoloInfo(BaseModel):
-    """Extension: how each input image was resized, in prompt order, and whether the answer's
-    coordinates were mapped into the original image's pixels (and if not, why)."""
+    """Extension: how each input image was resized, in prompt order, whether the answer's
+    coordinates were mapped into the original image's pixels (and if not, why), and (Responses)
+    what truncation dropped."""
 
     images: list[ImageResize]
     map_coordinates: str | None = None
+    truncation: TruncationInfo | None = None
 
 
 class OriginalClick(BaseModel):
@@ -465,10 +475,13 @@ class ModelList(BaseModel):
 
 
 def dump(model: BaseModel) -> dict[str, Any]:
-    """JSON body with OpenAI's explicit nulls; the `holo` extension is left out when unset."""
+    """JSON body with OpenAI's explicit nulls; the `holo` extension is left out when unset, and so is
+    its `truncation` (Responses only)."""
     data = model.model_dump()
     if data.get("holo", ...) is None:
         del data["holo"]
+    elif "holo" in data and data["holo"]["truncation"] is None:
+        del data["holo"]["truncation"]
     return data
 
 
@@ -663,6 +676,7 @@ class ResponseObject(BaseModel):
     usage: ResponseUsage | None = None
     user: str | None = None
     reasoning: dict[str, Any] | None = None  # the request's effort and summary, echoed
+    holo: HoloInfo | None = None  # extension, as in chat completions
 
 
 class ResponseEvent(BaseModel):

@@ -4,6 +4,8 @@ messages, reasoning as the next assistant turn's), the request becomes a chat re
 becomes output items: a thinking model's reasoning, then a message, function calls, or (with a
 computer tool, server/computer.py) computer calls."""
 
+from collections.abc import Callable
+
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
@@ -15,12 +17,13 @@ from .chat import ChatRun, reasoning_tokens, start_chat
 from .errors import APIError
 from .openapi import API_ERRORS, responses
 from .reasoning_fields import effort_of
-from .protocol import (ChatCompletionRequest, DeletedResponse, FunctionCallItem, IncompleteDetails,
+from .protocol import (ChatCompletionRequest, DeletedResponse, FunctionCallItem, HoloInfo, IncompleteDetails,
                        InputTokensDetails, OutputMessage, OutputText, OutputTokensDetails, ReasoningItem,
-                       ReasoningText, ResponseEvent, ResponseObject, ResponsesRequest, ResponseUsage, dump, new_id)
+                       ReasoningText, ResponseEvent, ResponseObject, ResponsesRequest, ResponseUsage, TruncationInfo, dump, new_id)
 from .response_store import ResponseStore, Stored
 from .served import ready_model
 from .streaming import collect, ending_with_error_event, sse
+from .truncation import fitted
 
 router = APIRouter()
 
@@ -152,17 +155,16 @@ def chat_request(body: ResponsesRequest, conversation: list[dict], tools: list[d
 @router.post("/v1/responses", responses=responses(ResponseObject, *API_ERRORS, stream=ResponseEvent))
 async def create_response(body: ResponsesRequest, request: Request):
     store: ResponseStore = request.app.state.responses
-    if body.truncation == "auto":
-        raise APIError(400, "truncation \"auto\" is not supported: the whole conversation must fit the context",
-                       param="truncation")
     earlier = store.get(body.previous_response_id, "previous_response_id", 400).conversation \
         if body.previous_response_id else []
     conversation = earlier + chat_messages(body.input)
     screen, tools = computer.tool_of(body.tools)
     if screen is not None:
         return await computer_turn(body, request, screen, conversation, chat_tools(tools))
-    run = await start_chat(chat_request(body, conversation, chat_tools(tools), response_format(body)), request)
-    shaped = Shaped(body, request.app.state.config.model_name, run, conversation)
+    tools, schema = chat_tools(tools), response_format(body)
+    run, conversation, dropped = await fitted_chat(
+        body, request, conversation, lambda kept: chat_request(body, kept, tools, schema))
+    shaped = Shaped(body, request.app.state.config.model_name, run, conversation, dropped)
     if not body.stream:
         chunks = await collect(request, run.generations[0])
         return shaped.finish(store, shaped.items(chunks), chunks, chunks[-1].finish_reason)
@@ -179,10 +181,10 @@ async def computer_turn(body: ResponsesRequest, request: Request, screen: comput
         return shaped.reply(store, [computer.call_item({"type": "screenshot"})], [], "stop")
     coordinates = ready_model(request, body.model).engine.model.family.coordinates
     schema = computer.step_schema(coordinates)
-    chat = chat_request(computer.navigation_request(body), computer.navigation_messages(conversation, schema),
-                        None, computer.step_format(schema))
-    run = await start_chat(chat, request)
-    shaped = Shaped(body, model, run, conversation)
+    run, conversation, dropped = await fitted_chat(body, request, conversation, lambda kept: chat_request(
+        computer.navigation_request(body), computer.navigation_messages(kept, schema), None,
+        computer.step_format(schema)))
+    shaped = Shaped(body, model, run, conversation, dropped)
     chunks = await collect(request, run.generations[0])
     text, finish_reason = "".join(chunk.text for chunk in chunks), chunks[-1].finish_reason
     reasoning = reasoning_items(run.reasoning(chunks))
@@ -195,6 +197,16 @@ async def computer_turn(body: ResponsesRequest, request: Request, screen: comput
     items = [computer.call_item(action) for action in actions] + ([message_item(answer)] if answer is not None else [])
     # A step that parses is whole, however close to the budget it ended.
     return shaped.reply(store, reasoning + items, chunks, "stop", answer={"role": "assistant", "content": text})
+
+
+async def fitted_chat(body: ResponsesRequest, request: Request, conversation: list[dict],
+                      chat_of: Callable[[list[dict]], ChatCompletionRequest]):
+    """(the run, the conversation it answers, what truncation dropped): the chat of the whole
+    conversation, or with `truncation: "auto"` of as much of it as fits (server/truncation.py), its
+    images decoded once however many times it is built."""
+    decoded = {}
+    return await fitted(conversation, lambda kept: start_chat(chat_of(kept), request, decoded),
+                        truncate=body.truncation == "auto")
 
 
 @router.get("/v1/responses/{response_id}", responses=responses(ResponseObject, 400, 401, 404, 422, 503))
@@ -211,8 +223,9 @@ async def delete_response(response_id: str, request: Request):
 class Shaped:
     """One response being answered: its output items, whole or as the event stream the SDKs parse."""
 
-    def __init__(self, body: ResponsesRequest, model: str, run: ChatRun | None, conversation: list[dict]):
-        self.body, self.run, self.conversation = body, run, conversation
+    def __init__(self, body: ResponsesRequest, model: str, run: ChatRun | None, conversation: list[dict],
+                 dropped: TruncationInfo | None = None):
+        self.body, self.run, self.conversation, self.dropped = body, run, conversation, dropped
         self.response = ResponseObject(
             id=new_id("resp"), status="in_progress", model=model, instructions=body.instructions,
             max_output_tokens=body.max_output_tokens, temperature=body.temperature, top_p=body.top_p,
@@ -221,7 +234,8 @@ class Shaped:
             previous_response_id=body.previous_response_id, metadata=body.metadata or {}, user=body.user,
             reasoning=body.reasoning.model_dump(include={"effort", "summary"}) if body.reasoning else None,
             text={"format": body.text.format.model_dump(by_alias=True, exclude_none=True)}
-            if body.text and body.text.format else {"format": {"type": "text"}})
+            if body.text and body.text.format else {"format": {"type": "text"}},
+            truncation=body.truncation or "disabled")
 
     def items(self, chunks: list[GenerationChunk]) -> list:
         """The answer's items: its reasoning (of a thinking model), then a message and function calls."""
@@ -238,6 +252,10 @@ class Shaped:
         output_tokens = len(chunks)
         response = self.response
         response.output = items
+        response.holo = self.run.holo() if self.run else None  # after the answer: whether it was mapped
+        if self.dropped is not None:
+            response.holo = response.holo or HoloInfo(images=[])
+            response.holo.truncation = self.dropped
         # Whole calls are a complete answer even when the budget ran out after them.
         cut = finish_reason == "length" and not any(isinstance(item, FunctionCallItem) for item in items)
         response.status = "incomplete" if cut else "completed"
