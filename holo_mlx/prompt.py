@@ -167,9 +167,19 @@ class PromptBuilder:
             text += rendered["text"] if rendered["type"] == "text" else self.image_placeholder
         return self._expand(self.tokenizer.encode(text, add_special_tokens=False), images)
 
-    def process_image(self, image: "bytes | Image.Image") -> ProcessedImage:
-        """Decode and resize one image with this checkpoint's settings; ImageError when it cannot."""
-        return preprocess_image(image, self.image_config, max_side=self.max_side, max_pixels=self.max_pixels)
+    @property
+    def pixel_bounds(self) -> tuple[int, int]:
+        """(the checkpoint's pixel floor, the pixel budget in force): what a request may ask within."""
+        ceiling = self.image_config.max_pixels
+        return self.image_config.min_pixels, min(self.max_pixels or ceiling, ceiling)
+
+    def process_image(self, image: "bytes | Image.Image", *, min_pixels: int | None = None,
+                      max_pixels: int | None = None) -> ProcessedImage:
+        """Decode and resize one image with this checkpoint's settings (a request's own pixel budget,
+        within pixel_bounds, when given); ImageError when it cannot."""
+        return preprocess_image(image, self.image_config, max_side=self.max_side,
+                                max_pixels=self.max_pixels if max_pixels is None else max_pixels,
+                                min_pixels=min_pixels)
 
     def _template_part(self, part: dict, images: list[ProcessedImage]) -> dict:
         """The part as the chat template expects it; images are preprocessed and collected in order."""

@@ -89,7 +89,7 @@ def image_limits(engine) -> dict:
     prompts = engine.prompts
     if prompts is None:
         return {"family": None, "coordinates": None, "max_side": None, "max_pixels": None, "min_pixels": None}
-    ceiling = prompts.image_config.max_pixels
+    floor, ceiling = prompts.pixel_bounds
     family = engine.model.family
     return {"family": family.name, "coordinates": family.coordinates.name, "max_side": prompts.max_side,
-            "max_pixels": min(prompts.max_pixels or ceiling, ceiling), "min_pixels": prompts.image_config.min_pixels}
+            "max_pixels": ceiling, "min_pixels": floor}

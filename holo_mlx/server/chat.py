@@ -12,7 +12,7 @@ from ..engine.stream import GenerationChunk
 from ..prompt import Prompt
 from ..reasoning import ThinkBlock
 from ..tool_format import ParsedCall
-from .content import ImagePolicy, to_messages
+from .content import ImagePolicy, ImageReader, to_messages
 from .errors import APIError
 from .inputs import build_prompt, holo_info, reject_lone_surrogates
 from .openapi import API_ERRORS, responses
@@ -73,9 +73,9 @@ def reasoning_tokens(chunks: list[GenerationChunk]) -> int:
     return sum(chunk.reasoning is not None for chunk in chunks)
 
 
-def chat_messages(body: ChatCompletionRequest, policy: ImagePolicy, prepare) -> list[dict]:
+def chat_messages(body: ChatCompletionRequest, policy: ImagePolicy, images: ImageReader) -> list[dict]:
     """The request's messages for the prompt builder, each assistant turn with its reasoning."""
-    messages = to_messages(body.messages, policy, prepare)
+    messages = to_messages(body.messages, policy, images)
     for message, entry in zip(body.messages, messages):
         if message.reasoning_content is not None:
             entry["reasoning_content"] = message.reasoning_content
@@ -87,22 +87,14 @@ async def chat_prompt(body: ChatCompletionRequest, request: Request, served: Ser
                       decoded: dict | None = None) -> tuple[Prompt, ToolUse | None, int | None]:
     """The prompt of a chat request's messages, tools and template variables, with its tool use and
     reasoning budget: chat completions, the Responses API and /tokenize all count it from here.
-    `decoded`: the images of a request built more than once (truncation drops messages and builds
-    again), each decoded once, by its bytes."""
+    `decoded`: ImageReader's, for a request built more than once."""
     state = request.app.state
     kwargs, budget = reasoning_controls(body, state.config.reasoning_budget)
     prompts = served.engine.prompts
     tools = await tool_use(body, served.grammars, prompts.tool_format, has_schema=has_schema)
-
-    def prepare(raw: bytes):
-        if decoded is None:
-            return prompts.process_image(raw)
-        if raw not in decoded:
-            decoded[raw] = prompts.process_image(raw)
-        return decoded[raw]
-
+    images = ImageReader.of(prompts, body.mm_processor_kwargs, decoded)
     # Image fetching and decoding run in the worker thread with the rest of prompt building.
-    prompt = await build_prompt(lambda: prompts.build(chat_messages(body, state.image_policy, prepare),
+    prompt = await build_prompt(lambda: prompts.build(chat_messages(body, state.image_policy, images),
                                                       tools=tools.tools if tools else None, template_kwargs=kwargs,
                                                       add_generation_prompt=add_generation_prompt), "messages")
     return prompt, tools, budget

@@ -5,6 +5,7 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from .content import ImageReader
 from .errors import APIError
 from .inputs import input_prompts, reject_lone_surrogates, split_inputs
 from .openapi import API_ERRORS, responses
@@ -36,7 +37,9 @@ async def completions(body: CompletionRequest, request: Request):
     if len(inputs) * body.n > config.max_queue:  # could never all be queued: retrying would not help
         raise APIError(400, f"{len(inputs)} prompts x n={body.n} in one request; this server queues at most "
                        f"{config.max_queue} (--max-queue): split the request", param="prompt", code="too_many_prompts")
-    prompts = await input_prompts(engine, body.prompt, state.image_policy, "prompt")
+    # A text prompt has no image to resize: mm_processor_kwargs is only checked.
+    prompts = await input_prompts(engine, body.prompt, state.image_policy, "prompt",
+                                  ImageReader.of(engine.prompts, body.mm_processor_kwargs))
     # One constraint per choice: each sequence walks the grammar on its own. Choices are grouped
     # by prompt (prompt 0's n choices, then prompt 1's), as OpenAI orders them.
     params = [choice for p in prompts for choice in choice_params(body, lambda p=p: sampling_params(

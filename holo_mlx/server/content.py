@@ -10,15 +10,17 @@ import binascii
 import logging
 import stat
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from pydantic import TypeAdapter, ValidationError
 
-from ..image import ImageError, ImageTooLarge
+from ..image import ImageError, ImageTooLarge, ProcessedImage
+from ..prompt import PromptBuilder
 from .errors import APIError
-from .protocol import CONTENT_PART_FORMS, ChatMessage, ContentPart, HoloImagePart, ImageURLPart, TextPart
+from .protocol import (CONTENT_PART_FORMS, ChatMessage, ContentPart, HoloImagePart, ImageURLPart, PixelBudget,
+                       TextPart)
 
 CONTENT_PART = TypeAdapter(ContentPart)
 
@@ -31,6 +33,59 @@ class ImagePolicy:
     allow_remote: bool = False
     allow_local: bool = False
     fetch_timeout_s: float = 10.0
+
+
+class Resolution(NamedTuple):
+    """The pixel budget an image is resized within; None: the server's."""
+
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+
+
+def resolution(budget: PixelBudget | None, bounds: tuple[int, int], param: str,
+               base: Resolution = Resolution()) -> Resolution:
+    """`budget`'s min_pixels / max_pixels over `base`, each within the server's (floor, ceiling);
+    400 naming the field (`param.max_pixels`) otherwise."""
+    floor, ceiling = bounds
+    chosen = base._asdict()
+    for key in chosen:
+        value = getattr(budget, key, None)
+        if value is None:
+            continue
+        if not floor <= value <= ceiling:
+            raise APIError(400, f"{key} must be within this server's pixel bounds [{floor}, {ceiling}], got {value}",
+                           param=f"{param}.{key}")
+        chosen[key] = value
+    chosen = Resolution(**chosen)
+    if None not in chosen and chosen.min_pixels > chosen.max_pixels:
+        named = "min_pixels" if getattr(budget, "min_pixels", None) is not None else "max_pixels"
+        raise APIError(400, f"min_pixels ({chosen.min_pixels}) must not exceed max_pixels ({chosen.max_pixels})",
+                       param=f"{param}.{named}")
+    return chosen
+
+
+@dataclass
+class ImageReader:
+    """Decodes and resizes a request's images with the model's prompt builder, each at its part's
+    resolution, else the request's (mm_processor_kwargs), else the server's. `decoded` keeps them by
+    bytes and resolution, for a request built more than once (truncation drops messages and builds again)."""
+
+    prompts: PromptBuilder
+    resolution: Resolution = Resolution()
+    decoded: dict | None = None
+
+    @classmethod
+    def of(cls, prompts: PromptBuilder, budget: PixelBudget | None, decoded: dict | None = None) -> "ImageReader":
+        """The reader of a request whose `mm_processor_kwargs` is `budget` (checked here)."""
+        return cls(prompts, resolution(budget, prompts.pixel_bounds, "mm_processor_kwargs"), decoded)
+
+    def read(self, raw: bytes, part: PixelBudget, param: str) -> ProcessedImage:
+        chosen = resolution(part, self.prompts.pixel_bounds, param, self.resolution)
+        if self.decoded is None:
+            return self.prompts.process_image(raw, **chosen._asdict())
+        if (raw, chosen) not in self.decoded:
+            self.decoded[raw, chosen] = self.prompts.process_image(raw, **chosen._asdict())
+        return self.decoded[raw, chosen]
 
 
 def decode_base64(data: str, param: str) -> bytes:
@@ -86,7 +141,7 @@ def read_local_image(path: Path, max_bytes: int, param: str) -> bytes:
         raise APIError(400, "could not read the image file", param=param, code="invalid_image") from None
 
 
-def to_part(part: ContentPart, policy: ImagePolicy, param: str, prepare: Callable[[bytes], object]) -> dict:
+def to_part(part: ContentPart, policy: ImagePolicy, param: str, images: ImageReader) -> dict:
     """One content part in the runtime's format; images are fetched and prepared (decoded, resized)
     here, so a bad one is reported by its own place in the request."""
     if isinstance(part, TextPart):
@@ -100,15 +155,15 @@ def to_part(part: ContentPart, policy: ImagePolicy, param: str, prepare: Callabl
     else:
         raise APIError(400, f"unsupported content part type {part.type!r}", param=param)
     try:
-        return {"type": "image", "image": prepare(raw)}
+        return {"type": "image", "image": images.read(raw, part, param)}
     except ImageTooLarge as error:
         raise APIError(413, str(error), param=param, code="image_too_large") from None
     except ImageError as error:
         raise APIError(400, f"invalid image: {error}", param=param, code="invalid_image") from None
 
 
-def to_parts(parts: list, policy: ImagePolicy, param: str, prepare: Callable[[bytes], object]) -> list[dict]:
-    return [to_part(checked_part(part, f"{param}.{index}"), policy, f"{param}.{index}", prepare)
+def to_parts(parts: list, policy: ImagePolicy, param: str, images: ImageReader) -> list[dict]:
+    return [to_part(checked_part(part, f"{param}.{index}"), policy, f"{param}.{index}", images)
             for index, part in enumerate(parts)]
 
 
@@ -123,7 +178,7 @@ def checked_part(part, param: str) -> ContentPart:
                        param=param, code="invalid_content_part") from None
 
 
-def to_messages(messages: list[ChatMessage], policy: ImagePolicy, prepare: Callable[[bytes], object]) -> list[dict]:
+def to_messages(messages: list[ChatMessage], policy: ImagePolicy, images: ImageReader) -> list[dict]:
     """Messages in the runtime's format: assistant tool calls as {"name", "arguments"} and tool
     results as role "tool" (the prompt builder writes them in the family's convention)."""
     if not messages:
@@ -135,7 +190,7 @@ def to_messages(messages: list[ChatMessage], policy: ImagePolicy, prepare: Calla
         if content is None:
             content = ""
         elif not isinstance(content, str):
-            content = to_parts(content, policy, f"messages.{index}.content", prepare)
+            content = to_parts(content, policy, f"messages.{index}.content", images)
         entry = {"role": role, "content": content}
         if message.tool_calls:
             if role != "assistant":

@@ -11,6 +11,7 @@ import base64
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
+from .content import ImageReader
 from .errors import APIError
 from .inputs import input_params, input_prompts, reject_lone_surrogates
 from .openapi import API_ERRORS, responses
@@ -29,7 +30,7 @@ async def embeddings(body: EmbeddingRequest, request: Request):
     hidden_size = engine.model.config.text_config.hidden_size
     if body.dimensions is not None and not 1 <= body.dimensions <= hidden_size:
         raise APIError(400, f"dimensions must be in [1, {hidden_size}]", param="dimensions")
-    prompts = await input_prompts(engine, body.input, state.image_policy, "input")
+    prompts = await input_prompts(engine, body.input, state.image_policy, "input", ImageReader(engine.prompts))
     for prompt, param in zip(prompts, input_params(body.input, "input")):
         if len(prompt.input_ids) > engine.max_model_len:
             raise APIError(400, f"{param} has {len(prompt.input_ids)} tokens; this model's context is "

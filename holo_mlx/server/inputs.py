@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from ..engine.worker import Engine
 from ..prompt import RENDER_ARGUMENTS, Prompt
-from .content import ImagePolicy, to_parts
+from .content import ImagePolicy, ImageReader, to_parts
 from .errors import APIError
 from .protocol import HoloInfo, ImageResize, ImageSize
 
@@ -65,8 +65,9 @@ def input_params(value, param: str) -> list[str]:
     return [f"{param}.{index}" for index in range(len(inputs))]
 
 
-async def input_prompts(engine: Engine, value, policy: ImagePolicy, param: str) -> list[Prompt]:
-    """Prompts for raw inputs (no chat template): text as is, token ids as given, content parts in order."""
+async def input_prompts(engine: Engine, value, policy: ImagePolicy, param: str, images: ImageReader) -> list[Prompt]:
+    """Prompts for raw inputs (no chat template): text as is, token ids as given, content parts in
+    order (their images read by `images`)."""
     inputs = split_inputs(value)
     if not inputs or any(len(item) == 0 for item in inputs):
         raise APIError(400, f"{param} must not be empty", param=param)
@@ -84,8 +85,7 @@ async def input_prompts(engine: Engine, value, policy: ImagePolicy, param: str) 
             prompts.append(Prompt(input_ids=list(item), images=[]))
         else:
             prompts.append(await build_prompt(
-                lambda item=item, where=where: engine.prompts.build_parts(to_parts(item, policy, where,
-                                                                                   engine.prompts.process_image)),
+                lambda item=item, where=where: engine.prompts.build_parts(to_parts(item, policy, where, images)),
                 where))
         if not prompts[-1].input_ids:  # e.g. only empty text parts: nothing to pool or to continue
             raise APIError(400, f"{where} has no tokens", param=where)

@@ -12,7 +12,7 @@ import json
 from fastapi import APIRouter, Request
 
 from ..coordinates import map_point
-from .content import to_part
+from .content import ImageReader, to_part
 from .errors import APIError
 from .inputs import build_prompt, reject_lone_surrogates
 from .openapi import API_ERRORS, responses
@@ -42,7 +42,7 @@ async def localize(body: LocalizeRequest, request: Request):
         raise APIError(400, "target must not be empty", param="target")
 
     def build():
-        screenshot = to_part(screenshot_part(body.image), state.image_policy, "image", engine.prompts.process_image)
+        screenshot = to_part(screenshot_part(body.image), state.image_policy, "image", ImageReader(engine.prompts))
         return engine.prompts.build([{"role": "user", "content": [
             screenshot, {"type": "text", "text": family.localization_prompt(body.target)}]}],
             template_kwargs=TEMPLATE_KWARGS)

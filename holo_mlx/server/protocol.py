@@ -46,7 +46,15 @@ class ImageURL(Request):
     detail: str | None = None
 
 
-class ImageURLPart(Request):
+class PixelBudget(Request):
+    """Extension: the pixels one image may have after resizing, within the server's bounds: vLLM's
+    `mm_processor_kwargs` of a request, or Qwen's (qwen-vl-utils') keys beside an image part's image."""
+
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+
+
+class ImageURLPart(PixelBudget):
     type: Literal["image_url"]
     image_url: ImageURL
 
@@ -55,7 +63,7 @@ class HoloImage(Request):
     b64: str
 
 
-class HoloImagePart(Request):
+class HoloImagePart(PixelBudget):
     """Extension: the original Holo API's `{"type": "image", "image": {"b64": ...}}`."""
 
     type: Literal["image"]
@@ -155,6 +163,13 @@ class StructuredOutputs(Request):
     json_object: bool | None = None
 
 
+class MMProcessorKwargs(PixelBudget):
+    """Extension (vLLM): `"mm_processor_kwargs": {"min_pixels", "max_pixels"}`, for every image of
+    the request (an image part's own keys win); other keys are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class HoloOptions(Request):
     """Extension: `"holo": {...}` in a chat request."""
 
@@ -192,6 +207,7 @@ class SamplingFields(Request):
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputs | None = None
     guided_json: dict | str | None = None
+    mm_processor_kwargs: MMProcessorKwargs | None = None  # vLLM's
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -254,6 +270,7 @@ class TokenizeRequest(Request):
     chat_template_kwargs: Any = None
     tools: list[FunctionTool] | None = None
     return_token_strs: bool | None = False
+    mm_processor_kwargs: MMProcessorKwargs | None = None  # messages only, as in chat completions
 
 
 class DetokenizeRequest(Request):
@@ -580,6 +597,7 @@ class ResponsesRequest(Request):
     reasoning: ReasoningOptions | None = None
     thinking_token_budget: Any = None  # extension, as in chat completions
     chat_template_kwargs: Any = None  # extension, as in chat completions
+    mm_processor_kwargs: MMProcessorKwargs | None = None  # extension, as in chat completions
 
 
 class ReasoningText(BaseModel):

@@ -45,7 +45,9 @@ def text_parts(parts, param: str) -> list[dict]:
         elif kind == "refusal" and isinstance(part.get("refusal"), str):
             converted.append({"type": "text", "text": part["refusal"]})
         elif kind == "input_image" and isinstance(part.get("image_url"), str):
-            converted.append({"type": "image_url", "image_url": {"url": part["image_url"]}})
+            # Qwen's per-image pixel budget rides along (content.ImageReader reads it).
+            converted.append({"type": "image_url", "image_url": {"url": part["image_url"]},
+                              **{key: part[key] for key in ("min_pixels", "max_pixels") if key in part}})
         elif kind == "input_image":
             raise APIError(400, f"{where}: send the image as image_url (a base64 data URL); file ids are not "
                            "supported", param=where)
@@ -141,7 +143,7 @@ def chat_request(body: ResponsesRequest, conversation: list[dict], tools: list[d
               "response_format": schema, "chat_template_kwargs": body.chat_template_kwargs,
               # Checked here too, so that a bad effort is named as this request has it.
               "reasoning_effort": effort_of(body.reasoning.effort, "reasoning.effort") if body.reasoning else None,
-              "thinking_token_budget": body.thinking_token_budget}
+              "thinking_token_budget": body.thinking_token_budget, "mm_processor_kwargs": body.mm_processor_kwargs}
     try:
         return ChatCompletionRequest.model_validate({key: value for key, value in fields.items() if value is not None})
     except ValidationError as error:

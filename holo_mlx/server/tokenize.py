@@ -26,7 +26,8 @@ async def tokenize(body: TokenizeRequest, request: Request):
         raise APIError(400, "send either prompt (text) or messages (a chat), not both or neither", param="prompt")
     if body.messages is not None:
         chat = ChatCompletionRequest(messages=body.messages, tools=body.tools,
-                                     chat_template_kwargs=body.chat_template_kwargs)
+                                     chat_template_kwargs=body.chat_template_kwargs,
+                                     mm_processor_kwargs=body.mm_processor_kwargs)
         prompt, _, _ = await chat_prompt(chat, request, served, add_generation_prompt=body.add_generation_prompt)
         tokens = prompt.input_ids
     else:
