@@ -173,15 +173,43 @@ class CallStream:
         return rest
 
 
+# Keywords whose value is a schema or a list of schemas. allOf is left out: closing one of its
+# branches would refuse the properties that another declares.
+SUBSCHEMAS = ("items", "prefixItems", "anyOf", "oneOf", "not", "if", "then", "else", "contains",
+              "additionalProperties")
+SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")  # name -> schema
+
+
+def closed_objects(schema):
+    """The schema with every object that lists its properties closed to them (additionalProperties
+    false) where it says nothing of other keys: JSON Schema lets such an object take any key, and a
+    model, more so an unsure one, then calls a function with keys it never declared. An object that
+    allows more (additionalProperties true or a schema; or allOf, unevaluatedProperties) stays so."""
+    if isinstance(schema, list):
+        return [closed_objects(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed = {}
+    for key, value in schema.items():
+        if key in SUBSCHEMAS:
+            value = closed_objects(value)
+        elif key in SCHEMA_MAPS and isinstance(value, dict):
+            value = {name: closed_objects(item) for name, item in value.items()}
+        closed[key] = value
+    if "properties" in schema and not {"additionalProperties", "allOf", "unevaluatedProperties"} & set(schema):
+        closed["additionalProperties"] = False
+    return closed
+
+
 def call_grammar(grammars: Grammars, tools: list[dict], *, parallel: bool) -> Grammar:
     """Grammar of an answer made of JSON calls to these functions (one, or several when parallel),
-    each call's arguments valid against its function's parameter schema."""
+    each call's arguments valid against its function's parameter schema, its objects closed."""
     bodies = []
     for tool in tools:
         function = tool["function"]
         bodies.append({"type": "object",
                        "properties": {"name": {"const": function["name"]},
-                                      "arguments": function.get("parameters") or ANY_ARGUMENTS},
+                                      "arguments": closed_objects(function.get("parameters") or ANY_ARGUMENTS)},
                        "required": ["name", "arguments"], "additionalProperties": False})
     schema = {"anyOf": bodies} if len(bodies) > 1 else bodies[0]
     schema["x-guidance"] = JSON_OPTIONS

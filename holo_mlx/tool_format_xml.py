@@ -20,7 +20,7 @@ import math
 import re
 
 from .constrain import JSON_OPTIONS, Grammar, Grammars
-from .tool_format import OPEN, CLOSE, ParsedCall, ToolFormat, calls_grammar, render
+from .tool_format import OPEN, CLOSE, ParsedCall, ToolFormat, calls_grammar, closed_objects, render
 
 FUNCTION = re.compile(r"<function=([^>\n]+)>(.*)</function>", re.DOTALL)
 PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)</parameter>", re.DOTALL)
@@ -156,7 +156,8 @@ def read_call(body: str, tools: list[dict]) -> ParsedCall | None:
 def xml_call_grammar(grammars: Grammars, tools: list[dict], *, parallel: bool) -> Grammar:
     """Grammar of an answer made of XML calls to these functions (one, or several when parallel):
     each function's parameters in its schema's order, the required ones always, none it does not
-    list (any, as text, when it lists none), each value held to its schema."""
+    list (any, as text, when it lists none or allows more by additionalProperties), each value held
+    to its schema with its objects closed (tool_format.closed_objects)."""
     rules, functions = [], []
     for number, tool in enumerate(tools):
         function = tool["function"]
@@ -166,10 +167,10 @@ def xml_call_grammar(grammars: Grammars, tools: list[dict], *, parallel: bool) -
         items = []
         for index, (key, schema) in enumerate(properties.items()):
             rule = f"v_{number}_{index}"
-            rules.append(value_rule(rule, schema))
+            rules.append(value_rule(rule, closed_objects(schema)))
             item = f'"<parameter={escape(key)}>\\n" {rule}'
             items.append(f"({item})" if key in required else f"({item})?")
-        if not properties:
+        if not properties or parameters.get("additionalProperties", False) is not False:
             rules.append(f"any_{number}: (\"<parameter=\" /{NAME_TEXT}/ \">\\n\" TEXT_VALUE)*")
             items.append(f"any_{number}")
         functions.append(f"f_{number}")

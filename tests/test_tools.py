@@ -5,11 +5,14 @@ and the real openai client."""
 import json
 
 import jsonschema
+import llguidance
 import pytest
 
+from holo_mlx.constrain import Grammars
 from holo_mlx.prompt import PromptBuilder
 from holo_mlx.testing import tokenizer_files_dir
-from holo_mlx.tool_format import CallStream, parse
+from holo_mlx.tool_format import CallStream, call_grammar, closed_objects, parse
+from test_constrain import EOS, VOCAB
 from test_server import error_of
 
 CLICK = {"type": "function", "function": {
@@ -215,3 +218,45 @@ def test_a_bad_content_part_is_named_with_the_accepted_forms(server):
     assert response.status_code == 400
     error = error_of(response)
     assert error["param"] == "messages.0.content.1" and '"image_url": {"url": ...}' in error["message"]
+
+
+# --- closed arguments ----------------------------------------------------------------------------
+
+# Parameters that say nothing of other keys: the grammar closes them to the declared ones.
+MOVE = {"type": "function", "function": {"name": "move", "parameters": {
+    "type": "object", "properties": {"x": {"type": "integer"}, "label": {"type": "string", "maxLength": 8}},
+    "required": ["x"]}}}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_calls_have_only_the_declared_keys(client, seed):
+    response = client.chat.completions.create(model="holo-tiny", messages=ASK, tools=[MOVE], tool_choice="required",
+                                              temperature=1.0, seed=seed, n=8, max_tokens=60)
+    for choice in response.choices:
+        for call in choice.message.tool_calls or []:
+            assert set(json.loads(call.function.arguments)) <= {"x", "label"}, call.function.arguments
+
+
+@pytest.mark.parametrize("additional, accepted", [(None, False), (True, True), ({"type": "integer"}, True)])
+def test_the_call_grammar_takes_undeclared_keys_only_where_the_schema_allows_them(hf_root_checkpoint, additional,
+                                                                                   accepted):
+    parameters = {**MOVE["function"]["parameters"], **({} if additional is None else {"additionalProperties": additional})}
+    tokenizer = PromptBuilder.from_pretrained(hf_root_checkpoint).tokenizer
+    grammars = Grammars(tokenizer, VOCAB, EOS)
+    grammar = call_grammar(grammars, [{"type": "function", "function": {"name": "move", "parameters": parameters}}],
+                           parallel=False)
+    matcher = llguidance.LLMatcher(grammars.tokenizer, grammar.text)
+    call = '<tool_call>\n{"name": "move", "arguments": {"x": 1, "y": 2}}\n</tool_call>'
+    matcher.consume_tokens(tokenizer.encode(call, add_special_tokens=False))
+    assert matcher.is_error() != accepted
+
+
+def test_nested_objects_close_too_but_not_the_branches_of_all_of():
+    nested = {"type": "object", "properties": {}}
+    branches = [{"properties": {"b": {"type": "integer"}}}]
+    assert closed_objects({"type": "array", "items": {"type": "object", "properties": {"a": nested}}}) == \
+        {"type": "array", "items": {"type": "object", "properties": {"a": {**nested, "additionalProperties": False}},
+                                    "additionalProperties": False}}
+    assert closed_objects({"properties": {"a": nested}, "allOf": branches}) == \
+        {"properties": {"a": {**nested, "additionalProperties": False}}, "allOf": branches}
+
