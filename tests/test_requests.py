@@ -161,15 +161,16 @@ def test_a_responses_image_part_and_request_take_their_resolution(client):
 
 
 @pytest.mark.parametrize("path, payload, param", [
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
-        {"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": SCREENSHOT}, "max_pixels": 10**9}]}]},
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, {
+        "type": "image_url", "image_url": {"url": SCREENSHOT}, "max_pixels": 10**9}]}]},
      "messages.0.content.1.max_pixels"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": SCREENSHOT}, "min_pixels": LARGE, "max_pixels": SMALL}]}]},
      "messages.0.content.0.min_pixels"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
                               "mm_processor_kwargs": {"min_pixels": 100}}, "mm_processor_kwargs.min_pixels"),
-    ("/v1/completions", {"prompt": "hi", "mm_processor_kwargs": {"max_pixels": 10**9}}, "mm_processor_kwargs.max_pixels"),
+    ("/v1/completions", {"prompt": "hi", "mm_processor_kwargs": {"max_pixels": 10**9}},
+     "mm_processor_kwargs.max_pixels"),
     ("/v1/responses", {"input": "hi", "mm_processor_kwargs": {"max_pixels": 10}}, "mm_processor_kwargs.max_pixels"),
     ("/tokenize", {"messages": [{"role": "user", "content": "hi"}], "mm_processor_kwargs": {"max_pixels": 10**9}},
      "mm_processor_kwargs.max_pixels"),

@@ -47,6 +47,10 @@ SAID_AS_TEXT = [{**message, "content": "Checking."} if message["role"] == "assis
                 for message in SAID_AS_PARTS]
 
 
+# A tool answer's finish_reasons: "length" when the budget closed its calls (server/chat.finish_reason).
+CALLS_ENDED = ("tool_calls", "length")
+
+
 def assert_valid_calls(calls, names=SCHEMAS):
     assert calls
     for call in calls:
@@ -240,7 +244,8 @@ def test_random_calls_have_only_the_declared_keys(client, seed):
 @pytest.mark.parametrize("additional, accepted", [(None, False), (True, True), ({"type": "integer"}, True)])
 def test_the_call_grammar_takes_undeclared_keys_only_where_the_schema_allows_them(hf_root_checkpoint, additional,
                                                                                    accepted):
-    parameters = {**MOVE["function"]["parameters"], **({} if additional is None else {"additionalProperties": additional})}
+    parameters = {**MOVE["function"]["parameters"],
+                  **({} if additional is None else {"additionalProperties": additional})}
     tokenizer = PromptBuilder.from_pretrained(hf_root_checkpoint).tokenizer
     grammars = Grammars(tokenizer, VOCAB, EOS)
     grammar = call_grammar(grammars, [{"type": "function", "function": {"name": "move", "parameters": parameters}}],
@@ -260,3 +265,48 @@ def test_nested_objects_close_too_but_not_the_branches_of_all_of():
     assert closed_objects({"properties": {"a": nested}, "allOf": branches}) == \
         {"properties": {"a": {**nested, "additionalProperties": False}}, "allOf": branches}
 
+
+# --- a budget-forced ending ----------------------------------------------------------------------
+
+# Its text never ends by itself under random weights: the budget closes the call (or the answer).
+NOTE = {"type": "function", "function": {"name": "note", "parameters": {
+    "type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}}
+BUDGET = dict(model="holo-tiny", messages=ASK, temperature=1.0, seed=0, max_tokens=20)
+
+
+@pytest.mark.parametrize("mode", ["tools", "schema"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_budget_ending_is_length_in_every_chat_mode(client, mode, stream):
+    kwargs = {**BUDGET, **({"tools": [NOTE], "tool_choice": "required"} if mode == "tools" else
+                           {"response_format": {"type": "json_schema", "json_schema": {
+                               "name": "note", "schema": NOTE["function"]["parameters"]}}})}
+    if stream:
+        chunks = [chunk.choices[0] for chunk in client.chat.completions.create(stream=True, **kwargs)]
+        finish = chunks[-1].finish_reason
+        calls = [call.function.arguments for chunk in chunks for call in chunk.delta.tool_calls or []]
+        arguments = calls or ["".join(chunk.delta.content or "" for chunk in chunks)]
+    else:
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        finish = choice.finish_reason
+        arguments = [call.function.arguments for call in choice.message.tool_calls or []] or [choice.message.content]
+    assert finish == "length"
+    assert arguments and all(isinstance(json.loads(text)["text"], str) for text in arguments)  # whole, though cut
+
+
+@pytest.mark.parametrize("mode", ["tools", "schema"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_budget_ending_is_an_incomplete_response_in_every_mode(client, mode, stream):
+    function = {"type": "function", **NOTE["function"]}
+    kwargs = dict(model="holo-tiny", input="Take a note.", temperature=1.0, max_output_tokens=20,
+                  **({"tools": [function], "tool_choice": "required"} if mode == "tools" else
+                     {"text": {"format": {"type": "json_schema", "name": "note",
+                                          "schema": NOTE["function"]["parameters"]}}}))
+    if stream:
+        *_, last = client.responses.create(stream=True, **kwargs)
+        assert last.type == "response.incomplete"
+        response = last.response
+    else:
+        response = client.responses.create(**kwargs)
+    assert response.status == "incomplete" and response.incomplete_details.reason == "max_output_tokens"
+    answer = [item.arguments for item in response.output if item.type == "function_call"] or [response.output_text]
+    assert answer and all(isinstance(json.loads(text)["text"], str) for text in answer)

@@ -69,6 +69,13 @@ class ChatRun:
                      completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning_tokens))
 
 
+def finish_reason(called: bool, ended: str) -> str:
+    """Why a choice ended: "length" whenever max_tokens did, tool calls or not, as OpenAI reports it
+    (a grammar that closed the answer early to fit the budget cut its strings and lists short, and a
+    whole call at the budget might have been followed by more); else "tool_calls" for calls."""
+    return "tool_calls" if called and ended != "length" else ended
+
+
 def reasoning_tokens(chunks: list[GenerationChunk]) -> int:
     return sum(chunk.reasoning is not None for chunk in chunks)
 
@@ -158,7 +165,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                                        reasoning_content=run.reasoning(chunks),
                                        tool_calls=as_tool_calls(calls) if calls else None)
             answers.append(ChatChoice(index=index, message=message, logprobs=logprobs_of(chunks),
-                                      finish_reason="tool_calls" if calls else chunks[-1].finish_reason))
+                                      finish_reason=finish_reason(bool(calls), chunks[-1].finish_reason)))
         usage = run.usage(sum(map(len, results)), sum(map(reasoning_tokens, results)))
         return dump(ChatCompletion(id=completion_id, model=model_name, choices=answers, usage=usage, holo=run.holo()))
 
@@ -186,8 +193,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                                       reasoning_content=chunk.reasoning or None,
                                       tool_calls=as_deltas(calls, calls_sent) if calls else None)
                     calls_sent += len(calls)
-                    finish_reason = "tool_calls" if chunk.finish_reason and calls_sent else chunk.finish_reason
-                    yield chunk_event(delta, index=index, logprobs=logprobs_of([chunk]), finish_reason=finish_reason)
+                    ended = finish_reason(calls_sent > 0, chunk.finish_reason) if chunk.finish_reason else None
+                    yield chunk_event(delta, index=index, logprobs=logprobs_of([chunk]), finish_reason=ended)
         finally:  # a client gone mid-stream must not leave the later choices generating
             for generation in run.generations:
                 generation.cancel()

@@ -19,7 +19,8 @@ from .openapi import API_ERRORS, responses
 from .reasoning_fields import effort_of
 from .protocol import (ChatCompletionRequest, DeletedResponse, FunctionCallItem, HoloInfo, IncompleteDetails,
                        InputTokensDetails, OutputMessage, OutputText, OutputTokensDetails, ReasoningItem,
-                       ReasoningText, ResponseEvent, ResponseObject, ResponsesRequest, ResponseUsage, TruncationInfo, dump, new_id)
+                       ReasoningText, ResponseEvent, ResponseObject, ResponsesRequest, ResponseUsage, TruncationInfo,
+                       dump, new_id)
 from .response_store import ResponseStore, Stored
 from .served import ready_model
 from .streaming import collect, ending_with_error_event, sse
@@ -197,8 +198,8 @@ async def computer_turn(body: ResponsesRequest, request: Request, screen: comput
     image = run.prompt.images[-1]
     actions, answer = computer.computer_calls(step, screen, image.resized_size, image.original_size, coordinates)
     items = [computer.call_item(action) for action in actions] + ([message_item(answer)] if answer is not None else [])
-    # A step that parses is whole, however close to the budget it ended.
-    return shaped.reply(store, reasoning + items, chunks, "stop", answer={"role": "assistant", "content": text})
+    # A step the budget closed early still parses and acts; the status says it was cut (incomplete).
+    return shaped.reply(store, reasoning + items, chunks, finish_reason, answer={"role": "assistant", "content": text})
 
 
 async def fitted_chat(body: ResponsesRequest, request: Request, conversation: list[dict],
@@ -258,8 +259,8 @@ class Shaped:
         if self.dropped is not None:
             response.holo = response.holo or HoloInfo(images=[])
             response.holo.truncation = self.dropped
-        # Whole calls are a complete answer even when the budget ran out after them.
-        cut = finish_reason == "length" and not any(isinstance(item, FunctionCallItem) for item in items)
+        # The budget ended the answer, whatever its items (chat.finish_reason says why).
+        cut = finish_reason == "length"
         response.status = "incomplete" if cut else "completed"
         response.incomplete_details = IncompleteDetails(reason="max_output_tokens") if cut else None
         response.usage = ResponseUsage(
