@@ -127,7 +127,7 @@ def test_an_auto_call_once_opened_stays_valid_to_the_end_of_the_budget(client, h
         (call,) = response.choices[0].message.tool_calls
         arguments = json.loads(call.function.arguments)
         assert call.function.name == "note" and isinstance(arguments["text"], str) and isinstance(arguments["count"], int)
-        assert response.choices[0].finish_reason == "tool_calls" and response.usage.completion_tokens <= max_tokens
+        assert response.choices[0].finish_reason in CALLS_ENDED and response.usage.completion_tokens <= max_tokens
     # With less than that left, the call may not open at all: no broken call in the text.
     short = client.chat.completions.create(model="holo-tiny", messages=ASK, tools=[free], max_tokens=20,
                                            logit_bias={str(opening): 100})
@@ -241,18 +241,21 @@ def test_random_calls_have_only_the_declared_keys(client, seed):
             assert set(json.loads(call.function.arguments)) <= {"x", "label"}, call.function.arguments
 
 
+@pytest.fixture(scope="module")
+def grammars(hf_root_checkpoint):
+    """The tiny checkpoint's grammars, as the server compiles them."""
+    return Grammars(PromptBuilder.from_pretrained(hf_root_checkpoint).tokenizer, VOCAB, EOS)
+
+
 @pytest.mark.parametrize("additional, accepted", [(None, False), (True, True), ({"type": "integer"}, True)])
-def test_the_call_grammar_takes_undeclared_keys_only_where_the_schema_allows_them(hf_root_checkpoint, additional,
-                                                                                   accepted):
+def test_the_call_grammar_takes_undeclared_keys_only_where_the_schema_allows_them(grammars, additional, accepted):
     parameters = {**MOVE["function"]["parameters"],
                   **({} if additional is None else {"additionalProperties": additional})}
-    tokenizer = PromptBuilder.from_pretrained(hf_root_checkpoint).tokenizer
-    grammars = Grammars(tokenizer, VOCAB, EOS)
     grammar = call_grammar(grammars, [{"type": "function", "function": {"name": "move", "parameters": parameters}}],
                            parallel=False)
     matcher = llguidance.LLMatcher(grammars.tokenizer, grammar.text)
     call = '<tool_call>\n{"name": "move", "arguments": {"x": 1, "y": 2}}\n</tool_call>'
-    matcher.consume_tokens(tokenizer.encode(call, add_special_tokens=False))
+    matcher.consume_tokens(grammars.hf_tokenizer.encode(call, add_special_tokens=False))
     assert matcher.is_error() != accepted
 
 
@@ -268,18 +271,25 @@ def test_nested_objects_close_too_but_not_the_branches_of_all_of():
 
 # --- a budget-forced ending ----------------------------------------------------------------------
 
-# Its text never ends by itself under random weights: the budget closes the call (or the answer).
+# An answer of one free string: with a budget one token above its shortest answer, the budget closes it.
 NOTE = {"type": "function", "function": {"name": "note", "parameters": {
     "type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}}
-BUDGET = dict(model="holo-tiny", messages=ASK, temperature=1.0, seed=0, max_tokens=20)
+
+
+def tightest_budget(grammars, mode: str) -> int:
+    """One token more than the shortest answer of the mode's grammar (what the server compiles)."""
+    grammar = call_grammar(grammars, [NOTE], parallel=True) if mode == "tools" else \
+        grammars.json_schema(NOTE["function"]["parameters"])
+    return grammar.shortest_answer_tokens() + 1
 
 
 @pytest.mark.parametrize("mode", ["tools", "schema"])
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_budget_ending_is_length_in_every_chat_mode(client, mode, stream):
-    kwargs = {**BUDGET, **({"tools": [NOTE], "tool_choice": "required"} if mode == "tools" else
-                           {"response_format": {"type": "json_schema", "json_schema": {
-                               "name": "note", "schema": NOTE["function"]["parameters"]}}})}
+def test_a_budget_ending_is_length_in_every_chat_mode(client, grammars, mode, stream):
+    kwargs = dict(model="holo-tiny", messages=ASK, temperature=1.0, seed=0, max_tokens=tightest_budget(grammars, mode),
+                  **({"tools": [NOTE], "tool_choice": "required"} if mode == "tools" else
+                     {"response_format": {"type": "json_schema", "json_schema": {
+                         "name": "note", "schema": NOTE["function"]["parameters"]}}}))
     if stream:
         chunks = [chunk.choices[0] for chunk in client.chat.completions.create(stream=True, **kwargs)]
         finish = chunks[-1].finish_reason
@@ -295,9 +305,10 @@ def test_a_budget_ending_is_length_in_every_chat_mode(client, mode, stream):
 
 @pytest.mark.parametrize("mode", ["tools", "schema"])
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_budget_ending_is_an_incomplete_response_in_every_mode(client, mode, stream):
+def test_a_budget_ending_is_an_incomplete_response_in_every_mode(client, grammars, mode, stream):
     function = {"type": "function", **NOTE["function"]}
-    kwargs = dict(model="holo-tiny", input="Take a note.", temperature=1.0, max_output_tokens=20,
+    kwargs = dict(model="holo-tiny", input="Take a note.", temperature=1.0,
+                  max_output_tokens=tightest_budget(grammars, mode),
                   **({"tools": [function], "tool_choice": "required"} if mode == "tools" else
                      {"text": {"format": {"type": "json_schema", "name": "note",
                                           "schema": NOTE["function"]["parameters"]}}}))
