@@ -7,11 +7,13 @@ import copy
 import json
 
 import jsonschema
+import llguidance
 import pytest
 
+from holo_mlx.constrain import Grammars
 from holo_mlx.prompt import PromptBuilder
 from holo_mlx.tool_format import parse
-from holo_mlx.tool_format_xml import XML, read_call
+from holo_mlx.tool_format_xml import XML, read_call, xml_call_grammar
 from test_tools import ASK, CALLS_ENDED, CLICK, HISTORY, SCHEMAS, TYPE, internal, streamed_calls
 
 NOTE = {"type": "function", "function": {"name": "note", "parameters": {
@@ -181,3 +183,19 @@ def test_a_tool_call_history_is_read_into_the_prompt(client, builder):
     response = client.chat.completions.create(model="holo3-tiny", messages=HISTORY, tools=[CLICK, TYPE],
                                               max_tokens=4)
     assert response.usage.prompt_tokens == len(builder.build(internal(HISTORY), tools=[CLICK, TYPE]).input_ids)
+
+
+@pytest.mark.parametrize("additional, accepted", [(None, False), (True, True)])
+def test_a_call_takes_undeclared_parameters_only_where_the_schema_allows_them(builder, holo3_checkpoint, additional,
+                                                                               accepted):
+    config = json.loads((holo3_checkpoint / "config.json").read_text())["text_config"]
+    grammars = Grammars(builder.tokenizer, config["vocab_size"], {config["eos_token_id"]})
+    parameters = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"],
+                  **({} if additional is None else {"additionalProperties": additional})}
+    grammar = xml_call_grammar(grammars, [{"type": "function", "function": {"name": "move", "parameters": parameters}}],
+                               parallel=False)
+    matcher = llguidance.LLMatcher(grammars.tokenizer, grammar.text)
+    matcher.consume_tokens(builder.tokenizer.encode(
+        "<tool_call>\n<function=move>\n<parameter=x>\n1\n</parameter>\n<parameter=y>\n2\n</parameter>\n</function>\n"
+        "</tool_call>", add_special_tokens=False))
+    assert matcher.is_error() != accepted
