@@ -18,7 +18,7 @@ from .inputs import build_prompt, holo_info, reject_lone_surrogates
 from .openapi import API_ERRORS, responses
 from .protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
                        ChatCompletionRequest, ChatDelta, ChoiceLogprobs, CompletionTokensDetails, HoloInfo,
-                       PromptTokensDetails, TokenLogprobEntry, Usage, dump, new_id)
+                       PromptTokensDetails, Usage, dump, new_id)
 from .reasoning_fields import reasoning_controls
 from .sampling_fields import check_top_logprobs, choice_params, sampling_params
 from .schemas import requested_grammar
@@ -136,10 +136,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     def logprobs_of(chunks) -> ChoiceLogprobs | None:
         if not body.logprobs:
             return None
-        return ChoiceLogprobs(content=[
-            TokenLogprobEntry(**strings.top(c.logprob.token, c.logprob.logprob).model_dump(),
-                              top_logprobs=[strings.top(t, lp) for t, lp in c.logprob.top])
-            for c in chunks])
+        return ChoiceLogprobs(content=strings.entries(chunks))
 
     if not body.stream:
         try:

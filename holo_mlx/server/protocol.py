@@ -297,6 +297,7 @@ class TokenLogprobEntry(TopLogprob):
 
 class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprobEntry]
+    refusal: list[TokenLogprobEntry] | None = None  # the model never refuses here: always null
 
 
 class ReasoningAlias(BaseModel):
@@ -313,6 +314,7 @@ class ReasoningAlias(BaseModel):
 class AssistantMessage(ReasoningAlias):
     role: Literal["assistant"] = "assistant"
     content: str | None
+    refusal: str | None = None  # OpenAI's, always sent: null, as no refusal is ever told apart here
     reasoning_content: str | None = None
     tool_calls: list[ToolCall] | None = None
 
@@ -379,6 +381,7 @@ class ToolCallDelta(BaseModel):
 class ChatDelta(ReasoningAlias):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    refusal: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
 
@@ -565,8 +568,15 @@ class ResponsesRequest(Request):
     truncation: Literal["auto", "disabled"] | None = None
     user: str | None = None
     reasoning: ReasoningOptions | None = None
+    top_logprobs: int | None = None
+    max_tool_calls: int | None = None
     thinking_token_budget: Any = None  # extension, as in chat completions
     chat_template_kwargs: Any = None  # extension, as in chat completions
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """include ["message.output_text.logprobs"], or top_logprobs (which means nothing without it)."""
+        return "message.output_text.logprobs" in (self.include or ()) or self.top_logprobs is not None
 
 
 class ReasoningText(BaseModel):
@@ -587,7 +597,8 @@ class ReasoningItem(BaseModel):
 class OutputText(BaseModel):
     type: Literal["output_text"] = "output_text"
     text: str
-    annotations: list = []
+    annotations: list = []  # citations of OpenAI's own tools: none here
+    logprobs: list[TokenLogprobEntry] = []  # with include ["message.output_text.logprobs"]
 
 
 class OutputMessage(BaseModel):
@@ -621,6 +632,7 @@ OutputItem = ReasoningItem | OutputMessage | FunctionCallItem | ComputerCallItem
 
 class InputTokensDetails(BaseModel):
     cached_tokens: int = 0
+    cache_write_tokens: int = 0  # OpenAI bills writes to its cache apart; this server's prefix cache costs nothing
 
 
 class OutputTokensDetails(BaseModel):
@@ -656,6 +668,8 @@ class ResponseObject(BaseModel):
     top_p: float | None = None
     tool_choice: str | dict[str, Any] = "auto"
     tools: list[dict[str, Any]] = []
+    max_tool_calls: int | None = None
+    top_logprobs: int | None = None
     text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})
     truncation: str = "disabled"
     store: bool = True
