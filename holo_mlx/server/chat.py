@@ -150,8 +150,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             message = AssistantMessage(content=content or None if calls else content,
                                        reasoning_content=run.reasoning(chunks),
                                        tool_calls=as_tool_calls(calls) if calls else None)
+            finish_reason = in_legacy_form(body, message, "tool_calls" if calls else chunks[-1].finish_reason)
             answers.append(ChatChoice(index=index, message=message, logprobs=logprobs_of(chunks),
-                                      finish_reason="tool_calls" if calls else chunks[-1].finish_reason))
+                                      finish_reason=finish_reason))
         usage = run.usage(sum(map(len, results)), sum(map(reasoning_tokens, results)))
         return dump(ChatCompletion(id=completion_id, model=model_name, choices=answers, usage=usage, holo=run.holo()))
 
@@ -179,7 +180,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                                       reasoning_content=chunk.reasoning or None,
                                       tool_calls=as_deltas(calls, calls_sent) if calls else None)
                     calls_sent += len(calls)
-                    finish_reason = "tool_calls" if chunk.finish_reason and calls_sent else chunk.finish_reason
+                    finish_reason = in_legacy_form(body, delta, "tool_calls" if chunk.finish_reason and calls_sent
+                                                   else chunk.finish_reason)
                     yield chunk_event(delta, index=index, logprobs=logprobs_of([chunk]), finish_reason=finish_reason)
         finally:  # a client gone mid-stream must not leave the later choices generating
             for generation in run.generations:
@@ -190,6 +192,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         yield SSE_DONE
 
     return StreamingResponse(ending_with_error_event(events()), media_type="text/event-stream")
+
+
+def in_legacy_form(body: ChatCompletionRequest, answer: AssistantMessage | ChatDelta, finish_reason: str | None):
+    """An answer to the legacy `functions` in their form: its call (one at most) as `function_call`,
+    finish_reason "function_call"; the finish_reason to send."""
+    if body.functions is None:
+        return finish_reason
+    if answer.tool_calls:
+        answer.function_call, answer.tool_calls = answer.tool_calls[0].function, None
+    return "function_call" if finish_reason == "tool_calls" else finish_reason
 
 
 MAPPED = "mapped into the original image's pixels"

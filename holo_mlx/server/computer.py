@@ -127,6 +127,9 @@ def check(body: ResponsesRequest, tools: list[dict] | None) -> None:
         raise APIError(400, "a computer tool cannot be combined with function tools here", param="tools")
     if body.text and body.text.format and body.text.format.type != "text":
         raise APIError(400, "a computer tool answers with computer calls: leave text.format out", param="text.format")
+    if body.max_tool_calls == 0:
+        raise APIError(400, "a computer tool answers with computer calls: max_tool_calls must allow one",
+                       param="max_tool_calls")
     if body.wants_logprobs:  # a step's message is a field of its JSON, not tokens as generated
         raise APIError(400, "a computer tool's answer has no logprobs", param="top_logprobs" if body.include is None
                        else "include")

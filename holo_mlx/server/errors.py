@@ -77,6 +77,8 @@ def install_error_handlers(app: FastAPI) -> None:
                                   code="invalid_json")
         location = [str(part) for part in first["loc"] if part != "body"]
         message = f"{'.'.join(location) or 'body'}: {first['msg']}"
+        if first["type"] == "unsupported_parameter":  # well formed, but asks what this server cannot do
+            return error_response(400, message, param=".".join(location), code="unsupported_parameter")
         return error_response(422, message, param=".".join(location) or None, code="invalid_schema")
 
     @app.exception_handler(StarletteHTTPException)

@@ -10,7 +10,9 @@ import time
 import uuid
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import (AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, computed_field, field_validator,
+                      model_serializer, model_validator)
+from pydantic_core import PydanticCustomError
 
 log = logging.getLogger("holo_mlx.server")
 
@@ -32,6 +34,18 @@ class Request(BaseModel):
         if self.model_extra:
             log.info("%s: ignoring unknown fields %s", type(self).__name__, sorted(self.model_extra))
         return self
+
+
+def refused(reason: str, *harmless) -> Any:
+    """An OpenAI field whose honouring would change the answer, which this server cannot honour:
+    null and the `harmless` values (those that ask for nothing) pass; any other value is refused with
+    a 400 naming the field (errors.py), never answered as if it were absent."""
+    def check(value):
+        if value is not None and value not in harmless:
+            raise PydanticCustomError("unsupported_parameter", reason)
+        return value
+
+    return Annotated[Any, AfterValidator(check)]
 
 
 # --- content parts -------------------------------------------------------------------------------
@@ -129,6 +143,7 @@ class ChatMessage(Request):
 
 class StreamOptions(Request):
     include_usage: bool = False
+    include_obfuscation: bool | None = None  # a hint: padding against size side channels, nothing to pad here
 
 
 # --- structured output ---------------------------------------------------------------------------
@@ -166,6 +181,19 @@ class HoloOptions(Request):
 
 # --- requests ------------------------------------------------------------------------------------
 
+class PlatformHints(Request):
+    """OpenAI's fields about its platform that chat completions and the Responses API share: hints
+    that cannot change the answer here (no tiers, no billing, one prefix cache managed by the server),
+    accepted and unused; `moderation` would filter the answer and is refused."""
+
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    moderation: refused("moderation is not available on this server") = None
+
+
 class SamplingFields(Request):
     """Fields shared by chat and text completions."""
 
@@ -178,7 +206,7 @@ class SamplingFields(Request):
     temperature: float | None = None
     top_p: float | None = None
     n: int = 1
-    user: str | None = None
+    user: str | None = None  # a hint: nothing is logged per user
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias
@@ -194,13 +222,17 @@ class SamplingFields(Request):
     guided_json: dict | str | None = None
 
 
-class ChatCompletionRequest(SamplingFields):
+class ChatCompletionRequest(SamplingFields, PlatformHints):
     NULL_MEANS_ABSENT = (*SamplingFields.NULL_MEANS_ABSENT, "logprobs")
     messages: list[ChatMessage]
     model: str | None = None
     tools: list[FunctionTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
+    # The legacy forms of tools and tool_choice: read as those (one call at most), answered in their
+    # own form (message.function_call, finish_reason "function_call").
+    functions: list[FunctionDefinition] | None = None
+    function_call: Literal["none", "auto"] | FunctionName | None = None
     logprobs: bool = False
     max_completion_tokens: int | None = None
     top_logprobs: int | None = None
@@ -212,15 +244,42 @@ class ChatCompletionRequest(SamplingFields):
     thinking_token_budget: Any = None
     # Extension (vLLM): more chat template variables, e.g. {"enable_thinking": false}.
     chat_template_kwargs: Any = None
+    # Hints: nothing is stored or listed, and the answer's length is the model's own.
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    modalities: refused("this server generates text only: modalities can only be [\"text\"]", ["text"]) = None
+    audio: refused("this server generates no audio") = None
+    web_search_options: refused("this server has no web search") = None
+    prediction: refused("predicted outputs are not supported") = None
+
+    @field_validator("functions", "function_call")
+    @classmethod
+    def _legacy_or_tools(cls, value, info):
+        if value is not None and (info.data.get("tools") is not None or info.data.get("tool_choice") is not None):
+            raise ValueError("send functions / function_call or tools / tool_choice, not both")
+        return value
+
+    @model_validator(mode="after")
+    def _functions_as_tools(self):
+        if self.functions is not None:
+            self.tools = [FunctionTool(type="function", function=function) for function in self.functions]
+            self.parallel_tool_calls = False
+        if isinstance(self.function_call, FunctionName):
+            self.tool_choice = NamedToolChoice(type="function", function=self.function_call)
+        elif self.function_call is not None:
+            self.tool_choice = self.function_call
+        return self
 
 
 class CompletionRequest(SamplingFields):
     NULL_MEANS_ABSENT = (*SamplingFields.NULL_MEANS_ABSENT, "echo")
     model: str | None = None
     prompt: str | list[str] | list[int] | list[list[int]]
+    best_of: int | None = None
     echo: bool = False
     logprobs: int | None = None
-    suffix: str | None = None
+    suffix: refused("suffix (insertion) is not supported", "") = None
 
 
 class EmbeddingRequest(Request):
@@ -311,7 +370,20 @@ class ReasoningAlias(BaseModel):
         return self.reasoning_content
 
 
-class AssistantMessage(ReasoningAlias):
+class LegacyFunctionCall(BaseModel):
+    """The legacy `function_call` of an answer, sent only to requests with `functions`."""
+
+    function_call: FunctionCall | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_function_call(self, handler):
+        data = handler(self)
+        if data.get("function_call", ...) is None:
+            del data["function_call"]
+        return data
+
+
+class AssistantMessage(ReasoningAlias, LegacyFunctionCall):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None  # OpenAI's, always sent: null, as no refusal is ever told apart here
@@ -378,7 +450,7 @@ class ToolCallDelta(BaseModel):
     function: FunctionCall
 
 
-class ChatDelta(ReasoningAlias):
+class ChatDelta(ReasoningAlias, LegacyFunctionCall):
     role: Literal["assistant"] | None = None
     content: str | None = None
     refusal: str | None = None
@@ -533,7 +605,7 @@ class ResponseFormatText(Request):
 
 class ResponseText(Request):
     format: ResponseFormatText | None = None
-    verbosity: str | None = None  # a hint for OpenAI's models; nothing to honour here
+    verbosity: Literal["low", "medium", "high"] | None = None  # a hint: the answer's length is the model's own
 
 
 class ReasoningOptions(Request):
@@ -544,7 +616,16 @@ class ReasoningOptions(Request):
     generate_summary: str | None = None  # summary's older name
 
 
-class ResponsesRequest(Request):
+class ResponseStreamOptions(Request):
+    include_obfuscation: bool | None = None  # a hint, as in chat completions
+
+
+INCLUDABLE = Literal["file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+                     "message.input_image.image_url", "computer_call_output.output.image_url",
+                     "code_interpreter_call.outputs", "reasoning.encrypted_content", "message.output_text.logprobs"]
+
+
+class ResponsesRequest(PlatformHints):
     """POST /v1/responses. Input items are checked one by one (server/responses.py), so a bad one
     is named by its index."""
 
@@ -564,12 +645,19 @@ class ResponsesRequest(Request):
     previous_response_id: str | None = None
     store: bool = True
     metadata: dict[str, str] | None = None
-    include: list[str] | None = None
+    # message.output_text.logprobs is honoured; the others name items this server never answers with
+    # (hosted tools' results, input listings) or, reasoning.encrypted_content, reasoning it sends in clear.
+    include: list[INCLUDABLE] | None = None
     truncation: Literal["auto", "disabled"] | None = None
     user: str | None = None
+    stream_options: ResponseStreamOptions | None = None
+    background: refused("background responses are not supported: send the request and wait", False) = None
+    conversation: refused("conversations are not supported: continue with previous_response_id") = None
+    prompt: refused("prompt templates are not supported: send the input itself") = None
+    context_management: refused("context management (compaction) is not supported") = None
     reasoning: ReasoningOptions | None = None
     top_logprobs: int | None = None
-    max_tool_calls: int | None = None
+    max_tool_calls: int | None = Field(None, ge=0)
     thinking_token_budget: Any = None  # extension, as in chat completions
     chat_template_kwargs: Any = None  # extension, as in chat completions
 

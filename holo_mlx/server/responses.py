@@ -120,6 +120,15 @@ def echoed_tools(tools: list[dict] | None) -> list[dict]:
             for tool in tools or []]
 
 
+def tool_choice(body: ResponsesRequest):
+    """The request's tool_choice, "none" when max_tool_calls allows no call."""
+    if body.max_tool_calls != 0:
+        return body.tool_choice
+    if body.tool_choice not in (None, "auto", "none"):
+        raise APIError(400, "max_tool_calls 0 allows no call, which tool_choice asks for", param="max_tool_calls")
+    return "none"
+
+
 def chat_tool_choice(choice):
     if isinstance(choice, dict) and choice.get("type") == "function":
         return {"type": "function", "function": {"name": choice.get("name")}}
@@ -141,8 +150,9 @@ def chat_request(body: ResponsesRequest, conversation: list[dict], tools: list[d
     instructions = [{"role": "system", "content": body.instructions}] if body.instructions else []
     fields = {"model": body.model, "messages": instructions + conversation, "max_tokens": body.max_output_tokens,
               "temperature": body.temperature, "top_p": body.top_p, "stream": body.stream,
-              "tools": tools, "tool_choice": chat_tool_choice(body.tool_choice) if tools else None,
-              "parallel_tool_calls": True if body.parallel_tool_calls is None else body.parallel_tool_calls,
+              "tools": tools, "tool_choice": chat_tool_choice(tool_choice(body)) if tools else None,
+              # max_tool_calls 1: the grammar allows one call; more are cut from the answer (Shaped.capped).
+              "parallel_tool_calls": body.parallel_tool_calls is not False and body.max_tool_calls != 1,
               "response_format": schema, "chat_template_kwargs": body.chat_template_kwargs,
               # Checked here too, so that a bad effort is named as this request has it.
               "reasoning_effort": effort_of(body.reasoning.effort, "reasoning.effort") if body.reasoning else None,
@@ -201,6 +211,7 @@ async def computer_turn(body: ResponsesRequest, request: Request, screen: comput
         return shaped.reply(store, reasoning + [message_item(text)], chunks, finish_reason)
     image = run.prompt.images[-1]
     actions, answer = computer.computer_calls(step, screen, image.resized_size, image.original_size, coordinates)
+    actions = shaped.capped(actions)
     items = [computer.call_item(action) for action in actions] + ([message_item(answer)] if answer is not None else [])
     # A step that parses is whole, however close to the budget it ended.
     return shaped.reply(store, reasoning + items, chunks, "stop", answer={"role": "assistant", "content": text})
@@ -238,7 +249,14 @@ class Shaped:
         content, calls = self.run.answer("".join(chunk.text for chunk in chunks))
         items = [message_item(content, self.logprobs([c for c in chunks if c.reasoning is None]))] \
             if content or not calls else []
-        return reasoning_items(self.run.reasoning(chunks)) + items + [function_call_item(call) for call in calls]
+        return reasoning_items(self.run.reasoning(chunks)) + items + [function_call_item(call)
+                                                                      for call in self.capped(calls)]
+
+    def capped(self, calls: list, made: int = 0) -> list:
+        """The calls the answer keeps, `made` already in it: the model's further calls past max_tool_calls
+        are dropped, as OpenAI ignores them."""
+        allowed = self.body.max_tool_calls
+        return calls if allowed is None else calls[:max(allowed - made, 0)]
 
     def logprobs(self, chunks: list[GenerationChunk]) -> list:
         """The logprobs of these answer tokens, when the request includes them."""
@@ -325,7 +343,7 @@ class Shaped:
                         yield event
                 yield self.text_delta(events, items, message, piece, logprobs)
                 logprobs = []
-            for call in calls:
+            for call in self.capped(calls, sum(isinstance(item, FunctionCallItem) for item in items)):
                 for event in self.call_events(events, items, function_call_item(call)):
                     yield event
         for item in (reasoning, message):
