@@ -250,3 +250,139 @@ def test_errors_answer_as_openai_documents(server, status):
     response = call(server, method, path, payload, key=key)
     assert response.status_code == status
     check("ErrorResponse", response.json())
+
+
+# --- every request field's fate: the tables of docs/API.md, "OpenAI request fields" --------------------
+
+FATES = ("implemented", "hint", "refused")
+ENDPOINTS = {  # the document's request component -> the route and a minimal request to it
+    "CreateChatCompletionRequest": ("/v1/chat/completions", {"model": "holo-tiny", "messages": USER, "max_tokens": 1}),
+    "CreateCompletionRequest": ("/v1/completions", {"model": "holo-tiny", "prompt": "Hello", "max_tokens": 1}),
+    "CreateResponse": ("/v1/responses", {"model": "holo-tiny", "input": "Hello", "max_output_tokens": 1,
+                                         "store": False}),
+}
+
+
+def request_fields(component: str) -> set[str]:
+    """The top-level fields of a request component, through its allOf parts."""
+    schemas = openai_document()["components"]["schemas"]
+
+    def fields(schema: dict) -> set[str]:
+        if "$ref" in schema:
+            return fields(schemas[schema["$ref"].rsplit("/", 1)[1]])
+        return set(schema.get("properties", ())).union(*(fields(part) for part in schema.get("allOf", ())))
+
+    return fields(schemas[component])
+
+
+def fate_table(component: str) -> dict[str, tuple[str, object]]:
+    """field -> (fate, example value) from the table docs/API.md marks with the component's name."""
+    lines = (REPOSITORY / "docs" / "API.md").read_text().splitlines()
+    start = lines.index(f"<!-- openai-fields: {component} -->") + 3  # past the header and its rule
+    table = {}
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        field, fate, example = (cell.strip().strip("`") for cell in line.strip("|").split("|")[:3])
+        assert fate in FATES, f"{component}.{field}: fate {fate!r}"
+        assert (fate == "implemented") == (example == ""), f"{component}.{field}: a hint or refusal needs an example"
+        table[field] = (fate, json.loads(example) if example else None)
+    return table
+
+
+@pytest.mark.parametrize("component", ENDPOINTS)
+def test_every_request_field_of_openai_has_a_fate(component):
+    table = fate_table(component)
+    assert not request_fields(component) - set(table), "OpenAI fields without a fate in docs/API.md"
+    assert not set(table) - request_fields(component), "rows for fields OpenAI's document does not have"
+
+
+def fates(wanted: str) -> list[tuple[str, str, object]]:
+    return [(component, field, example) for component in ENDPOINTS
+            for field, (fate, example) in fate_table(component).items() if fate == wanted]
+
+
+@pytest.mark.parametrize("component, field, example", fates("hint"))
+def test_a_hint_is_accepted(server, component, field, example):
+    path, minimal = ENDPOINTS[component]
+    response = call(server, "POST", path, {**minimal, field: example})
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("component, field, example", fates("refused"))
+def test_a_refused_field_is_a_400_naming_it(server, component, field, example):
+    path, minimal = ENDPOINTS[component]
+    response = call(server, "POST", path, {**minimal, field: example})
+    assert response.status_code == 400, response.text
+    check("ErrorResponse", response.json())
+    error = response.json()["error"]
+    assert error["param"] == field and field in error["message"] and error["code"] == "unsupported_parameter"
+
+
+# --- the OpenAI fields implemented with their fates ----------------------------------------------------
+
+LEGACY = {"model": "holo-tiny", "messages": USER, "max_tokens": 60, "functions": [CHAT_TOOL["function"]],
+          "function_call": {"name": "click"}}
+
+
+def test_legacy_functions_are_answered_as_a_function_call(server):
+    body = posted(server, "/v1/chat/completions", LEGACY)
+    check("CreateChatCompletionResponse", body)
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "function_call" and choice["message"].get("tool_calls") is None
+    assert choice["message"]["function_call"]["name"] == "click"
+    jsonschema.validate(json.loads(choice["message"]["function_call"]["arguments"]), POINT)
+    chunks = streamed(server, "/v1/chat/completions", LEGACY)
+    calls = [chunk["choices"][0]["delta"]["function_call"] for chunk in chunks
+             if chunk["choices"][0]["delta"].get("function_call")]
+    assert len(calls) == 1 and calls[0]["name"] == "click"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "function_call"
+    both = call(server, "POST", "/v1/chat/completions", {**LEGACY, "tools": [CHAT_TOOL]})
+    assert both.status_code == 422 and both.json()["error"]["param"] == "functions"
+
+
+def mean_logprob(choice: dict) -> float:
+    return sum(choice["logprobs"]["token_logprobs"]) / len(choice["logprobs"]["token_logprobs"])
+
+
+def test_best_of_returns_the_choice_with_the_highest_logprob_per_token(server):
+    payload = {"model": "holo-tiny", "prompt": "Hello", "max_tokens": 6, "seed": 7, "logprobs": 0}
+    # Choice i of a seeded request is the request alone with seed + i: best_of draws these three.
+    drawn = posted(server, "/v1/completions", {**payload, "n": 3})["choices"]
+    body = posted(server, "/v1/completions", {**payload, "best_of": 3})
+    check("CreateCompletionResponse", body)
+    assert [choice["text"] for choice in body["choices"]] == [max(drawn, key=mean_logprob)["text"]]
+    assert body["usage"]["completion_tokens"] == sum(len(choice["logprobs"]["tokens"]) for choice in drawn)
+    for wrong in ({"best_of": 1, "n": 2}, {"best_of": 2, "stream": True}):
+        response = call(server, "POST", "/v1/completions", {**payload, **wrong})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "best_of"
+
+
+def test_responses_include_the_answer_logprobs(server):
+    payload = {"model": "holo-tiny", "input": "Hello", "max_output_tokens": 6, "temperature": 0,
+               "include": ["message.output_text.logprobs"], "top_logprobs": 2}
+    body = posted(server, "/v1/responses", payload)
+    part = body["output"][0]["content"][0]
+    assert len(part["logprobs"]) == body["usage"]["output_tokens"]
+    assert all(len(entry["top_logprobs"]) == 2 for entry in part["logprobs"])
+    assert b"".join(bytes(entry["bytes"]) for entry in part["logprobs"]).decode() == part["text"]
+    deltas = [entry for event in streamed(server, "/v1/responses", payload)
+              if event["type"] == "response.output_text.delta" for entry in event["logprobs"]]
+    # Greedy: the same tokens, each sent with its delta (the logprobs equal to float error: another batch).
+    assert [entry["token"] for entry in deltas] == [entry["token"] for entry in part["logprobs"]]
+    assert [entry["logprob"] for entry in deltas] == pytest.approx([entry["logprob"] for entry in part["logprobs"]],
+                                                                    abs=1e-3)
+    without = posted(server, "/v1/responses", {**payload, "include": None, "top_logprobs": None})
+    assert without["output"][0]["content"][0]["logprobs"] == []
+
+
+def test_max_tool_calls_caps_the_calls_of_the_answer(server):
+    payload = {"model": "holo-tiny", "input": "Click it", "tools": [RESPONSES_TOOL], "max_output_tokens": 120,
+               "tool_choice": "required"}
+    one = posted(server, "/v1/responses", {**payload, "max_tool_calls": 1})
+    assert [item["type"] for item in one["output"]] == ["function_call"] and one["max_tool_calls"] == 1
+    none = posted(server, "/v1/responses", {**payload, "tool_choice": "auto", "max_tool_calls": 0,
+                                            "max_output_tokens": 8})
+    assert [item["type"] for item in none["output"]] == ["message"]
+    refused = call(server, "POST", "/v1/responses", {**payload, "max_tool_calls": 0})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "max_tool_calls"
