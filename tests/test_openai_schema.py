@@ -377,10 +377,24 @@ def test_responses_include_the_answer_logprobs(server):
 
 
 def test_max_tool_calls_caps_the_calls_of_the_answer(server):
-    payload = {"model": "holo-tiny", "input": "Click it", "tools": [RESPONSES_TOOL], "max_output_tokens": 120,
-               "tool_choice": "required"}
+    # Greedy on these weights, this request gets three calls: the cap below has calls to cut.
+    undescribed = {key: value for key, value in RESPONSES_TOOL.items() if key != "description"}
+    payload = {"model": "holo-tiny", "input": "Go", "tools": [undescribed], "max_output_tokens": 200,
+               "tool_choice": "required", "temperature": 0}
+
+    def calls(body: dict) -> list[tuple[str, str]]:
+        assert all(item["type"] == "function_call" for item in body["output"])
+        return [(item["name"], item["arguments"]) for item in body["output"]]
+
+    free = calls(posted(server, "/v1/responses", payload))
+    assert len(free) == 3
+    # The same greedy answer (the grammar allows as many calls), cut after two.
+    assert calls(posted(server, "/v1/responses", {**payload, "max_tool_calls": 2})) == free[:2]
+    events = streamed(server, "/v1/responses", {**payload, "max_tool_calls": 2})
+    assert [event["item"]["arguments"] for event in events if event["type"] == "response.output_item.done"
+            and event["item"]["type"] == "function_call"] == [arguments for _, arguments in free[:2]]
     one = posted(server, "/v1/responses", {**payload, "max_tool_calls": 1})
-    assert [item["type"] for item in one["output"]] == ["function_call"] and one["max_tool_calls"] == 1
+    assert len(calls(one)) == 1 and one["max_tool_calls"] == 1
     none = posted(server, "/v1/responses", {**payload, "tool_choice": "auto", "max_tool_calls": 0,
                                             "max_output_tokens": 8})
     assert [item["type"] for item in none["output"]] == ["message"]
