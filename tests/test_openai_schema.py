@@ -236,6 +236,22 @@ def test_responses_answer_as_openai_documents(server, case):
     assert events[-1]["type"] in ("response.completed", "response.incomplete")
 
 
+def test_a_thinking_model_answers_as_openai_documents(holo2_server):
+    """Holo2 opens its reasoning: reasoning items and their events, reasoning_content in chat."""
+    chat = {"messages": USER, "max_tokens": 8}
+    check("CreateChatCompletionResponse", posted(holo2_server, "/v1/chat/completions", chat))
+    for chunk in streamed(holo2_server, "/v1/chat/completions", chat):
+        check("CreateChatCompletionStreamResponse", chunk)
+    response = {"input": "Hello", "max_output_tokens": 8}
+    body = posted(holo2_server, "/v1/responses", response)
+    check("Response", body)
+    assert body["output"][0]["type"] == "reasoning"
+    events = streamed(holo2_server, "/v1/responses", response)
+    for event in events:
+        check_event(event)
+    assert "response.reasoning_text.delta" in {event["type"] for event in events}
+
+
 ERROR_CASES = {
     400: ("POST", "/v1/chat/completions", {"model": "holo-tiny", "messages": USER, "temperature": 5}, KEY),
     401: ("GET", "/v1/models", None, None),

@@ -1,6 +1,8 @@
 """OpenAI-compatible request and response types, fields in the OpenAI reference's order.
 
-Unknown request fields are accepted (clients send many) and logged, never silently relied on.
+Each of OpenAI's request fields is implemented, a hint (accepted: it cannot change the answer here) or
+`refused` (a 400 naming it): docs/API.md, "OpenAI request fields". Fields OpenAI does not know either
+are accepted (clients send many) and logged, never silently relied on.
 Extensions (vLLM's top_k / min_p / min_tokens / ignore_eos / chat_template_kwargs / thinking_token_budget, the
 reasoning of thinking models, Holo's image part and resize report) are marked as such.
 """
