@@ -221,6 +221,8 @@ RESPONSES_CASES = {
     "json_schema": {"input": "Where?", "max_output_tokens": 40,
                     "text": {"format": {"type": "json_schema", "name": "point", "schema": POINT}}},
     "logprobs": {"input": "Hello", "include": ["message.output_text.logprobs"], "top_logprobs": 2},
+    "computer": {"input": "Open the settings", "tools": [{"type": "computer_use_preview", "display_width": 1280,
+                                                          "display_height": 800, "environment": "browser"}]},
 }
 
 
