@@ -15,13 +15,15 @@ from .protocol import ErrorResponse
 API_ERRORS = (400, 401, 404, 413, 422, 429, 503)
 
 
-def responses(model: type[BaseModel], *errors: int, stream: type[BaseModel] | None = None) -> dict:
+def responses(model: type[BaseModel], *errors: int, stream: type[BaseModel] | None = None,
+              error: type[BaseModel] = ErrorResponse) -> dict:
     """`responses=` for a route answering `model` with 200 (and, with `stream`, SSE events carrying
-    `stream` chunks as JSON, then `[DONE]`) and the error envelope for each of `errors`.
+    `stream` chunks as JSON, then `[DONE]`) and the error envelope (`error`: OpenAI's unless another
+    API's) for each of `errors`.
 
     Declaring 422 replaces FastAPI's HTTPValidationError, which errors.py never sends.
     """
-    declared: dict[int, dict[str, Any]] = {status: {"model": ErrorResponse} for status in errors}
+    declared: dict[int, dict[str, Any]] = {status: {"model": error} for status in errors}
     declared[200] = {"model": model}
     if stream is not None:
         # `schema` of an event stream describes one event in OpenAPI 3.1 (`itemSchema` is 3.2's).

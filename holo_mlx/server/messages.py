@@ -1,0 +1,88 @@
+"""POST /v1/messages and /v1/messages/count_tokens: Anthropic's Messages API, translated onto the chat
+path by server/anthropic_chat.py (errors in Anthropic's envelope: server/errors.py)."""
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from . import computer
+from .anthropic_chat import (Conversation, chat_request, computer_message, conversation_of, error_event, live_events,
+                             message_of, navigation_of, navigation_request, sampling_fields, screenshot_message,
+                             tools_of, whole_message_events)
+from .anthropic_protocol import CountTokensRequest, ErrorResponse, Message, MessagesRequest, TokenCount
+from .chat import chat_prompt, start_chat
+from .errors import APIError
+from .inputs import reject_lone_surrogates
+from .openapi import API_ERRORS, responses
+from .served import ready_model
+from .streaming import collect, ending_with_error_event
+
+router = APIRouter()
+EVENT_STREAM = "text/event-stream"
+
+
+@router.post("/v1/messages", responses=responses(Message, *API_ERRORS, error=ErrorResponse))
+async def create_message(body: MessagesRequest, request: Request):
+    reject_lone_surrogates(body)
+    conversation, tools = conversation_of(body), tools_of(body)
+    model = request.app.state.config.model_name
+    if tools.computer is not None:
+        message = await computer_turn(body, request, conversation, tools, model)
+        return StreamingResponse(whole_message_events(message), media_type=EVENT_STREAM) if body.stream \
+            else message.model_dump()
+    run = await started(chat_request(body, conversation.messages, tools.functions, **sampling_fields(body)),
+                        conversation, request)
+    if body.stream:
+        return StreamingResponse(ending_with_error_event(live_events(run, model), error_event), media_type=EVENT_STREAM)
+    try:
+        chunks = await collect(request, run.generations[0])
+    finally:
+        run.generations[0].cancel()
+    return message_of(run, model, chunks).model_dump()
+
+
+async def started(chat, conversation: Conversation, request: Request):
+    """The chat request queued; an error it meets names the request's own field."""
+    try:
+        return await start_chat(chat, request)
+    except APIError as error:
+        raise conversation.renamed(error) from None
+
+
+async def computer_turn(body: MessagesRequest, request: Request, conversation: Conversation, tools, model: str) -> Message:
+    """One computer-use turn: a screenshot action until there is a screenshot, then one navigation step
+    (greedy unless the request sets a temperature)."""
+    served = ready_model(request, body.model)
+    if not computer.screenshots(conversation.messages):
+        return screenshot_message(tools.computer, model)
+    coordinates = served.engine.model.family.coordinates
+    navigation = navigation_of(conversation, coordinates)
+    sampling = {**sampling_fields(body), "stream": False, "stop": None,
+                "temperature": 0.0 if body.temperature is None else body.temperature}
+    run = await started(navigation_request(body, navigation, coordinates, **sampling), navigation, request)
+    try:
+        chunks = await collect(request, run.generations[0])
+    finally:
+        run.generations[0].cancel()
+    return computer_message(run, tools, model, chunks)
+
+
+@router.post("/v1/messages/count_tokens", responses=responses(TokenCount, *API_ERRORS, error=ErrorResponse))
+async def count_tokens(body: CountTokensRequest, request: Request):
+    """The prompt's tokens, as /v1/messages would build it (a computer turn: its navigation prompt; none
+    before the first screenshot, when the model does not run)."""
+    reject_lone_surrogates(body)
+    served = ready_model(request, body.model)
+    conversation, tools = conversation_of(body), tools_of(body)
+    if tools.computer is None:
+        chat = chat_request(body, conversation.messages, tools.functions)
+    elif not computer.screenshots(conversation.messages):
+        return TokenCount(input_tokens=0).model_dump()
+    else:
+        coordinates = served.engine.model.family.coordinates
+        conversation = navigation_of(conversation, coordinates)
+        chat = navigation_request(body, conversation, coordinates)
+    try:
+        prompt, _, _ = await chat_prompt(chat, request, served)
+    except APIError as error:
+        raise conversation.renamed(error) from None
+    return TokenCount(input_tokens=len(prompt.input_ids)).model_dump()
