@@ -231,7 +231,7 @@ def sampling_fields(body: MessagesRequest) -> dict:
         raise APIError(400, f"thinking.budget_tokens ({body.thinking.budget_tokens}) must be less than max_tokens "
                        f"({body.max_tokens}): the reasoning counts against it", param="thinking.budget_tokens")
     return {"max_tokens": body.max_tokens, "stop": body.stop_sequences, "temperature": body.temperature,
-            "top_p": body.top_p, "top_k": body.top_k, "stream": body.stream}
+            "top_p": body.top_p, "top_k": body.top_k, "seed": body.seed, "stream": body.stream}
 
 
 # --- the answer -----------------------------------------------------------------------------------------
@@ -298,8 +298,9 @@ class Events:
 
     def start(self, block: dict) -> list[str]:
         """A block opened (the open one closed first)."""
+        closed = self.close()
         self.index, self.open = self.index + 1, block["type"]
-        return self.close() + [self.send("content_block_start", index=self.index, content_block=block)]
+        return closed + [self.send("content_block_start", index=self.index, content_block=block)]
 
     def delta(self, kind: str, text: str) -> str:
         name, key = DELTA[kind]

@@ -167,6 +167,7 @@ class MessagesRequest(CountTokensRequest):
     top_p: float | None = None
     top_k: int | None = None
     metadata: dict[str, Any] | None = None  # a hint (user_id): nothing to honour here
+    seed: int | None = None  # extension, as chat's: the same seed and request sample the same answer
 
 
 # --- responses ---------------------------------------------------------------------------------------------
