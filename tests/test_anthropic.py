@@ -165,13 +165,17 @@ def test_image_blocks_reach_the_prompt_and_count_tokens_counts_what_runs(client)
 
 
 def test_a_url_image_is_refused_under_the_servers_image_policy_naming_the_block(server):
-    payload = {"model": MODEL, "max_tokens": 2, "messages": [
-        {"role": "user", "content": "Look."}, {"role": "assistant", "content": "At what?"},
-        {"role": "user", "content": [{"type": "text", "text": "This:"},
+    """The block is named as the request has it, though the system prompt and the tool result before it
+    are chat messages of their own on the chat path."""
+    payload = {"model": MODEL, "max_tokens": 2, "system": "You click.", "tools": [CLICK], "messages": [
+        {"role": "user", "content": "Look."},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "click", "input": {"x": 1, "y": 2}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "clicked"},
+                                     {"type": "text", "text": "This:"},
                                      {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]}]}
     message = anthropic_error(server.post("/v1/messages", payload, headers={"x-api-key": KEY}), 400,
                               "invalid_request_error")
-    assert message.startswith("messages.2.content.1") and "remote image URLs are disabled" in message
+    assert message.startswith("messages.2.content.2:") and "remote image URLs are disabled" in message
 
 
 def assert_valid_tool_uses(message, names=SCHEMAS) -> list:
