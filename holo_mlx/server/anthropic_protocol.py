@@ -224,13 +224,13 @@ class StreamEvent(BaseModel):
     type: str
 
 
-class ErrorDetail(BaseModel):
+class AnthropicErrorDetail(BaseModel):
     type: str
     message: str
 
 
-class ErrorResponse(BaseModel):
+class AnthropicErrorResponse(BaseModel):
     """Anthropic's error envelope: every 4xx and 5xx body of these routes (see errors.anthropic_envelope)."""
 
     type: Literal["error"] = "error"
-    error: ErrorDetail
+    error: AnthropicErrorDetail

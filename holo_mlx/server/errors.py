@@ -63,12 +63,13 @@ ANTHROPIC_ERROR_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     413: "request_too_large",
     429: "rate_limit_error",
     529: "overloaded_error",
 }
 # Anthropic answers bad fields with 400 and an unavailable model with 529 (overloaded), which its SDK retries.
-ANTHROPIC_STATUS = {405: 400, 422: 400, 503: 529}
+ANTHROPIC_STATUS = {422: 400, 503: 529}
 
 
 def anthropic_envelope(status: int, message: str, param: str | None = None) -> tuple[int, dict]:

@@ -8,19 +8,23 @@ from . import computer
 from .anthropic_chat import (Conversation, chat_request, computer_message, conversation_of, error_event, live_events,
                              message_of, navigation_of, navigation_request, sampling_fields, screenshot_message,
                              tools_of, whole_message_events)
-from .anthropic_protocol import CountTokensRequest, ErrorResponse, Message, MessagesRequest, TokenCount
+from .anthropic_protocol import (AnthropicErrorResponse, CountTokensRequest, Message, MessagesRequest, StreamEvent,
+                                 TokenCount)
 from .chat import chat_prompt, start_chat
 from .errors import APIError
 from .inputs import reject_lone_surrogates
-from .openapi import API_ERRORS, responses
+from .openapi import responses
 from .served import ready_model
 from .streaming import collect, ending_with_error_event
 
 router = APIRouter()
+# Anthropic's statuses: bad input (422 too), API key, unknown model, body too large, queue full, model not ready.
+ANTHROPIC_ERRORS = (400, 401, 404, 413, 429, 529)
 EVENT_STREAM = "text/event-stream"
 
 
-@router.post("/v1/messages", responses=responses(Message, *API_ERRORS, error=ErrorResponse))
+@router.post("/v1/messages",
+             responses=responses(Message, *ANTHROPIC_ERRORS, stream=StreamEvent, error=AnthropicErrorResponse))
 async def create_message(body: MessagesRequest, request: Request):
     reject_lone_surrogates(body)
     conversation, tools = conversation_of(body), tools_of(body)
@@ -66,7 +70,8 @@ async def computer_turn(body: MessagesRequest, request: Request, conversation: C
     return computer_message(run, tools, model, chunks)
 
 
-@router.post("/v1/messages/count_tokens", responses=responses(TokenCount, *API_ERRORS, error=ErrorResponse))
+@router.post("/v1/messages/count_tokens",
+             responses=responses(TokenCount, *ANTHROPIC_ERRORS, error=AnthropicErrorResponse))
 async def count_tokens(body: CountTokensRequest, request: Request):
     """The prompt's tokens, as /v1/messages would build it (a computer turn: its navigation prompt; none
     before the first screenshot, when the model does not run)."""

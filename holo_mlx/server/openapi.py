@@ -27,7 +27,7 @@ def responses(model: type[BaseModel], *errors: int, stream: type[BaseModel] | No
     declared[200] = {"model": model}
     if stream is not None:
         # `schema` of an event stream describes one event in OpenAPI 3.1 (`itemSchema` is 3.2's).
-        declared[200]["content"] = {"text/event-stream": {"schema": sse_event(stream)}}
+        declared[200]["content"] = {"text/event-stream": {"schema": sse_event(stream, error)}}
     return declared
 
 
@@ -37,13 +37,14 @@ def text_responses(*errors: int) -> dict:
     return {status: {"content": {"application/json": {"schema": inline_schema(ErrorResponse)}}} for status in errors}
 
 
-def sse_event(chunk: type[BaseModel]) -> dict:
+def sse_event(chunk: type[BaseModel], error: type[BaseModel] = ErrorResponse) -> dict:
     """One server-sent event of a stream: `data:` holding a chunk as JSON, the error envelope (a
-    failure after the stream started), or the closing `[DONE]`."""
+    failure after the stream started), or the closing `[DONE]` (OpenAI's streams; Anthropic's end
+    with their message_stop event)."""
     return {"type": "object", "required": ["data"], "properties": {"data": {"anyOf": [
         {"const": "[DONE]"},
         {"type": "string", "contentMediaType": "application/json",
-         "contentSchema": {"anyOf": [inline_schema(chunk), inline_schema(ErrorResponse)]}},
+         "contentSchema": {"anyOf": [inline_schema(chunk), inline_schema(error)]}},
     ]}}}
 
 
