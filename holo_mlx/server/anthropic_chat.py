@@ -84,6 +84,8 @@ def image_part(block: ImageBlock) -> dict:
 
 
 def conversation_of(body: CountTokensRequest) -> Conversation:
+    if not body.messages:
+        raise APIError(400, "messages must not be empty", param="messages")
     conversation = Conversation()
     if body.system:
         system = body.system if isinstance(body.system, str) else "\n".join(block.text for block in body.system)

@@ -18,8 +18,9 @@ from .served import ready_model
 from .streaming import collect, ending_with_error_event
 
 router = APIRouter()
-# Anthropic's statuses: bad input (422 too), API key, unknown model, body too large, queue full, model not ready.
-ANTHROPIC_ERRORS = (400, 401, 404, 413, 429, 529)
+# Anthropic's statuses: bad input, API key, unknown model, body too large, queue full, model not ready. 422 is
+# never sent (a schema violation is a 400 here): declared only so that FastAPI documents no HTTPValidationError.
+ANTHROPIC_ERRORS = (400, 401, 404, 413, 422, 429, 529)
 EVENT_STREAM = "text/event-stream"
 
 
