@@ -18,8 +18,8 @@ from . import computer
 from .anthropic_protocol import (COMPANION_TOOL_PREFIXES, COMPUTER_TOOL_TYPES, INPUT_BLOCK_TYPES, ComputerTool,
                                  CountTokensRequest, CustomTool, ImageBlock, InputBlock, Message, MessagesRequest,
                                  MessageUsage, RedactedThinkingBlock, TextBlock, TextContent, ThinkingAdaptive,
-                                 ThinkingBlock, ThinkingContent, ThinkingDisabled, ThinkingEnabled, ToolChoiceAny, ToolChoiceNone,
-                                 ToolChoiceTool, ToolResultBlock, ToolUseBlock, ToolUseContent)
+                                 ThinkingBlock, ThinkingContent, ThinkingDisabled, ThinkingEnabled, ToolChoiceAny,
+                                 ToolChoiceNone, ToolChoiceTool, ToolResultBlock, ToolUseBlock, ToolUseContent)
 from .chat import ChatRun
 from .computer import Screen
 from .errors import APIError, anthropic_envelope
@@ -111,7 +111,8 @@ def assistant_message(blocks: list[tuple[BaseModel, str]]) -> dict:
         if isinstance(block, TextBlock):
             text.append(block.text)
         elif isinstance(block, ToolUseBlock):
-            calls.append({"id": block.id, "type": "function", "function": {"name": block.name, "arguments": block.input}})
+            calls.append({"id": block.id, "type": "function",
+                          "function": {"name": block.name, "arguments": block.input}})
         elif isinstance(block, ThinkingBlock):
             reasoning.append(block.thinking)
         elif not isinstance(block, RedactedThinkingBlock):
@@ -219,12 +220,12 @@ def reasoning_fields(body: CountTokensRequest) -> dict:
     return {}
 
 
-def chat_request(body: CountTokensRequest, messages: list[dict], tools: list[dict] | None, **fields) -> ChatCompletionRequest:
-    """The chat request of a message request (the prompt's fields; `fields`: its sampling and the rest)."""
-    choice = chat_tool_choice(body)
+def chat_request(body: CountTokensRequest, messages: list[dict], tools: list[dict] | None,
+                 **more) -> ChatCompletionRequest:
+    """The chat request of a message request (the prompt's fields; `more`: its sampling and the rest)."""
     parallel = not getattr(body.tool_choice, "disable_parallel_tool_use", False)
-    fields = {"model": body.model, "messages": messages, "tools": tools, "tool_choice": choice,
-              "parallel_tool_calls": parallel, **reasoning_fields(body), **fields}
+    fields = {"model": body.model, "messages": messages, "tools": tools, "tool_choice": chat_tool_choice(body),
+              "parallel_tool_calls": parallel, **reasoning_fields(body), **more}
     return validated(ChatCompletionRequest, {key: value for key, value in fields.items() if value is not None}, "")
 
 
@@ -326,8 +327,8 @@ class Events:
 
     def ending(self, message: Message) -> list[str]:
         return self.close() + [
-            self.send("message_delta", delta={"stop_reason": message.stop_reason, "stop_sequence": message.stop_sequence},
-                      usage=message.usage.model_dump()),
+            self.send("message_delta", usage=message.usage.model_dump(),
+                      delta={"stop_reason": message.stop_reason, "stop_sequence": message.stop_sequence}),
             self.send("message_stop")]
 
 

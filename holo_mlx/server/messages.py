@@ -4,16 +4,19 @@ path by server/anthropic_chat.py (errors in Anthropic's envelope: server/errors.
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from ..engine.stream import GenerationChunk
+
 from . import computer
-from .anthropic_chat import (Conversation, chat_request, computer_message, conversation_of, error_event, live_events,
-                             message_of, navigation_of, navigation_request, sampling_fields, screenshot_message,
-                             tools_of, whole_message_events)
+from .anthropic_chat import (Conversation, Tools, chat_request, computer_message, conversation_of, error_event,
+                             live_events, message_of, navigation_of, navigation_request, sampling_fields,
+                             screenshot_message, tools_of, whole_message_events)
 from .anthropic_protocol import (AnthropicErrorResponse, CountTokensRequest, Message, MessagesRequest, StreamEvent,
                                  TokenCount)
-from .chat import chat_prompt, start_chat
+from .chat import ChatRun, chat_prompt, start_chat
 from .errors import APIError
 from .inputs import reject_lone_surrogates
 from .openapi import responses
+from .protocol import ChatCompletionRequest
 from .served import ready_model
 from .streaming import collect, ending_with_error_event
 
@@ -38,14 +41,10 @@ async def create_message(body: MessagesRequest, request: Request):
                         conversation, request)
     if body.stream:
         return StreamingResponse(ending_with_error_event(live_events(run, model), error_event), media_type=EVENT_STREAM)
-    try:
-        chunks = await collect(request, run.generations[0])
-    finally:
-        run.generations[0].cancel()
-    return message_of(run, model, chunks).model_dump()
+    return message_of(run, model, await whole(run, request)).model_dump()
 
 
-async def started(chat, conversation: Conversation, request: Request):
+async def started(chat: ChatCompletionRequest, conversation: Conversation, request: Request) -> ChatRun:
     """The chat request queued; an error it meets names the request's own field."""
     try:
         return await start_chat(chat, request)
@@ -53,7 +52,16 @@ async def started(chat, conversation: Conversation, request: Request):
         raise conversation.renamed(error) from None
 
 
-async def computer_turn(body: MessagesRequest, request: Request, conversation: Conversation, tools, model: str) -> Message:
+async def whole(run: ChatRun, request: Request) -> list[GenerationChunk]:
+    """The answer's chunks; a client gone before the end frees the sequence."""
+    try:
+        return await collect(request, run.generations[0])
+    finally:
+        run.generations[0].cancel()
+
+
+async def computer_turn(body: MessagesRequest, request: Request, conversation: Conversation, tools: Tools,
+                        model: str) -> Message:
     """One computer-use turn: a screenshot action until there is a screenshot, then one navigation step
     (greedy unless the request sets a temperature)."""
     served = ready_model(request, body.model)
@@ -64,11 +72,7 @@ async def computer_turn(body: MessagesRequest, request: Request, conversation: C
     sampling = {**sampling_fields(body), "stream": False, "stop": None,
                 "temperature": 0.0 if body.temperature is None else body.temperature}
     run = await started(navigation_request(body, navigation, coordinates, **sampling), navigation, request)
-    try:
-        chunks = await collect(request, run.generations[0])
-    finally:
-        run.generations[0].cancel()
-    return computer_message(run, tools, model, chunks)
+    return computer_message(run, tools, model, await whole(run, request))
 
 
 @router.post("/v1/messages/count_tokens",
