@@ -11,8 +11,10 @@ screenshot) and, for Holo2, Hcompany's element-localization guide (`VisualLocali
 on each axis); Hcompany asks Holo3 and Holo3.1 with the same instruction and schema
 (hub.hcompany.ai/element-localization). Navigation follows Surfer-H, Hcompany's web agent built on the
 Holo models: one step is a thought, notes, and one action; element actions carry the element's
-description and its click position. For an agent loop on Holo3 (hub.hcompany.ai/agent-loop),
-`evict_screenshots` keeps a conversation within its image budget.
+description and its click position. Holo3 and later are trained on Hcompany's agent loop
+(hub.hcompany.ai/agent-loop): a step is a note, a thought and one flat tool call (`AgentStep`), and
+`evict_screenshots` keeps its conversation within its image budget. A family's `harness` (SurferH or
+AgentLoop) is how the server's computer-use tools ask it for a step.
 """
 
 import json
@@ -21,6 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .coordinates import NORMALIZED_1000, RESIZED_PIXELS, CoordinateSpace
+from .tool_format import as_parts
 
 PIXEL_X, PIXEL_Y = RESIZED_PIXELS.axis_descriptions
 NORMALIZED_X, NORMALIZED_Y = NORMALIZED_1000.axis_descriptions
@@ -207,6 +210,137 @@ def navigation_prompt(schema: dict) -> str:
 def navigation_state(task: str, previous_actions: list[str]) -> str:
     """The user turn's text beside the screenshot."""
     return json.dumps({"task": task, "previous_actions": previous_actions})
+
+
+# --- Hcompany's agent loop (Holo3, Holo3.1, Holo4) ----------------------------------------------------
+
+
+class ClickTool(Action):
+    """Click an element at its position."""
+
+    tool_name: Literal["click"] = "click"
+    element: str = Field(description="Text description of the element.")
+    x: int = Field(description=NORMALIZED_X)
+    y: int = Field(description=NORMALIZED_Y)
+
+
+class WriteTool(Action):
+    """Click an element at its position and type content into it. Don't press Enter."""
+
+    tool_name: Literal["write"] = "write"
+    content: str = Field(description="Content to write.")
+    element: str = Field(description="Text description of the element and the text it contains.")
+    x: int = Field(description=NORMALIZED_X)
+    y: int = Field(description=NORMALIZED_Y)
+
+
+class ScrollTool(Action):
+    """Scroll in a direction."""
+
+    tool_name: Literal["scroll"] = "scroll"
+    direction: Literal["up", "down", "left", "right"] = Field("down", description="The direction to scroll in.")
+
+
+class GoBackTool(Action):
+    """Go back to the previous page."""
+
+    tool_name: Literal["go_back"] = "go_back"
+
+
+class RefreshTool(Action):
+    """Reload the current page."""
+
+    tool_name: Literal["refresh"] = "refresh"
+
+
+class WaitTool(Action):
+    """Wait for the screen to change or the page to load."""
+
+    tool_name: Literal["wait"] = "wait"
+
+
+class AnswerTool(Action):
+    """Give the final answer to the task; the last action of an episode."""
+
+    tool_name: Literal["answer"] = "answer"
+    content: str = Field(description="The answer.")
+
+
+class AgentStep(Action):
+    """One step of Hcompany's agent loop (hub.hcompany.ai/agent-loop): a note (the model's memory across
+    steps, whose past reasoning the template drops), a one-line thought, and one flat tool call."""
+
+    note: str | None = Field(description="What on this screen later steps will need; null when nothing new.")
+    thought: str = Field(description="A one-line plan for the next action.")
+    tool_call: ClickTool | WriteTool | ScrollTool | GoBackTool | RefreshTool | WaitTool | AnswerTool = Field(
+        description="The action: tool_name beside its arguments.")
+
+
+# Each tool of the agent loop as the Surfer-H action a computer-use client's calls are made from.
+SURFER_H_ACTION = {"click": ClickElementAction, "write": WriteElementAction, "scroll": ScrollAction,
+                   "go_back": GoBackAction, "refresh": RefreshAction, "wait": WaitAction, "answer": AnswerAction}
+
+
+# --- computer-use harnesses: how a family is asked for one step ----------------------------------------
+
+class SurferH:
+    """Holo1.5 and Holo2: Surfer-H's step, asked on the latest screenshot alone with the task and the
+    actions so far beside it, so the prompt stays one screenshot long."""
+
+    step = ComputerStep
+
+    @staticmethod
+    def messages(conversation: list[dict], schema: dict) -> list[dict]:
+        """The navigation turn of a chat conversation (the task: every user text; the actions: every
+        assistant text; its latest image)."""
+        task = "\n".join(part["text"] for message in conversation if message["role"] == "user"
+                         for part in as_parts(message["content"] or "") if part.get("type") == "text")
+        actions = [message["content"] for message in conversation
+                   if message["role"] == "assistant" and message["content"]]
+        screenshot = [part for message in conversation for part in as_parts(message["content"] or "")
+                      if part.get("type") == "image_url"][-1]
+        return [{"role": "system", "content": navigation_prompt(schema)},
+                {"role": "user", "content": [screenshot, {"type": "text", "text": navigation_state(task, actions)}]}]
+
+    @staticmethod
+    def action(step: ComputerStep) -> NavigationAction:
+        return step.action
+
+
+class AgentLoop:
+    """Holo3 and later: Hcompany's agent loop. The whole conversation in its chat layout: the step's
+    schema in the system turn's <output_format> block, the task, each screenshot a user turn wrapped
+    in <observation>, each step the assistant's JSON; only the 3 latest screenshots kept."""
+
+    step = AgentStep
+
+    @staticmethod
+    def messages(conversation: list[dict], schema: dict) -> list[dict]:
+        turns = [{"role": "system", "content": f"{AGENT_LOOP_INSTRUCTION}\n<output_format>\n{json.dumps(schema)}\n"
+                                               "</output_format>"}]
+        for message in conversation:
+            parts = as_parts(message["content"] or "")
+            if message["role"] == "assistant":
+                turns.append({"role": "assistant", "content": "".join(part.get("text", "") for part in parts)})
+            elif any(part.get("type") == "image_url" for part in parts):
+                turns.append({"role": "user", "content": [{"type": "text", "text": "<observation>"}, *parts,
+                                                          {"type": "text", "text": "</observation>"}]})
+            else:
+                turns.append({"role": "user", "content": parts})
+        return evict_screenshots(turns)
+
+    @staticmethod
+    def action(step: AgentStep) -> NavigationAction:
+        call = step.tool_call
+        return SURFER_H_ACTION[call.tool_name](**call.model_dump(exclude={"tool_name"}))
+
+
+AGENT_LOOP_INSTRUCTION = ("You are a computer-use agent. Each turn you see an observation of the screen. Plan in your "
+                          "reasoning, then answer one JSON step: a note of what later steps will need (null when "
+                          "nothing new), a one-line thought, and one tool call. Give positions as integers in "
+                          "[0, 1000] of the screenshot. Call answer when the task is done.")
+
+Harness = type[SurferH] | type[AgentLoop]
 
 
 # --- the image budget of an agent loop ----------------------------------------------------------------

@@ -13,7 +13,7 @@ import httpx
 import jsonschema
 import pytest
 
-from holo_mlx.agent import ComputerStep
+from holo_mlx.agent import ComputerStep, SurferH
 from holo_mlx.coordinates import RESIZED_PIXELS, map_point
 from holo_mlx.server import computer
 from holo_mlx.testing import synthetic_screenshot
@@ -373,11 +373,11 @@ def test_a_computer_use_loop_acts_inside_the_display(client, version, scale):
 
 
 def test_a_hidpi_click_lands_in_display_points_where_the_navigation_step_put_it(server, client):
-    """The computer turn is the family's navigation step (asked here through chat completions with the
-    same prompt and seed) with its position moved from the resized screenshot onto the display: on a 2x
+    """The computer turn is Holo1.5's Surfer-H step (asked here through chat completions with the same
+    prompt and seed) with its position moved from the resized screenshot onto the display: on a 2x
     screenshot, half the screenshot's pixels. Seeds are tried until the step is a click."""
     tool = {"type": "computer_20250124", "name": "computer", "display_width_px": 320, "display_height_px": 200}
-    schema = computer.step_schema(RESIZED_PIXELS)
+    schema = computer.step_schema(SurferH, RESIZED_PIXELS)
     shot = image_block(640, 400)
     messages = [{"role": "user", "content": "Open the settings."},
                 {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "computer",
@@ -388,7 +388,7 @@ def test_a_hidpi_click_lands_in_display_points_where_the_navigation_step_put_it(
                     {"role": "user", "content": [{"type": "image_url", "image_url": {
                         "url": f"data:image/png;base64,{shot['source']['data']}"}}]}]
     for seed in range(12):
-        asked = chat(server, messages=computer.navigation_messages(conversation, schema), max_tokens=400,
+        asked = chat(server, messages=SurferH.messages(conversation, schema), max_tokens=400,
                      temperature=1.0, seed=seed, response_format=computer.step_format(schema))
         step = ComputerStep.model_validate_json(asked["choices"][0]["message"]["content"]).action
         if step.action in ("click_element", "write_element"):

@@ -13,10 +13,12 @@ import httpx
 import numpy as np
 import pytest
 
-from holo_mlx.agent import EVICTED, evict_screenshots, holo2_localization_prompt, holo2_localization_schema
+from holo_mlx.agent import (EVICTED, AgentLoop, AgentStep, AnswerAction, evict_screenshots, holo2_localization_prompt,
+                            holo2_localization_schema)
 from holo_mlx.coordinates import NORMALIZED_1000, map_point
 from holo_mlx.folders import read_config
 from holo_mlx.prompt import PromptBuilder
+from holo_mlx.server import computer
 from holo_mlx.testing import synthetic_screenshot
 from test_agents import agents_model, langchain_required_clicks, run_click_agent
 from test_hybrid import common_prefix
@@ -159,6 +161,53 @@ def test_computer_use_through_responses_thinks_then_acts_on_the_display(server):
         action = item.get("action", {})
         if "x" in action:
             assert 0 <= action["x"] < 640 and 0 <= action["y"] < 400, action
+
+
+def test_computer_use_asks_holo3_in_hcompanys_agent_loop_with_its_three_latest_screenshots(server):
+    """A computer turn on Holo3 is Hcompany's agent loop (AgentLoop): the whole conversation with each
+    screenshot in an <observation> turn and only the 3 latest kept, answered as an AgentStep. The same
+    messages asked through chat completions have the turn's token count and give the calls it made."""
+    tool = {"type": "computer_use_preview", "display_width": 640, "display_height": 400, "environment": "browser"}
+    task = "Open the settings page"
+    items, conversation = [{"role": "user", "content": task}], [{"role": "user", "content": task}]
+    for turn in range(4):
+        shot = screenshot(640, 400, seed=turn)
+        call = {"type": "computer_call", "call_id": f"call_{turn}", "action": {"type": "screenshot"}}
+        items += [call, {"type": "computer_call_output", "call_id": f"call_{turn}",
+                         "output": {"type": "computer_screenshot", "image_url": shot}}]
+        conversation += [{"role": "assistant", "content": json.dumps(call["action"])},
+                         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": shot}}]}]
+    schema = computer.step_schema(AgentLoop, NORMALIZED_1000)
+    messages = AgentLoop.messages(conversation, schema)
+    assert "<output_format>" in messages[0]["content"] and [message["role"] for message in messages] == \
+        ["system", "user"] + ["assistant", "user"] * 4
+    observations = [message["content"] for message in messages[3::2]]
+    assert all(parts[0]["text"] == "<observation>" and parts[-1]["text"] == "</observation>" for parts in observations)
+    assert [parts[1]["type"] for parts in observations] == ["text", "image_url", "image_url", "image_url"]
+    assert observations[0][1]["text"] == EVICTED
+    asked = server.post("/v1/chat/completions", {"model": DENSE, "messages": messages, "temperature": 0,
+                                                 "max_tokens": 300, "response_format": computer.step_format(schema),
+                                                 **NO_THINKING}).json()
+    turn = server.post("/v1/responses", {"model": DENSE, "input": items, "tools": [tool], "max_output_tokens": 300,
+                                         "store": False, **NO_THINKING}).json()
+    assert turn["usage"]["input_tokens"] == asked["usage"]["prompt_tokens"]
+    step = AgentStep.model_validate_json(asked["choices"][0]["message"]["content"])
+    expected, answer = computer.computer_calls(AgentLoop.action(step), computer.Screen.of_tool(tool, "tools.0"), (1, 1),
+                                               (640, 400), NORMALIZED_1000)
+    assert [item.get("action") or item["content"][0]["text"] for item in turn["output"]] == \
+        expected + ([answer] if answer is not None else [])
+
+
+def test_an_agent_step_becomes_the_surfer_h_action_a_computer_call_is_made_from():
+    step = AgentStep.model_validate({"note": None, "thought": "Type the query.", "tool_call": {
+        "tool_name": "write", "content": "holo", "element": "Search box", "x": 500, "y": 250}})
+    tool = {"type": "computer_use_preview", "display_width": 1280, "display_height": 800}
+    assert computer.computer_calls(AgentLoop.action(step), computer.Screen.of_tool(tool, "tools.0"), (1400, 700), (2560, 1600),
+                                   NORMALIZED_1000) == ([{"type": "click", "button": "left", "x": 640, "y": 200},
+                                                         {"type": "type", "text": "holo"}], None)
+    answer = AgentStep.model_validate({"note": "done", "thought": "", "tool_call": {"tool_name": "answer",
+                                                                                   "content": "42"}})
+    assert AgentLoop.action(answer) == AnswerAction(content="42")
 
 
 def test_embeddings_of_text_and_a_screenshot(server, client, holo3_checkpoint):

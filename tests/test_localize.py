@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from holo_mlx.agent import (ClickAbsoluteAction, ComputerStep, NavigationStep, bounded_schema,
+from holo_mlx.agent import (ClickAbsoluteAction, ComputerStep, NavigationStep, SurferH, bounded_schema,
                             holo2_localization_prompt, holo2_localization_schema, localization_prompt,
                             localization_schema, navigation_prompt)
 from holo_mlx.coordinates import NORMALIZED_1000, RESIZED_PIXELS, map_point
@@ -176,7 +176,7 @@ def test_the_holo2_schema_is_0_to_1000_whatever_the_image():
 
 
 def test_navigation_schemas_bound_and_describe_positions_in_the_familys_space():
-    pixels, normalized = computer.step_schema(RESIZED_PIXELS), computer.step_schema(NORMALIZED_1000)
+    pixels, normalized = computer.step_schema(SurferH, RESIZED_PIXELS), computer.step_schema(SurferH, NORMALIZED_1000)
     for action in ("ClickElementAction", "WriteElementAction"):
         assert pixels["$defs"][action]["properties"]["x"] == {
             "description": "The x coordinate, number of pixels from the left edge.", "title": "X", "type": "integer",
@@ -196,9 +196,9 @@ def test_computer_use_clicks_convert_from_the_familys_space():
     step = ComputerStep.model_validate(
         {"thought": "", "notes": "", "action": {"action": "click_element", "element": "OK", "x": 500, "y": 1000}})
     # 0-1000: half of the display's width, and its bottom edge (its last row); pixels: 500 of 1400 resized.
-    assert computer.computer_calls(step, screen, (1400, 700), (2560, 1600), NORMALIZED_1000) == (
+    assert computer.computer_calls(step.action, screen, (1400, 700), (2560, 1600), NORMALIZED_1000) == (
         [{"type": "click", "button": "left", "x": 640, "y": 799}], None)
-    assert computer.computer_calls(step, screen, (1400, 700), (2560, 1600), RESIZED_PIXELS) == (
+    assert computer.computer_calls(step.action, screen, (1400, 700), (2560, 1600), RESIZED_PIXELS) == (
         [{"type": "click", "button": "left", "x": 457, "y": 799}], None)
 
 
@@ -317,9 +317,9 @@ def test_computer_use_in_a_0_1000_family_asks_for_its_step(normalized_server):
                     {"role": "user", "content": [{"type": "image_url", "image_url": {"url": shot}}]}]
 
     def asked(coordinates):
-        schema = computer.step_schema(coordinates)
+        schema = computer.step_schema(SurferH, coordinates)
         return httpx.post(f"{normalized_server.url}/v1/chat/completions", timeout=120, json={
-            "messages": computer.navigation_messages(conversation, schema), "temperature": 0, "max_tokens": 400,
+            "messages": SurferH.messages(conversation, schema), "temperature": 0, "max_tokens": 400,
             "response_format": computer.step_format(schema), **THINKING_OFF}).json()
 
     normalized, pixels = asked(NORMALIZED_1000), asked(RESIZED_PIXELS)
@@ -328,7 +328,7 @@ def test_computer_use_in_a_0_1000_family_asks_for_its_step(normalized_server):
                                    "environment": "browser"}], "max_output_tokens": 400, "store": False, **THINKING_OFF}).json()
     assert response["usage"]["input_tokens"] == normalized["usage"]["prompt_tokens"] != pixels["usage"]["prompt_tokens"]
     step = ComputerStep.model_validate_json(normalized["choices"][0]["message"]["content"])
-    expected, answer = computer.computer_calls(step, computer.Screen(None), (1, 1), (1, 1),
+    expected, answer = computer.computer_calls(step.action, computer.Screen(None), (1, 1), (1, 1),
                                                NORMALIZED_1000)
     output = [item["action"]["type"] if item["type"] == "computer_call" else item["content"][0]["text"]
               for item in response["output"]]

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import mlx.core as mx
 import numpy as np
 
+from ..agent import Harness, SurferH
 from ..coordinates import RESIZED_PIXELS, CoordinateSpace
 from ..image import MAX_PIXELS, MAX_SIDE
 from ..tool_format import HERMES, ToolFormat
@@ -109,6 +110,7 @@ class Family:
     localization_schema: Callable[[int, int], dict]
     tool_format: ToolFormat = HERMES  # how its checkpoints write tool calls
     coordinates: CoordinateSpace = RESIZED_PIXELS  # where its answers' x and y are (coordinates.py)
+    harness: Harness = SurferH  # how computer-use tools ask it for one step (agent.py)
     # Image limits when the server is given none (--max-side, --max-pixels): None is the
     # checkpoint's own ceiling. Holo1.5's cookbook caps screenshots; Holo2's uses its processor's.
     max_side: int | None = MAX_SIDE

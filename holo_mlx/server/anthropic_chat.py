@@ -3,8 +3,9 @@
 thinking blocks as the turn's reasoning), which runs through chat.start_chat like any chat request;
 the answer becomes content blocks (thinking, text, tool_use), whole or as Anthropic's event stream.
 
-With a computer tool (computer_20241022 / _20250124 / _20251124) the turn is server/computer.py's
-navigation step, as on the Responses API, its actions written as the computer tool's `tool_use` input.
+With a computer tool (computer_20241022 / _20250124 / _20251124) the turn is one step of the family's
+computer-use harness (agent.py), as on the Responses API (server/computer.py), its actions written as
+the computer tool's `tool_use` input.
 """
 
 import json
@@ -12,7 +13,6 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from ..agent import ComputerStep
 from ..engine.stream import GenerationChunk
 from . import computer
 from .anthropic_protocol import (COMPANION_TOOL_PREFIXES, COMPUTER_TOOL_TYPES, INPUT_BLOCK_TYPES, ComputerTool,
@@ -67,14 +67,11 @@ class Conversation:
         error.param = self.origin(error.param)
         return error
 
-    def screenshot_origin(self) -> str:
-        """Where the latest image came from (the computer tool's navigation step reads it alone)."""
-        for index in reversed(range(len(self.messages))):
-            content = self.messages[index]["content"]
-            for part_index in reversed(range(len(content) if isinstance(content, list) else 0)):
-                if content[part_index]["type"] == "image_url":
-                    return self.origin(f"messages.{index}.content.{part_index}")
-        return "messages"
+    def image_origins(self) -> dict[str, str]:
+        """Each image's URL -> where the request has it (a computer-use turn's prompt carries images only)."""
+        return {part["image_url"]["url"]: self.origin(f"messages.{index}.content.{number}")
+                for index, message in enumerate(self.messages) if isinstance(message["content"], list)
+                for number, part in enumerate(message["content"]) if part["type"] == "image_url"}
 
 
 def image_part(block: ImageBlock) -> dict:
@@ -419,8 +416,8 @@ def computer_input(action: dict, tool: ComputerTool) -> dict:
 
 
 def computer_conversation(messages: list[dict]) -> list[dict]:
-    """The conversation as computer.navigation_messages reads it: each assistant turn's text with its
-    calls' inputs after it (the actions so far); tool results (the screenshots) as they are."""
+    """The conversation as a harness reads it: each assistant turn's text with its calls' inputs after it
+    (the actions so far); tool results (the screenshots) as they are."""
     def actions(message: dict) -> str:
         said = [message["content"]] if message["content"] else []
         return "\n".join(said + [json.dumps(call["function"]["arguments"]) for call in message.get("tool_calls", [])])
@@ -438,18 +435,18 @@ def screenshot_message(tool: ComputerTool, model: str) -> Message:
 def computer_message(run: ChatRun, tools: Tools, model: str, chunks: list[GenerationChunk]) -> Message:
     """A navigation step's answer: its reasoning, then its actions as tool_use blocks, or its final answer
     as text; a step cut short by max_tokens as the text it got to."""
-    text = "".join(chunk.text for chunk in chunks)
+    text, family = "".join(chunk.text for chunk in chunks), run.served.engine.model.family
     reasoning = run.reasoning(chunks)
     blocks = [] if reasoning is None else [ThinkingContent(thinking=reasoning)]
     try:
-        step = ComputerStep.model_validate_json(text)
+        step = family.harness.step.model_validate_json(text)
     except ValidationError:
         reason, sequence = stop_reason(chunks[-1] if chunks else None, False)
         return Message(model=model, content=blocks + [TextContent(text=text)], stop_reason=reason,
                        stop_sequence=sequence, usage=usage(run, len(chunks)))
     image = run.prompt.images[-1]
-    actions, answer = computer.computer_calls(step, tools.screen, image.resized_size, image.original_size,
-                                              run.served.engine.model.family.coordinates)
+    actions, answer = computer.computer_calls(family.harness.action(step), tools.screen, image.resized_size,
+                                              image.original_size, family.coordinates)
     blocks += [ToolUseContent(name=tools.computer.name, input=computer_input(action, tools.computer))
                for action in actions]
     if answer is not None:
@@ -458,18 +455,20 @@ def computer_message(run: ChatRun, tools: Tools, model: str, chunks: list[Genera
                    usage=usage(run, len(chunks)))
 
 
-def navigation_of(conversation: Conversation, coordinates) -> Conversation:
-    """The family's navigation turn for the conversation so far, its screenshot named as the request has it."""
-    schema = computer.step_schema(coordinates)
+def navigation_of(conversation: Conversation, family) -> Conversation:
+    """The family's computer-use turn for the conversation so far (its harness's messages), each image
+    named as the request has it."""
+    origins = conversation.image_origins()
     navigation = Conversation()
-    system, user = computer.navigation_messages(computer_conversation(conversation.messages), schema)
-    navigation.add(system, "messages")
-    navigation.add(user, "messages", [conversation.screenshot_origin()])
+    schema = computer.step_schema(family.harness, family.coordinates)
+    for message in family.harness.messages(computer_conversation(conversation.messages), schema):
+        parts = message["content"] if isinstance(message["content"], list) else []
+        navigation.add(message, "messages", [origins.get(part.get("image_url", {}).get("url"), "messages")
+                                             for part in parts])
     return navigation
 
 
-def navigation_request(body: CountTokensRequest, navigation: Conversation, coordinates,
-                       **sampling) -> ChatCompletionRequest:
-    schema = computer.step_schema(coordinates)
+def navigation_request(body: CountTokensRequest, navigation: Conversation, family, **sampling) -> ChatCompletionRequest:
+    schema = computer.step_schema(family.harness, family.coordinates)
     return chat_request(body, navigation.messages, None, tool_choice=None, parallel_tool_calls=None,
                         response_format=computer.step_format(schema), **sampling)

@@ -1,9 +1,10 @@
 """Computer use on the Responses API: a `computer_use_preview` (or GA `computer`) tool answered with
 `computer_call` items that a local Holo model produces.
 
-Each turn the model gets its family's navigation prompt, the task, the actions so far and the
-latest screenshot, and answers one navigation step (thought, notes, action) under constrained
-decoding, so the step always parses. The action becomes computer calls in the display's pixels:
+Each turn the model is asked in its family's harness (agent.py: Surfer-H's for Holo1.5 and Holo2,
+the task, the actions so far and the latest screenshot; Hcompany's agent loop for Holo3 on, the
+conversation with its 3 latest screenshots) and answers one step under constrained decoding, so
+the step always parses. The action becomes computer calls in the display's pixels:
 Holo answers in its family's coordinate space (Holo1.5: pixels of the screenshot as resized for
 it; Holo2: 0-1000 on each axis), which is mapped onto the display (`display_width` x
 `display_height`; the screenshot's own size for the GA tool, which sends none). On a HiDPI screen
@@ -22,9 +23,8 @@ A conversation without a screenshot yet is answered with a screenshot call, with
 import json
 from functools import cache
 
-from ..agent import ComputerStep, bounded_schema, navigation_prompt, navigation_state
+from ..agent import Harness, NavigationAction, bounded_schema
 from ..coordinates import CoordinateSpace, map_point
-from ..tool_format import as_parts
 from .errors import APIError
 from .protocol import ComputerCallItem, ResponsesRequest, new_id
 
@@ -88,23 +88,10 @@ def screenshots(conversation: list[dict]) -> list[str]:
             for part in message["content"] if part.get("type") == "image_url"]
 
 
-def navigation_messages(conversation: list[dict], schema: dict) -> list[dict]:
-    """The family's navigation turn: the task (every user text), the actions so far (every assistant
-    text) and the latest screenshot only, so the prompt stays one screenshot long."""
-    task = "\n".join(part["text"] for message in conversation if message["role"] == "user"
-                     for part in as_parts(message["content"]) if part.get("type") == "text")
-    actions = [message["content"] for message in conversation if message["role"] == "assistant" and message["content"]]
-    screenshot = screenshots(conversation)[-1]
-    return [{"role": "system", "content": navigation_prompt(schema)},
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": screenshot}},
-                                         {"type": "text", "text": navigation_state(task, actions)}]}]
-
-
-def computer_calls(step: ComputerStep, screen: Screen, resized: tuple[int, int], original: tuple[int, int],
+def computer_calls(action: NavigationAction, screen: Screen, resized: tuple[int, int], original: tuple[int, int],
                    coordinates: CoordinateSpace) -> tuple[list[dict], str | None]:
-    """(computer actions, final answer) of a step, positions mapped from the family's space on the
-    resized screenshot to the display."""
-    action = step.action
+    """(computer actions, final answer) of a step's action, positions mapped from the family's space on
+    the resized screenshot to the display."""
     display = screen.size or original
     if action.action in ("click_element", "write_element"):
         x, y = map_point(action.x, action.y, resized, display, coordinates)
@@ -143,9 +130,9 @@ def navigation_request(body: ResponsesRequest) -> ResponsesRequest:
 
 
 @cache
-def step_schema(coordinates: CoordinateSpace) -> dict:
+def step_schema(harness: Harness, coordinates: CoordinateSpace) -> dict:
     """A step's schema: strings bounded, x and y bounded and described in the family's coordinate space."""
-    return bounded_schema(ComputerStep.model_json_schema(), max_chars=MAX_CHARS,
+    return bounded_schema(harness.step.model_json_schema(), max_chars=MAX_CHARS,
                           max_coordinate=max(coordinates.maximum(LARGEST_SCREEN)), coordinates=coordinates)
 
 

@@ -62,23 +62,23 @@ async def whole(run: ChatRun, request: Request) -> list[GenerationChunk]:
 
 async def computer_turn(body: MessagesRequest, request: Request, conversation: Conversation, tools: Tools,
                         model: str) -> Message:
-    """One computer-use turn: a screenshot action until there is a screenshot, then one navigation step
-    (greedy unless the request sets a temperature)."""
+    """One computer-use turn: a screenshot action until there is a screenshot, then one step of the
+    family's harness (greedy unless the request sets a temperature)."""
     served = ready_model(request, body.model)
     if not computer.screenshots(conversation.messages):
         return screenshot_message(tools.computer, model)
-    coordinates = served.engine.model.family.coordinates
-    navigation = navigation_of(conversation, coordinates)
+    family = served.engine.model.family
+    navigation = navigation_of(conversation, family)
     sampling = {**sampling_fields(body), "stream": False, "stop": None,
                 "temperature": 0.0 if body.temperature is None else body.temperature}
-    run = await started(navigation_request(body, navigation, coordinates, **sampling), navigation, request)
+    run = await started(navigation_request(body, navigation, family, **sampling), navigation, request)
     return computer_message(run, tools, model, await whole(run, request))
 
 
 @router.post("/v1/messages/count_tokens",
              responses=responses(TokenCount, *ANTHROPIC_ERRORS, error=AnthropicErrorResponse))
 async def count_tokens(body: CountTokensRequest, request: Request):
-    """The prompt's tokens, as /v1/messages would build it (a computer turn: its navigation prompt; none
+    """The prompt's tokens, as /v1/messages would build it (a computer turn: its harness's prompt; none
     before the first screenshot, when the model does not run)."""
     reject_lone_surrogates(body)
     served = ready_model(request, body.model)
@@ -88,9 +88,9 @@ async def count_tokens(body: CountTokensRequest, request: Request):
     elif not computer.screenshots(conversation.messages):
         return TokenCount(input_tokens=0).model_dump()
     else:
-        coordinates = served.engine.model.family.coordinates
-        conversation = navigation_of(conversation, coordinates)
-        chat = navigation_request(body, conversation, coordinates)
+        family = served.engine.model.family
+        conversation = navigation_of(conversation, family)
+        chat = navigation_request(body, conversation, family)
     try:
         prompt, _, _ = await chat_prompt(chat, request, served)
     except APIError as error:

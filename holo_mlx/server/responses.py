@@ -8,7 +8,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from ..agent import ComputerStep
 from ..engine.stream import GenerationChunk
 from . import computer
 from .chat import ChatRun, reasoning_tokens, start_chat
@@ -177,21 +176,23 @@ async def computer_turn(body: ResponsesRequest, request: Request, screen: comput
     if not computer.screenshots(conversation):
         shaped = Shaped(body, model, None, conversation)
         return shaped.reply(store, [computer.call_item({"type": "screenshot"})], [], "stop")
-    coordinates = ready_model(request, body.model).engine.model.family.coordinates
-    schema = computer.step_schema(coordinates)
-    chat = chat_request(computer.navigation_request(body), computer.navigation_messages(conversation, schema),
-                        None, computer.step_format(schema))
+    family = ready_model(request, body.model).engine.model.family
+    harness, coordinates = family.harness, family.coordinates
+    schema = computer.step_schema(harness, coordinates)
+    chat = chat_request(computer.navigation_request(body), harness.messages(conversation, schema), None,
+                        computer.step_format(schema))
     run = await start_chat(chat, request)
     shaped = Shaped(body, model, run, conversation)
     chunks = await collect(request, run.generations[0])
     text, finish_reason = "".join(chunk.text for chunk in chunks), chunks[-1].finish_reason
     reasoning = reasoning_items(run.reasoning(chunks))
     try:
-        step = ComputerStep.model_validate_json(text)
+        step = harness.step.model_validate_json(text)
     except ValidationError:  # cut short by max_output_tokens: said so by the status
         return shaped.reply(store, reasoning + [message_item(text)], chunks, finish_reason)
     image = run.prompt.images[-1]
-    actions, answer = computer.computer_calls(step, screen, image.resized_size, image.original_size, coordinates)
+    actions, answer = computer.computer_calls(harness.action(step), screen, image.resized_size, image.original_size,
+                                              coordinates)
     items = [computer.call_item(action) for action in actions] + ([message_item(answer)] if answer is not None else [])
     # A step that parses is whole, however close to the budget it ended.
     return shaped.reply(store, reasoning + items, chunks, "stop", answer={"role": "assistant", "content": text})

@@ -9,7 +9,7 @@ checkpoints call tools in Qwen3.5's XML form (tool_format_xml.py).
 
 from functools import partial
 
-from ...agent import holo2_localization_prompt, holo2_localization_schema
+from ...agent import AgentLoop, holo2_localization_prompt, holo2_localization_schema
 from ...coordinates import NORMALIZED_1000
 from ...image import ImageProcessorConfig
 from ...tool_format_xml import XML
@@ -29,6 +29,8 @@ FAMILY = Family(
     # Hcompany asks Holo3 and Holo3.1 with Holo2's instruction and schema (hub.hcompany.ai/element-localization).
     localization_prompt=holo2_localization_prompt, localization_schema=holo2_localization_schema,
     coordinates=NORMALIZED_1000,
+    # Hcompany's harness for Holo3 on (hub.hcompany.ai/agent-loop); Holo1.5 and Holo2 keep Surfer-H's.
+    harness=AgentLoop,
     tool_format=XML,
     max_side=None, max_pixels=None,
 )
