@@ -1,7 +1,8 @@
 """Anthropic's Messages API through the real `anthropic` SDK and LangChain's ChatAnthropic, against a live
 server: text whole and streamed (the exact event order), images, tools (auto, any, named; whole and
 streamed) and their results, stop sequences, count_tokens, errors in Anthropic's envelope, a computer-use
-loop on a recording fake computer (HiDPI too), and thinking on Holo2. Random weights: shapes, counts,
+loop on a recording fake computer (HiDPI too) and a computer turn on Holo3's agent loop, and thinking on
+Holo2. Random weights: shapes, counts,
 event order and schema validity are checked, never the text itself."""
 
 import base64
@@ -13,8 +14,8 @@ import httpx
 import jsonschema
 import pytest
 
-from holo_mlx.agent import ComputerStep, SurferH
-from holo_mlx.coordinates import RESIZED_PIXELS, map_point
+from holo_mlx.agent import AgentLoop, AgentStep, ComputerStep, SurferH
+from holo_mlx.coordinates import NORMALIZED_1000, RESIZED_PIXELS, map_point
 from holo_mlx.server import computer
 from holo_mlx.testing import synthetic_screenshot
 
@@ -396,13 +397,11 @@ def test_a_hidpi_click_lands_in_display_points_where_the_navigation_step_put_it(
     else:
         pytest.fail("no seed made the random weights click")
     resized = asked["holo"]["images"][0]["resized"]
-    x, y = map_point(step.x, step.y, (resized["width"], resized["height"]), (320, 200), RESIZED_PIXELS)
     message = client.beta.messages.create(model=MODEL, max_tokens=400, tools=[tool], messages=messages,
                                           betas=["computer-use-2025-01-24"], extra_body={"temperature": 1.0, "seed": seed})
     assert prompt_tokens(message) == asked["usage"]["prompt_tokens"]
-    expected = [{"action": "left_click", "coordinate": [x, y]}]
-    if step.action == "write_element":
-        expected.append({"action": "type", "text": step.content})
+    expected = expected_input(step, (resized["width"], resized["height"]), (320, 200), RESIZED_PIXELS)
+    x, y = expected[0]["coordinate"]
     assert [block.input for block in message.content] == expected and 0 <= x < 320 and 0 <= y < 200
 
 
@@ -417,6 +416,51 @@ def test_count_tokens_of_a_computer_turn_counts_its_navigation_prompt(client):
     counted = client.beta.messages.count_tokens(model=MODEL, tools=[tool], messages=messages).input_tokens
     message = client.beta.messages.create(model=MODEL, max_tokens=400, tools=[tool], messages=messages)
     assert counted == message.usage.input_tokens + message.usage.cache_read_input_tokens > 300
+
+
+def expected_input(action, resized: tuple[int, int], display: tuple[int, int], coordinates) -> list[dict]:
+    """docs/API.md's table: a Surfer-H action as the computer tool's inputs (computer_20250124)."""
+    if action.action in ("click_element", "write_element"):
+        x, y = map_point(action.x, action.y, resized, display, coordinates)
+        click = [{"action": "left_click", "coordinate": [x, y]}]
+        return click + ([{"action": "type", "text": action.content}] if action.action == "write_element" else [])
+    return {"scroll": [{"action": "scroll", "coordinate": [display[0] // 2, display[1] // 2],
+                        "scroll_direction": getattr(action, "direction", None), "scroll_amount": 5}],
+            "go_back": [{"action": "key", "text": "alt+Left"}], "refresh": [{"action": "key", "text": "F5"}],
+            "wait": [{"action": "wait", "duration": 1}], "answer": []}[action.action]
+
+
+@pytest.mark.slow
+def test_holo3_answers_a_computer_turn_in_hcompanys_agent_loop(shared_server, holo3_checkpoint):
+    """On Holo3 the turn is the agent loop's step over the whole conversation (each screenshot an
+    observation): the same prompt asked through chat completions gives the step the tool_use blocks carry."""
+    holo3 = shared_server("--model", str(holo3_checkpoint), "--served-model-name", "holo3-tiny")
+    client = anthropic.Anthropic(base_url=holo3.url, api_key="none", max_retries=0, timeout=120)
+    tool = {"type": "computer_20250124", "name": "computer", "display_width_px": 320, "display_height_px": 200}
+    messages = [{"role": "user", "content": "Open the settings."}]
+    conversation = [{"role": "user", "content": "Open the settings."}]
+    for turn in range(2):
+        shot = image_block(640, 400, seed=turn)
+        messages += [{"role": "assistant", "content": [{"type": "tool_use", "id": f"toolu_{turn}", "name": "computer",
+                                                        "input": {"action": "screenshot"}}]},
+                     {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_{turn}",
+                                                   "content": [shot]}]}]
+        conversation += [{"role": "assistant", "content": '{"action": "screenshot"}'},
+                         {"role": "user", "content": [{"type": "image_url", "image_url": {
+                             "url": f"data:image/png;base64,{shot['source']['data']}"}}]}]
+    schema = computer.step_schema(AgentLoop, NORMALIZED_1000)
+    asked = holo3.post("/v1/chat/completions", {
+        "model": "holo3-tiny", "messages": AgentLoop.messages(conversation, schema), "temperature": 0,
+        "max_tokens": 300, "response_format": computer.step_format(schema),
+        "chat_template_kwargs": {"enable_thinking": False}}).json()
+    message = client.beta.messages.create(model="holo3-tiny", max_tokens=300, tools=[tool], messages=messages,
+                                          thinking={"type": "disabled"}, betas=["computer-use-2025-01-24"])
+    assert prompt_tokens(message) == asked["usage"]["prompt_tokens"]
+    action = AgentLoop.action(AgentStep.model_validate_json(asked["choices"][0]["message"]["content"]))
+    resized = asked["holo"]["images"][-1]["resized"]
+    uses = [block.input for block in message.content if block.type == "tool_use"]
+    assert uses == expected_input(action, (resized["width"], resized["height"]), (320, 200), NORMALIZED_1000)
+    assert message.stop_reason == ("tool_use" if uses else "end_turn")
 
 
 # --- LangChain -------------------------------------------------------------------------------------------
