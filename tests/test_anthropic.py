@@ -152,6 +152,17 @@ def test_stop_sequences_end_the_text_and_are_named(client):
     assert message.content[0].text == text[:text.index(stop)]
 
 
+def test_output_config_format_holds_the_text_to_its_schema(client):
+    schema = {"type": "object", "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 99},
+                                               "label": {"type": "string", "maxLength": 8}},
+              "required": ["x", "label"], "additionalProperties": False}
+    for _ in range(2):  # sampled: each answer held by the grammar
+        message = client.messages.create(model=MODEL, max_tokens=40, messages=HI, extra_body={"temperature": 1.0},
+                                         output_config={"format": {"type": "json_schema", "schema": schema}})
+        assert message.stop_reason == "end_turn" and [block.type for block in message.content] == ["text"]
+        jsonschema.validate(json.loads(message.content[0].text), schema)
+
+
 # --- images, tools, count_tokens -------------------------------------------------------------------------
 
 def test_image_blocks_reach_the_prompt_and_count_tokens_counts_what_runs(client):
@@ -271,6 +282,11 @@ def test_a_tool_result_turn_reads_into_the_prompt_as_a_tool_message(server, clie
     ({"max_tokens": 2, "messages": HI, "temperature": 1.5}, 400, "invalid_request_error", "temperature"),
     ({"max_tokens": 0, "messages": HI}, 400, "invalid_request_error", "max_tokens"),
     ({"model": "claude-sonnet-4-5", "max_tokens": 2, "messages": HI}, 404, "not_found_error", "model"),
+    ({"max_tokens": 2, "messages": HI, "output_config": {"format": {"type": "json_schema", "schema": {}}},
+      "tools": [{"type": "computer_20250124", "name": "computer", "display_width_px": 8, "display_height_px": 8}]},
+     400, "invalid_request_error", "output_config.format"),
+    ({"max_tokens": 2, "messages": HI, "output_config": {"format": {"type": "json_schema", "schema": {}}},
+      "tools": [CLICK]}, 400, "invalid_request_error", "tools"),
 ])
 def test_bad_requests_get_anthropics_envelope_naming_the_field(server, payload, status, kind, named):
     response = server.post("/v1/messages", {"model": MODEL, **payload}, headers={"x-api-key": KEY})

@@ -230,8 +230,11 @@ def sampling_fields(body: MessagesRequest) -> dict:
     if isinstance(body.thinking, ThinkingEnabled) and body.thinking.budget_tokens >= body.max_tokens:
         raise APIError(400, f"thinking.budget_tokens ({body.thinking.budget_tokens}) must be less than max_tokens "
                        f"({body.max_tokens}): the reasoning counts against it", param="thinking.budget_tokens")
+    form = body.output_config.format if body.output_config else None
     return {"max_tokens": body.max_tokens, "stop": body.stop_sequences, "temperature": body.temperature,
-            "top_p": body.top_p, "top_k": body.top_k, "seed": body.seed, "stream": body.stream}
+            "top_p": body.top_p, "top_k": body.top_k, "seed": body.seed, "stream": body.stream,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "output", "schema": form.schema_}}
+            if form else None}
 
 
 # --- the answer -----------------------------------------------------------------------------------------
@@ -470,5 +473,5 @@ def navigation_of(conversation: Conversation, family) -> Conversation:
 
 def navigation_request(body: CountTokensRequest, navigation: Conversation, family, **sampling) -> ChatCompletionRequest:
     schema = computer.step_schema(family.harness, family.coordinates)
-    return chat_request(body, navigation.messages, None, tool_choice=None, parallel_tool_calls=None,
-                        response_format=computer.step_format(schema), **sampling)
+    return chat_request(body, navigation.messages, None, **{
+        **sampling, "tool_choice": None, "parallel_tool_calls": None, "response_format": computer.step_format(schema)})

@@ -142,6 +142,19 @@ class ThinkingDisabled(Request):
 Thinking = Annotated[ThinkingEnabled | ThinkingAdaptive | ThinkingDisabled, Field(discriminator="type")]
 
 
+class JSONOutputFormat(Request):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(Request):
+    """Anthropic's structured output: the answer's text held to `format`'s schema (as chat's
+    response_format). `effort` is a hint for Claude: nothing to honour here."""
+
+    format: JSONOutputFormat | None = None
+    effort: str | None = None
+
+
 # --- requests ----------------------------------------------------------------------------------------------
 
 class CountTokensRequest(Request):
@@ -168,6 +181,7 @@ class MessagesRequest(CountTokensRequest):
     top_k: int | None = None
     metadata: dict[str, Any] | None = None  # a hint (user_id): nothing to honour here
     seed: int | None = None  # extension, as chat's: the same seed and request sample the same answer
+    output_config: OutputConfig | None = None
 
 
 # --- responses ---------------------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ ANTHROPIC_STATUS = {422: 400, 503: 529}
 def anthropic_envelope(status: int, message: str, param: str | None = None) -> tuple[int, dict]:
     """(Anthropic's status, its envelope): no param field there, so the message names the field."""
     status = ANTHROPIC_STATUS.get(status, status)
-    if param and param not in message:
+    if param and not message.startswith(param):
         message = f"{param}: {message}"
     return status, {"type": "error", "error": {"type": ANTHROPIC_ERROR_TYPES.get(status, "api_error"),
                                                "message": message}}

@@ -64,6 +64,9 @@ async def computer_turn(body: MessagesRequest, request: Request, conversation: C
                         model: str) -> Message:
     """One computer-use turn: a screenshot action until there is a screenshot, then one step of the
     family's harness (greedy unless the request sets a temperature)."""
+    if body.output_config and body.output_config.format:
+        raise APIError(400, "a computer tool answers with its actions: leave output_config.format out",
+                       param="output_config.format")
     served = ready_model(request, body.model)
     if not computer.screenshots(conversation.messages):
         return screenshot_message(tools.computer, model)
