@@ -38,17 +38,23 @@ DEFAULT_MAX_TOKENS = 1024
 
 
 class Screen:
-    """The computer tool of a request: its display size (None: the screenshot's) and environment."""
+    """The computer tool of a request: its display size (None: the screenshot's) and environment
+    (Anthropic's computer tool, server/anthropic_chat.py, gives a size and no environment)."""
 
-    def __init__(self, tool: dict, param: str):
-        self.environment = tool.get("environment", "browser")
-        self.size = None
+    def __init__(self, size: tuple[int, int] | None, environment: str = "browser"):
+        self.size, self.environment = size, environment
+
+    @classmethod
+    def of_tool(cls, tool: dict, param: str) -> "Screen":
+        """The screen of an OpenAI computer tool."""
+        size = None
         if tool["type"] == "computer_use_preview":
             width, height = tool.get("display_width"), tool.get("display_height")
             if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
                 raise APIError(400, "computer_use_preview needs positive integer display_width and display_height",
                                param=param)
-            self.size = (width, height)
+            size = (width, height)
+        return cls(size, tool.get("environment", "browser"))
 
     def keys(self, action: str) -> list[str]:
         mac = self.environment == "mac"
@@ -63,7 +69,7 @@ def tool_of(tools: list[dict] | None) -> tuple[Screen | None, list[dict] | None]
     if len(screens) > 1:
         raise APIError(400, "give one computer tool", param=f"tools.{screens[1][0]}")
     index, tool = screens[0]
-    return Screen(tool, f"tools.{index}"), [t for t in tools if t is not tool]
+    return Screen.of_tool(tool, f"tools.{index}"), [t for t in tools if t is not tool]
 
 
 def chat_messages(item: dict, param: str) -> list[dict]:
