@@ -107,8 +107,8 @@ class ServerConfig:
                                     f"(default: the family's: {MAX_PIXELS:,} for Holo1.5, the checkpoint's for "
                                     "Holo2)", parse=at_least(0))
     max_model_len: int | None = option(None, "context length limit (default: the model's)", parse=at_least(2))
-    api_key: str | None = option(None, "require `Authorization: Bearer KEY` on /v1, /metrics and the schema pages",
-                                 metavar="KEY")
+    api_key: str | None = option(None, "require `Authorization: Bearer KEY` or `x-api-key: KEY` on /v1, /metrics "
+                                 "and the schema pages", metavar="KEY")
     served_model_name: tuple[str, ...] = option((), "model ids accepted, the first reported in answers (default: "
                                                 "the folder name); the variable separates them by commas or spaces",
                                                 parse=model_names, metavar="NAME", several=True)

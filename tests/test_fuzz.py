@@ -57,6 +57,9 @@ def api(live):
              {"messages": image_chat, **usage}, {"messages": text_chat, "logprobs": True, **usage},
              {"messages": tool_chat, "tools": [{"type": "function", "function": {"name": "f"}}]})
     examples(schema, "/v1/responses", {"input": tool_items, "tools": [{"type": "function", "name": "f"}]})
+    examples(schema, "/v1/messages", {"model": "holo-tiny", "max_tokens": 4, "messages": text_chat, "stream": True},
+             {"model": "holo-tiny", "max_tokens": 4, "messages": [{"role": "user", "content": [
+                 {"type": "text", "text": "Hi"}]}], "tools": [{"name": "f", "input_schema": {"type": "object"}}]})
     examples(schema, "/v1/completions", {"prompt": "Hello", "logprobs": 2, **usage},
              {"prompt": [9707, 11], "echo": True})
     return schema
@@ -93,11 +96,13 @@ def test_every_operation_answers_as_documented(case, live):
 
 
 def test_the_document_declares_every_body(live):
-    """Real 200 bodies and the OpenAI envelope for errors, not FastAPI's `{}` and HTTPValidationError."""
+    """Real 200 bodies and the OpenAI envelope for errors (Anthropic's on its routes), not FastAPI's `{}` and
+    HTTPValidationError."""
     document = httpx.get(f"{live.url}/openapi.json").json()
     schemathesis.openapi.from_dict(document).validate()  # a valid OpenAPI 3.1 document
     for path, item in document["paths"].items():
         for method, operation in item.items():
+            anthropic = path.startswith("/v1/messages")  # Anthropic's envelope
             if method == "post":
                 assert {"400", "422"} <= set(operation["responses"]), path
             for status, response in operation["responses"].items():
@@ -106,6 +111,7 @@ def test_the_document_declares_every_body(live):
                     if status == "200":
                         assert schema, where  # FastAPI's `{}` says nothing
                     else:
-                        expected = "Health" if path in ("/health", "/v1/health") and status == "503" else "ErrorResponse"
+                        expected = "Health" if path in ("/health", "/v1/health") and status == "503" else \
+                            "AnthropicErrorResponse" if anthropic else "ErrorResponse"
                         assert schema.get("$ref", "").endswith(f"/{expected}") or schema.get("title") == expected, where
     assert "HTTPValidationError" not in document["components"]["schemas"]

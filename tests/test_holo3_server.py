@@ -192,7 +192,7 @@ def test_computer_use_asks_holo3_in_hcompanys_agent_loop_with_its_three_latest_s
                                          "store": False, **NO_THINKING}).json()
     assert turn["usage"]["input_tokens"] == asked["usage"]["prompt_tokens"]
     step = AgentStep.model_validate_json(asked["choices"][0]["message"]["content"])
-    expected, answer = computer.computer_calls(AgentLoop.action(step), computer.Screen(tool, "tools.0"), (1, 1),
+    expected, answer = computer.computer_calls(AgentLoop.action(step), computer.Screen.of_tool(tool, "tools.0"), (1, 1),
                                                (640, 400), NORMALIZED_1000)
     assert [item.get("action") or item["content"][0]["text"] for item in turn["output"]] == \
         expected + ([answer] if answer is not None else [])
@@ -202,7 +202,7 @@ def test_an_agent_step_becomes_the_surfer_h_action_a_computer_call_is_made_from(
     step = AgentStep.model_validate({"note": None, "thought": "Type the query.", "tool_call": {
         "tool_name": "write", "content": "holo", "element": "Search box", "x": 500, "y": 250}})
     tool = {"type": "computer_use_preview", "display_width": 1280, "display_height": 800}
-    assert computer.computer_calls(AgentLoop.action(step), computer.Screen(tool, "tools.0"), (1400, 700), (2560, 1600),
+    assert computer.computer_calls(AgentLoop.action(step), computer.Screen.of_tool(tool, "tools.0"), (1400, 700), (2560, 1600),
                                    NORMALIZED_1000) == ([{"type": "click", "button": "left", "x": 640, "y": 200},
                                                          {"type": "type", "text": "holo"}], None)
     answer = AgentStep.model_validate({"note": "done", "thought": "", "tool_call": {"tool_name": "answer",

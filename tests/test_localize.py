@@ -192,7 +192,7 @@ def test_navigation_schemas_bound_and_describe_positions_in_the_familys_space():
 
 
 def test_computer_use_clicks_convert_from_the_familys_space():
-    screen = computer.Screen({"type": "computer_use_preview", "display_width": 1280, "display_height": 800}, "tools.0")
+    screen = computer.Screen((1280, 800))
     step = ComputerStep.model_validate(
         {"thought": "", "notes": "", "action": {"action": "click_element", "element": "OK", "x": 500, "y": 1000}})
     # 0-1000: half of the display's width, and its bottom edge (its last row); pixels: 500 of 1400 resized.
@@ -328,7 +328,7 @@ def test_computer_use_in_a_0_1000_family_asks_for_its_step(normalized_server):
                                    "environment": "browser"}], "max_output_tokens": 400, "store": False, **THINKING_OFF}).json()
     assert response["usage"]["input_tokens"] == normalized["usage"]["prompt_tokens"] != pixels["usage"]["prompt_tokens"]
     step = ComputerStep.model_validate_json(normalized["choices"][0]["message"]["content"])
-    expected, answer = computer.computer_calls(step.action, computer.Screen({"type": "computer"}, "tools.0"), (1, 1), (1, 1),
+    expected, answer = computer.computer_calls(step.action, computer.Screen(None), (1, 1), (1, 1),
                                                NORMALIZED_1000)
     output = [item["action"]["type"] if item["type"] == "computer_call" else item["content"][0]["text"]
               for item in response["output"]]

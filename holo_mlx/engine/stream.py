@@ -27,6 +27,7 @@ class GenerationChunk:
     finish_reason: str | None = None  # "stop" or "length" on the last chunk
     stats: GenerationStats | None = None  # on the last chunk
     reasoning: str | None = None  # the token is part of the reasoning (`</think>` included): its new text
+    stop_sequence: str | None = None  # the stop string that ended the answer (Anthropic's API names it)
 
 
 class TextStream:
@@ -54,7 +55,7 @@ class TextStream:
         self.count += 1
         if self.first_token_time is None:
             self.first_token_time = time.perf_counter()
-        finish = None
+        finish = matched = None
         if token in self.stop_ids:
             # An answer a grammar closed early to fit max_tokens is complete but cut short: "length".
             finish = "length" if getattr(params.constraint, "closed_early", False) else "stop"
@@ -67,8 +68,8 @@ class TextStream:
                 added = added.lstrip("\n")  # the blank line after `</think>`
             self.text += added
             text, emitted = self.text, self.emitted
-            hit = min((i for i in (text.find(s, max(0, emitted - len(s))) for s in params.stop) if i >= 0),
-                      default=-1)
+            hit, matched = min(((i, s) for s in params.stop if (i := text.find(s, max(0, emitted - len(s)))) >= 0),
+                               default=(-1, None))
             if hit >= 0:
                 finish, piece = "stop", text[emitted:hit]
             else:
@@ -79,7 +80,7 @@ class TextStream:
                 piece = self.text[emitted:safe]
             self.emitted += len(piece)
         return GenerationChunk(piece, token, logprob, finish, self.stats() if finish else None,
-                               "" if self.reasoning else None)
+                               "" if self.reasoning else None, matched)
 
     def _reason(self, token: int, logprob: TokenLogprob | None) -> GenerationChunk:
         """A token of the reasoning; `</think>` ends it, and is text of neither part."""

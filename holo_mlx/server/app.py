@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ..engine.worker import Engine
 from ..runtime import device_name
 from ..settings import ServerConfig
-from . import chat, completions, embeddings, localize, playground, responses as responses_api, tokenize
+from . import chat, completions, embeddings, localize, messages, playground, responses as responses_api, tokenize
 from .content import ImagePolicy
 from .errors import install_error_handlers
 from .metrics import Metrics
@@ -78,6 +78,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(completions.router)
     app.include_router(embeddings.router)
     app.include_router(localize.router)
+    app.include_router(messages.router)
     app.include_router(responses_api.router)
     app.include_router(playground.router)
     app.include_router(tokenize.router)

@@ -18,7 +18,7 @@ from .inputs import build_prompt, holo_info, reject_lone_surrogates
 from .openapi import API_ERRORS, responses
 from .protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
                        ChatCompletionRequest, ChatDelta, ChoiceLogprobs, CompletionTokensDetails, HoloInfo,
-                       PromptTokensDetails, TokenLogprobEntry, Usage, dump, new_id)
+                       PromptTokensDetails, Usage, dump, new_id)
 from .reasoning_fields import reasoning_controls
 from .sampling_fields import check_top_logprobs, choice_params, sampling_params
 from .schemas import requested_grammar
@@ -69,7 +69,7 @@ class ChatRun:
                      completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning_tokens))
 
 
-def finish_reason(called: bool, ended: str) -> str:
+def finish_reason_of(called: bool, ended: str) -> str:
     """Why a choice ended: "length" whenever max_tokens did, tool calls or not, as OpenAI reports it
     (a grammar that closed the answer early to fit the budget cut its strings and lists short, and a
     whole call at the budget might have been followed by more); else "tool_calls" for calls."""
@@ -147,10 +147,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     def logprobs_of(chunks) -> ChoiceLogprobs | None:
         if not body.logprobs:
             return None
-        return ChoiceLogprobs(content=[
-            TokenLogprobEntry(**strings.top(c.logprob.token, c.logprob.logprob).model_dump(),
-                              top_logprobs=[strings.top(t, lp) for t, lp in c.logprob.top])
-            for c in chunks])
+        return ChoiceLogprobs(content=strings.entries(chunks))
 
     if not body.stream:
         try:
@@ -164,8 +161,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             message = AssistantMessage(content=content or None if calls else content,
                                        reasoning_content=run.reasoning(chunks),
                                        tool_calls=as_tool_calls(calls) if calls else None)
+            finish_reason = in_legacy_form(body, message, finish_reason_of(bool(calls), chunks[-1].finish_reason))
             answers.append(ChatChoice(index=index, message=message, logprobs=logprobs_of(chunks),
-                                      finish_reason=finish_reason(bool(calls), chunks[-1].finish_reason)))
+                                      finish_reason=finish_reason))
         usage = run.usage(sum(map(len, results)), sum(map(reasoning_tokens, results)))
         return dump(ChatCompletion(id=completion_id, model=model_name, choices=answers, usage=usage, holo=run.holo()))
 
@@ -193,8 +191,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                                       reasoning_content=chunk.reasoning or None,
                                       tool_calls=as_deltas(calls, calls_sent) if calls else None)
                     calls_sent += len(calls)
-                    ended = finish_reason(calls_sent > 0, chunk.finish_reason) if chunk.finish_reason else None
-                    yield chunk_event(delta, index=index, logprobs=logprobs_of([chunk]), finish_reason=ended)
+                    ended = finish_reason_of(calls_sent > 0, chunk.finish_reason) if chunk.finish_reason else None
+                    yield chunk_event(delta, index=index, logprobs=logprobs_of([chunk]),
+                                      finish_reason=in_legacy_form(body, delta, ended))
         finally:  # a client gone mid-stream must not leave the later choices generating
             for generation in run.generations:
                 generation.cancel()
@@ -204,6 +203,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         yield SSE_DONE
 
     return StreamingResponse(ending_with_error_event(events()), media_type="text/event-stream")
+
+
+def in_legacy_form(body: ChatCompletionRequest, answer: AssistantMessage | ChatDelta, finish_reason: str | None):
+    """An answer to the legacy `functions` in their form: its call (one at most) as `function_call`,
+    finish_reason "function_call"; the finish_reason to send."""
+    if body.functions is None:
+        return finish_reason
+    if answer.tool_calls:
+        answer.function_call, answer.tool_calls = answer.tool_calls[0].function, None
+    return "function_call" if finish_reason == "tool_calls" else finish_reason
 
 
 MAPPED = "mapped into the original image's pixels"

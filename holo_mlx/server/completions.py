@@ -27,15 +27,20 @@ async def completions(body: CompletionRequest, request: Request):
     served = ready_model(request, body.model)
     engine = served.engine
     check_top_logprobs(body.logprobs, "logprobs")
-    if body.suffix:
-        raise APIError(400, "suffix is not supported", param="suffix")
     if body.echo and body.logprobs is not None:
         raise APIError(400, "echo together with logprobs is not supported", param="echo")
+    if body.best_of is not None and body.best_of < body.n:
+        raise APIError(400, f"best_of must be at least n ({body.n}), got {body.best_of}", param="best_of")
+    ranked = body.best_of is not None and body.best_of > body.n  # generate more choices than are returned
+    if ranked and body.stream:
+        raise APIError(400, "best_of above n cannot be streamed: the best choices are known only at the end",
+                       param="best_of")
+    generated = body.best_of or body.n  # choices per prompt
     tokenizer = engine.prompts.tokenizer
     grammar = await requested_grammar(served.grammars, body)
     inputs = split_inputs(body.prompt)
-    if len(inputs) * body.n > config.max_queue:  # could never all be queued: retrying would not help
-        raise APIError(400, f"{len(inputs)} prompts x n={body.n} in one request; this server queues at most "
+    if len(inputs) * generated > config.max_queue:  # could never all be queued: retrying would not help
+        raise APIError(400, f"{len(inputs)} prompts x {generated} choices in one request; this server queues at most "
                        f"{config.max_queue} (--max-queue): split the request", param="prompt", code="too_many_prompts")
     # A text prompt has no image to resize: mm_processor_kwargs is only checked.
     prompts = await input_prompts(engine, body.prompt, state.image_policy, "prompt",
@@ -44,13 +49,15 @@ async def completions(body: CompletionRequest, request: Request):
     # by prompt (prompt 0's n choices, then prompt 1's), as OpenAI orders them.
     params = [choice for p in prompts for choice in choice_params(body, lambda p=p: sampling_params(
         body, max_tokens=body.max_tokens, prompt_tokens=len(p.input_ids), context=engine.max_model_len,
-        logprobs=body.logprobs, prompt_param="prompt", default_max_tokens=config.default_max_tokens, grammar=grammar,
-        vocab_size=engine.model.config.text_config.vocab_size), config.max_num_seqs)]
+        # Ranking reads the chosen tokens' logprobs.
+        logprobs=0 if ranked and body.logprobs is None else body.logprobs, prompt_param="prompt",
+        default_max_tokens=config.default_max_tokens, grammar=grammar,
+        vocab_size=engine.model.config.text_config.vocab_size), config.max_num_seqs, body.best_of)]
     completion_id, model_name, strings = new_id("cmpl"), config.model_name, served.token_strings
     echoes = [(item if isinstance(item, str) else tokenizer.decode(item)) if body.echo else ""
-              for item in inputs for _ in range(body.n)]
+              for item in inputs for _ in range(generated)]
     prompt_tokens = sum(len(p.input_ids) for p in prompts)
-    prompts = [p for p in prompts for _ in range(body.n)]
+    prompts = [p for p in prompts for _ in range(generated)]
 
     def logprobs_of(chunks, offset: int) -> CompletionLogprobs | None:
         if body.logprobs is None:
@@ -70,8 +77,8 @@ async def completions(body: CompletionRequest, request: Request):
         return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                      total_tokens=prompt_tokens + completion_tokens,
                      prompt_tokens_details=PromptTokensDetails(
-                         cached_tokens=sum(max(g.cached_tokens for g in generations[start:start + body.n])
-                                           for start in range(0, len(generations), body.n))))
+                         cached_tokens=sum(max(g.cached_tokens for g in generations[start:start + generated])
+                                           for start in range(0, len(generations), generated))))
 
     if not body.stream:
         try:
@@ -79,10 +86,13 @@ async def completions(body: CompletionRequest, request: Request):
         finally:
             for generation in generations:
                 generation.cancel()
-        choices = [CompletionChoice(index=index, text=echoes[index] + "".join(chunk.text for chunk in chunks),
-                                    logprobs=logprobs_of(chunks, len(echoes[index])),
-                                    finish_reason=chunks[-1].finish_reason)
-                   for index, chunks in enumerate(results)]
+        kept = [number for start in range(0, len(results), generated)
+                for number in best(results, range(start, start + generated), body.n)]
+        choices = [CompletionChoice(index=index, text=echoes[number] + "".join(chunk.text for chunk in results[number]),
+                                    logprobs=logprobs_of(results[number], len(echoes[number])),
+                                    finish_reason=results[number][-1].finish_reason)
+                   for index, number in enumerate(kept)]
+        # Every generated choice is counted, as OpenAI bills best_of.
         return dump(Completion(id=completion_id, model=model_name, choices=choices,
                                usage=usage(sum(len(chunks) for chunks in results))))
 
@@ -111,3 +121,12 @@ async def completions(body: CompletionRequest, request: Request):
         yield SSE_DONE
 
     return StreamingResponse(ending_with_error_event(events()), media_type="text/event-stream")
+
+
+def best(results: list, numbers: range, n: int) -> list[int]:
+    """The n of a prompt's choices with the highest log probability per token (OpenAI's best_of), best
+    first; all of them, in order, when no more were generated."""
+    if len(numbers) == n:
+        return list(numbers)
+    return sorted(numbers, key=lambda number: -sum(chunk.logprob.logprob for chunk in results[number])
+                  / len(results[number]))[:n]

@@ -38,17 +38,23 @@ DEFAULT_MAX_TOKENS = 1024
 
 
 class Screen:
-    """The computer tool of a request: its display size (None: the screenshot's) and environment."""
+    """The computer tool of a request: its display size (None: the screenshot's) and environment
+    (Anthropic's computer tool, server/anthropic_chat.py, gives a size and no environment)."""
 
-    def __init__(self, tool: dict, param: str):
-        self.environment = tool.get("environment", "browser")
-        self.size = None
+    def __init__(self, size: tuple[int, int] | None, environment: str = "browser"):
+        self.size, self.environment = size, environment
+
+    @classmethod
+    def of_tool(cls, tool: dict, param: str) -> "Screen":
+        """The screen of an OpenAI computer tool."""
+        size = None
         if tool["type"] == "computer_use_preview":
             width, height = tool.get("display_width"), tool.get("display_height")
             if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
                 raise APIError(400, "computer_use_preview needs positive integer display_width and display_height",
                                param=param)
-            self.size = (width, height)
+            size = (width, height)
+        return cls(size, tool.get("environment", "browser"))
 
     def keys(self, action: str) -> list[str]:
         mac = self.environment == "mac"
@@ -63,7 +69,7 @@ def tool_of(tools: list[dict] | None) -> tuple[Screen | None, list[dict] | None]
     if len(screens) > 1:
         raise APIError(400, "give one computer tool", param=f"tools.{screens[1][0]}")
     index, tool = screens[0]
-    return Screen(tool, f"tools.{index}"), [t for t in tools if t is not tool]
+    return Screen.of_tool(tool, f"tools.{index}"), [t for t in tools if t is not tool]
 
 
 def chat_messages(item: dict, param: str) -> list[dict]:
@@ -114,6 +120,12 @@ def check(body: ResponsesRequest, tools: list[dict] | None) -> None:
         raise APIError(400, "a computer tool cannot be combined with function tools here", param="tools")
     if body.text and body.text.format and body.text.format.type != "text":
         raise APIError(400, "a computer tool answers with computer calls: leave text.format out", param="text.format")
+    if body.max_tool_calls == 0:
+        raise APIError(400, "a computer tool answers with computer calls: max_tool_calls must allow one",
+                       param="max_tool_calls")
+    if body.wants_logprobs:  # a step's message is a field of its JSON, not tokens as generated
+        raise APIError(400, "a computer tool's answer has no logprobs", param="top_logprobs" if body.include is None
+                       else "include")
 
 
 def navigation_request(body: ResponsesRequest) -> ResponsesRequest:

@@ -1,4 +1,6 @@
-"""Every error leaves the server in OpenAI's envelope: {"error": {"message", "type", "param", "code"}}.
+"""Every error leaves the server in OpenAI's envelope: {"error": {"message", "type", "param", "code"}},
+except on Anthropic's routes (/v1/messages...), where it takes Anthropic's: {"type": "error", "error":
+{"type", "message"}}, with Anthropic's statuses.
 
 The engine's refusals (queue full, model not ready) and a schema met mid-answer become APIErrors here.
 """
@@ -55,7 +57,35 @@ def envelope(status: int, message: str, param: str | None = None, code: str | No
                       "param": param, "code": code}}
 
 
-def error_response(status: int, message: str, *, param=None, code=None, headers=None) -> JSONResponse:
+ANTHROPIC_PATHS = ("/v1/messages",)
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+# Anthropic answers bad fields with 400 and an unavailable model with 529 (overloaded), which its SDK retries.
+ANTHROPIC_STATUS = {422: 400, 503: 529}
+
+
+def anthropic_envelope(status: int, message: str, param: str | None = None) -> tuple[int, dict]:
+    """(Anthropic's status, its envelope): no param field there, so the message names the field."""
+    status = ANTHROPIC_STATUS.get(status, status)
+    if param and not message.startswith(param):
+        message = f"{param}: {message}"
+    return status, {"type": "error", "error": {"type": ANTHROPIC_ERROR_TYPES.get(status, "api_error"),
+                                               "message": message}}
+
+
+def error_response(status: int, message: str, *, param=None, code=None, headers=None, path: str = "") -> JSONResponse:
+    """The error in the envelope of the API that `path` belongs to."""
+    if path.startswith(ANTHROPIC_PATHS):
+        status, body = anthropic_envelope(status, message, param)
+        return JSONResponse(body, status_code=status, headers=headers)
     return JSONResponse(envelope(status, message, param, code), status_code=status, headers=headers)
 
 
@@ -63,7 +93,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, error: Exception):
         answer = as_api_error(error)
         return error_response(answer.status, answer.message, param=answer.param, code=answer.code,
-                              headers=answer.headers)
+                              headers=answer.headers, path=request.url.path)
 
     for kind in (APIError, QueueFull, NotReady, SchemaError):
         app.add_exception_handler(kind, api_error)
@@ -74,18 +104,23 @@ def install_error_handlers(app: FastAPI) -> None:
         if first["type"] == "json_invalid":  # its location is a character offset, not a field
             reason = first.get("ctx", {}).get("error", "decode error")
             return error_response(422, f"the body is not valid JSON ({reason} at character {first['loc'][-1]})",
-                                  code="invalid_json")
+                                  code="invalid_json", path=request.url.path)
         location = [str(part) for part in first["loc"] if part != "body"]
         message = f"{'.'.join(location) or 'body'}: {first['msg']}"
-        return error_response(422, message, param=".".join(location) or None, code="invalid_schema")
+        if first["type"] == "unsupported_parameter":  # well formed, but asks what this server cannot do
+            return error_response(400, message, param=".".join(location), code="unsupported_parameter",
+                                  path=request.url.path)
+        return error_response(422, message, param=".".join(location) or None, code="invalid_schema",
+                              path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):
         message = "no such route" if error.status_code == 404 else str(error.detail)
         return error_response(error.status_code, f"{message}: {request.method} {request.url.path}"
-                              if error.status_code in (404, 405) else message, headers=error.headers)
+                              if error.status_code in (404, 405) else message, headers=error.headers,
+                              path=request.url.path)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception):
         log.exception("unhandled error on %s", request.url.path)
-        return error_response(500, f"internal error: {type(error).__name__}: {error}")
+        return error_response(500, f"internal error: {type(error).__name__}: {error}", path=request.url.path)

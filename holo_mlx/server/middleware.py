@@ -41,7 +41,7 @@ class BodyLimit:
 
     async def _refuse(self, scope, receive, send):
         response = error_response(413, f"request body larger than {self.max_bytes:,} bytes", code="body_too_large",
-                                  headers={"Connection": "close"})
+                                  headers={"Connection": "close"}, path=scope["path"])
         await response(scope, receive, send)
 
 
@@ -74,7 +74,7 @@ class HostCheck:
         response = error_response(
             400, f"Host header {host!r} is not allowed: this server answers to {shown}. To reach it under "
             f"that name, start it with --allowed-hosts {host or 'NAME'} (or HOLO_ALLOWED_HOSTS; '*' allows any)",
-            param="Host", code="invalid_host")
+            param="Host", code="invalid_host", path=scope["path"])
         await response(scope, receive, send)
 
 
@@ -82,7 +82,7 @@ KEYED_PATHS = ("/v1/", "/tokenize", "/detokenize", "/metrics", "/docs", "/redoc"
 
 
 class Gate:
-    """API-key check (on /v1, /tokenize, /detokenize, /metrics and the schema pages; /health and the
+    """API-key check, by either header (on /v1, /tokenize, /detokenize, /metrics and the schema pages; /health and the
     playground stay open)
     and request counting by route and status.
 
@@ -92,7 +92,13 @@ class Gate:
 
     def __init__(self, app, api_key: str | None, metrics):
         self.app, self.metrics = app, metrics
-        self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.api_key = api_key.encode() if api_key else None
+
+    def authorized(self, headers: dict[bytes, bytes]) -> bool:
+        """`Authorization: Bearer KEY` (OpenAI's clients) or `x-api-key: KEY` (Anthropic's)."""
+        bearer = headers.get(b"authorization", b"")
+        return hmac.compare_digest(bearer, b"Bearer " + self.api_key) or \
+            hmac.compare_digest(headers.get(b"x-api-key", b""), self.api_key)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -106,10 +112,9 @@ class Gate:
             await send(message)
 
         try:
-            if self.expected and scope["path"].startswith(KEYED_PATHS) and not hmac.compare_digest(
-                    dict(scope["headers"]).get(b"authorization", b""), self.expected):
-                response = error_response(401, "invalid or missing API key (Authorization: Bearer ...)",
-                                          code="invalid_api_key")
+            if self.api_key and scope["path"].startswith(KEYED_PATHS) and not self.authorized(dict(scope["headers"])):
+                response = error_response(401, "invalid or missing API key (Authorization: Bearer ... or x-api-key)",
+                                          code="invalid_api_key", path=scope["path"])
                 await response(scope, receive, recording_send)
             else:
                 await self.app(scope, receive, recording_send)

@@ -15,17 +15,19 @@ from .protocol import ErrorResponse
 API_ERRORS = (400, 401, 404, 413, 422, 429, 503)
 
 
-def responses(model: type[BaseModel], *errors: int, stream: type[BaseModel] | None = None) -> dict:
+def responses(model: type[BaseModel], *errors: int, stream: type[BaseModel] | None = None,
+              error: type[BaseModel] = ErrorResponse) -> dict:
     """`responses=` for a route answering `model` with 200 (and, with `stream`, SSE events carrying
-    `stream` chunks as JSON, then `[DONE]`) and the error envelope for each of `errors`.
+    `stream` chunks as JSON, then `[DONE]`) and the error envelope (`error`: OpenAI's unless another
+    API's) for each of `errors`.
 
     Declaring 422 replaces FastAPI's HTTPValidationError, which errors.py never sends.
     """
-    declared: dict[int, dict[str, Any]] = {status: {"model": ErrorResponse} for status in errors}
+    declared: dict[int, dict[str, Any]] = {status: {"model": error} for status in errors}
     declared[200] = {"model": model}
     if stream is not None:
         # `schema` of an event stream describes one event in OpenAPI 3.1 (`itemSchema` is 3.2's).
-        declared[200]["content"] = {"text/event-stream": {"schema": sse_event(stream)}}
+        declared[200]["content"] = {"text/event-stream": {"schema": sse_event(stream, error)}}
     return declared
 
 
@@ -35,13 +37,14 @@ def text_responses(*errors: int) -> dict:
     return {status: {"content": {"application/json": {"schema": inline_schema(ErrorResponse)}}} for status in errors}
 
 
-def sse_event(chunk: type[BaseModel]) -> dict:
+def sse_event(chunk: type[BaseModel], error: type[BaseModel] = ErrorResponse) -> dict:
     """One server-sent event of a stream: `data:` holding a chunk as JSON, the error envelope (a
-    failure after the stream started), or the closing `[DONE]`."""
+    failure after the stream started), or the closing `[DONE]` (OpenAI's streams; Anthropic's end
+    with their message_stop event)."""
     return {"type": "object", "required": ["data"], "properties": {"data": {"anyOf": [
         {"const": "[DONE]"},
         {"type": "string", "contentMediaType": "application/json",
-         "contentSchema": {"anyOf": [inline_schema(chunk), inline_schema(ErrorResponse)]}},
+         "contentSchema": {"anyOf": [inline_schema(chunk), inline_schema(error)]}},
     ]}}}
 
 

@@ -1,6 +1,8 @@
 """OpenAI-compatible request and response types, fields in the OpenAI reference's order.
 
-Unknown request fields are accepted (clients send many) and logged, never silently relied on.
+Each of OpenAI's request fields is implemented, a hint (accepted: it cannot change the answer here) or
+`refused` (a 400 naming it): docs/API.md, "OpenAI request fields". Fields OpenAI does not know either
+are accepted (clients send many) and logged, never silently relied on.
 Extensions (vLLM's top_k / min_p / min_tokens / ignore_eos / chat_template_kwargs / thinking_token_budget, the
 reasoning of thinking models, Holo's image part and resize report) are marked as such.
 """
@@ -10,7 +12,9 @@ import time
 import uuid
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import (AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, computed_field, field_validator,
+                      model_serializer, model_validator)
+from pydantic_core import PydanticCustomError
 
 log = logging.getLogger("holo_mlx.server")
 
@@ -32,6 +36,18 @@ class Request(BaseModel):
         if self.model_extra:
             log.info("%s: ignoring unknown fields %s", type(self).__name__, sorted(self.model_extra))
         return self
+
+
+def refused(reason: str, *harmless) -> Any:
+    """An OpenAI field whose honouring would change the answer, which this server cannot honour:
+    null and the `harmless` values (those that ask for nothing) pass; any other value is refused with
+    a 400 naming the field (errors.py), never answered as if it were absent."""
+    def check(value):
+        if value is not None and value not in harmless:
+            raise PydanticCustomError("unsupported_parameter", reason)
+        return value
+
+    return Annotated[Any, AfterValidator(check)]
 
 
 # --- content parts -------------------------------------------------------------------------------
@@ -137,6 +153,7 @@ class ChatMessage(Request):
 
 class StreamOptions(Request):
     include_usage: bool = False
+    include_obfuscation: bool | None = None  # a hint: padding against size side channels, nothing to pad here
 
 
 # --- structured output ---------------------------------------------------------------------------
@@ -181,6 +198,19 @@ class HoloOptions(Request):
 
 # --- requests ------------------------------------------------------------------------------------
 
+class PlatformHints(Request):
+    """OpenAI's fields about its platform that chat completions and the Responses API share: hints
+    that cannot change the answer here (no tiers, no billing, one prefix cache managed by the server),
+    accepted and unused; `moderation` would filter the answer and is refused."""
+
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    moderation: refused("moderation is not available on this server") = None
+
+
 class SamplingFields(Request):
     """Fields shared by chat and text completions."""
 
@@ -193,7 +223,7 @@ class SamplingFields(Request):
     temperature: float | None = None
     top_p: float | None = None
     n: int = 1
-    user: str | None = None
+    user: str | None = None  # a hint: nothing is logged per user
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias
@@ -210,13 +240,17 @@ class SamplingFields(Request):
     mm_processor_kwargs: MMProcessorKwargs | None = None  # vLLM's
 
 
-class ChatCompletionRequest(SamplingFields):
+class ChatCompletionRequest(SamplingFields, PlatformHints):
     NULL_MEANS_ABSENT = (*SamplingFields.NULL_MEANS_ABSENT, "logprobs")
     messages: list[ChatMessage]
     model: str | None = None
     tools: list[FunctionTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
+    # The legacy forms of tools and tool_choice: read as those (one call at most), answered in their
+    # own form (message.function_call, finish_reason "function_call").
+    functions: list[FunctionDefinition] | None = None
+    function_call: Literal["none", "auto"] | FunctionName | None = None
     logprobs: bool = False
     max_completion_tokens: int | None = None
     top_logprobs: int | None = None
@@ -228,15 +262,42 @@ class ChatCompletionRequest(SamplingFields):
     thinking_token_budget: Any = None
     # Extension (vLLM): more chat template variables, e.g. {"enable_thinking": false}.
     chat_template_kwargs: Any = None
+    # Hints: nothing is stored or listed, and the answer's length is the model's own.
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    modalities: refused("this server generates text only: modalities can only be [\"text\"]", ["text"]) = None
+    audio: refused("this server generates no audio") = None
+    web_search_options: refused("this server has no web search") = None
+    prediction: refused("predicted outputs are not supported") = None
+
+    @field_validator("functions", "function_call")
+    @classmethod
+    def _legacy_or_tools(cls, value, info):
+        if value is not None and (info.data.get("tools") is not None or info.data.get("tool_choice") is not None):
+            raise ValueError("send functions / function_call or tools / tool_choice, not both")
+        return value
+
+    @model_validator(mode="after")
+    def _functions_as_tools(self):
+        if self.functions is not None:
+            self.tools = [FunctionTool(type="function", function=function) for function in self.functions]
+            self.parallel_tool_calls = False
+        if isinstance(self.function_call, FunctionName):
+            self.tool_choice = NamedToolChoice(type="function", function=self.function_call)
+        elif self.function_call is not None:
+            self.tool_choice = self.function_call
+        return self
 
 
 class CompletionRequest(SamplingFields):
     NULL_MEANS_ABSENT = (*SamplingFields.NULL_MEANS_ABSENT, "echo")
     model: str | None = None
     prompt: str | list[str] | list[int] | list[list[int]]
+    best_of: int | None = None
     echo: bool = False
     logprobs: int | None = None
-    suffix: str | None = None
+    suffix: refused("suffix (insertion) is not supported", "") = None
 
 
 class EmbeddingRequest(Request):
@@ -314,6 +375,7 @@ class TokenLogprobEntry(TopLogprob):
 
 class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprobEntry]
+    refusal: list[TokenLogprobEntry] | None = None  # the model never refuses here: always null
 
 
 class ReasoningAlias(BaseModel):
@@ -327,9 +389,23 @@ class ReasoningAlias(BaseModel):
         return self.reasoning_content
 
 
-class AssistantMessage(ReasoningAlias):
+class LegacyFunctionCall(BaseModel):
+    """The legacy `function_call` of an answer, sent only to requests with `functions`."""
+
+    function_call: FunctionCall | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_function_call(self, handler):
+        data = handler(self)
+        if data.get("function_call", ...) is None:
+            del data["function_call"]
+        return data
+
+
+class AssistantMessage(ReasoningAlias, LegacyFunctionCall):
     role: Literal["assistant"] = "assistant"
     content: str | None
+    refusal: str | None = None  # OpenAI's, always sent: null, as no refusal is ever told apart here
     reasoning_content: str | None = None
     tool_calls: list[ToolCall] | None = None
 
@@ -403,9 +479,10 @@ class ToolCallDelta(BaseModel):
     function: FunctionCall
 
 
-class ChatDelta(ReasoningAlias):
+class ChatDelta(ReasoningAlias, LegacyFunctionCall):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    refusal: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
 
@@ -560,7 +637,7 @@ class ResponseFormatText(Request):
 
 class ResponseText(Request):
     format: ResponseFormatText | None = None
-    verbosity: str | None = None  # a hint for OpenAI's models; nothing to honour here
+    verbosity: Literal["low", "medium", "high"] | None = None  # a hint: the answer's length is the model's own
 
 
 class ReasoningOptions(Request):
@@ -571,7 +648,16 @@ class ReasoningOptions(Request):
     generate_summary: str | None = None  # summary's older name
 
 
-class ResponsesRequest(Request):
+class ResponseStreamOptions(Request):
+    include_obfuscation: bool | None = None  # a hint, as in chat completions
+
+
+INCLUDABLE = Literal["file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+                     "message.input_image.image_url", "computer_call_output.output.image_url",
+                     "code_interpreter_call.outputs", "reasoning.encrypted_content", "message.output_text.logprobs"]
+
+
+class ResponsesRequest(PlatformHints):
     """POST /v1/responses. Input items are checked one by one (server/responses.py), so a bad one
     is named by its index."""
 
@@ -591,13 +677,27 @@ class ResponsesRequest(Request):
     previous_response_id: str | None = None
     store: bool = True
     metadata: dict[str, str] | None = None
-    include: list[str] | None = None
+    # message.output_text.logprobs is honoured; the others name items this server never answers with
+    # (hosted tools' results, input listings) or, reasoning.encrypted_content, reasoning it sends in clear.
+    include: list[INCLUDABLE] | None = None
     truncation: Literal["auto", "disabled"] | None = None
     user: str | None = None
+    stream_options: ResponseStreamOptions | None = None
+    background: refused("background responses are not supported: send the request and wait", False) = None
+    conversation: refused("conversations are not supported: continue with previous_response_id") = None
+    prompt: refused("prompt templates are not supported: send the input itself") = None
+    context_management: refused("context management (compaction) is not supported") = None
     reasoning: ReasoningOptions | None = None
+    top_logprobs: int | None = None
+    max_tool_calls: int | None = Field(None, ge=0)
     thinking_token_budget: Any = None  # extension, as in chat completions
     chat_template_kwargs: Any = None  # extension, as in chat completions
     mm_processor_kwargs: MMProcessorKwargs | None = None  # extension, as in chat completions
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """include ["message.output_text.logprobs"], or top_logprobs (which means nothing without it)."""
+        return "message.output_text.logprobs" in (self.include or ()) or self.top_logprobs is not None
 
 
 class ReasoningText(BaseModel):
@@ -618,7 +718,8 @@ class ReasoningItem(BaseModel):
 class OutputText(BaseModel):
     type: Literal["output_text"] = "output_text"
     text: str
-    annotations: list = []
+    annotations: list = []  # citations of OpenAI's own tools: none here
+    logprobs: list[TokenLogprobEntry] = []  # with include ["message.output_text.logprobs"]
 
 
 class OutputMessage(BaseModel):
@@ -652,6 +753,7 @@ OutputItem = ReasoningItem | OutputMessage | FunctionCallItem | ComputerCallItem
 
 class InputTokensDetails(BaseModel):
     cached_tokens: int = 0
+    cache_write_tokens: int = 0  # OpenAI bills writes to its cache apart; this server's prefix cache costs nothing
 
 
 class OutputTokensDetails(BaseModel):
@@ -687,6 +789,8 @@ class ResponseObject(BaseModel):
     top_p: float | None = None
     tool_choice: str | dict[str, Any] = "auto"
     tools: list[dict[str, Any]] = []
+    max_tool_calls: int | None = None
+    top_logprobs: int | None = None
     text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})
     truncation: str = "disabled"
     store: bool = True

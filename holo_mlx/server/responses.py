@@ -117,6 +117,23 @@ def chat_tools(tools: list[dict] | None) -> list[dict] | None:
     return converted
 
 
+def echoed_tools(tools: list[dict] | None) -> list[dict]:
+    """The request's tools as the response echoes them: function tools with every field OpenAI sends,
+    `strict` true as the arguments are held to their schema either way."""
+    return [{"type": "function", "name": tool.get("name"), "description": tool.get("description"),
+             "parameters": tool.get("parameters"), "strict": True} if tool.get("type") == "function" else tool
+            for tool in tools or []]
+
+
+def tool_choice(body: ResponsesRequest):
+    """The request's tool_choice, "none" when max_tool_calls allows no call."""
+    if body.max_tool_calls != 0:
+        return body.tool_choice
+    if body.tool_choice not in (None, "auto", "none"):
+        raise APIError(400, "max_tool_calls 0 allows no call, which tool_choice asks for", param="max_tool_calls")
+    return "none"
+
+
 def chat_tool_choice(choice):
     if isinstance(choice, dict) and choice.get("type") == "function":
         return {"type": "function", "function": {"name": choice.get("name")}}
@@ -138,12 +155,14 @@ def chat_request(body: ResponsesRequest, conversation: list[dict], tools: list[d
     instructions = [{"role": "system", "content": body.instructions}] if body.instructions else []
     fields = {"model": body.model, "messages": instructions + conversation, "max_tokens": body.max_output_tokens,
               "temperature": body.temperature, "top_p": body.top_p, "stream": body.stream,
-              "tools": tools, "tool_choice": chat_tool_choice(body.tool_choice) if tools else None,
-              "parallel_tool_calls": True if body.parallel_tool_calls is None else body.parallel_tool_calls,
+              "tools": tools, "tool_choice": chat_tool_choice(tool_choice(body)) if tools else None,
+              # max_tool_calls 1: the grammar allows one call; more are cut from the answer (Shaped.capped).
+              "parallel_tool_calls": body.parallel_tool_calls is not False and body.max_tool_calls != 1,
               "response_format": schema, "chat_template_kwargs": body.chat_template_kwargs,
               # Checked here too, so that a bad effort is named as this request has it.
               "reasoning_effort": effort_of(body.reasoning.effort, "reasoning.effort") if body.reasoning else None,
-              "thinking_token_budget": body.thinking_token_budget, "mm_processor_kwargs": body.mm_processor_kwargs}
+              "thinking_token_budget": body.thinking_token_budget, "mm_processor_kwargs": body.mm_processor_kwargs,
+              "logprobs": body.wants_logprobs, "top_logprobs": body.top_logprobs if body.wants_logprobs else None}
     try:
         return ChatCompletionRequest.model_validate({key: value for key, value in fields.items() if value is not None})
     except ValidationError as error:
@@ -197,6 +216,7 @@ async def computer_turn(body: ResponsesRequest, request: Request, screen: comput
     image = run.prompt.images[-1]
     actions, answer = computer.computer_calls(harness.action(step), screen, image.resized_size, image.original_size,
                                               coordinates)
+    actions = shaped.capped(actions)
     items = [computer.call_item(action) for action in actions] + ([message_item(answer)] if answer is not None else [])
     # A step the budget closed early still parses and acts; the status says it was cut (incomplete).
     return shaped.reply(store, reasoning + items, chunks, finish_reason, answer={"role": "assistant", "content": text})
@@ -232,7 +252,8 @@ class Shaped:
         self.response = ResponseObject(
             id=new_id("resp"), status="in_progress", model=model, instructions=body.instructions,
             max_output_tokens=body.max_output_tokens, temperature=body.temperature, top_p=body.top_p,
-            tool_choice=body.tool_choice or "auto", tools=body.tools or [], store=body.store,
+            tool_choice=body.tool_choice or "auto", tools=echoed_tools(body.tools), store=body.store,
+            max_tool_calls=body.max_tool_calls, top_logprobs=body.top_logprobs,
             parallel_tool_calls=True if body.parallel_tool_calls is None else body.parallel_tool_calls,
             previous_response_id=body.previous_response_id, metadata=body.metadata or {}, user=body.user,
             reasoning=body.reasoning.model_dump(include={"effort", "summary"}) if body.reasoning else None,
@@ -243,8 +264,20 @@ class Shaped:
     def items(self, chunks: list[GenerationChunk]) -> list:
         """The answer's items: its reasoning (of a thinking model), then a message and function calls."""
         content, calls = self.run.answer("".join(chunk.text for chunk in chunks))
-        items = [message_item(content)] if content or not calls else []
-        return reasoning_items(self.run.reasoning(chunks)) + items + [function_call_item(call) for call in calls]
+        items = [message_item(content, self.logprobs([c for c in chunks if c.reasoning is None]))] \
+            if content or not calls else []
+        return reasoning_items(self.run.reasoning(chunks)) + items + [function_call_item(call)
+                                                                      for call in self.capped(calls)]
+
+    def capped(self, calls: list, made: int = 0) -> list:
+        """The calls the answer keeps, `made` already in it: the model's further calls past max_tool_calls
+        are dropped, as OpenAI ignores them."""
+        allowed = self.body.max_tool_calls
+        return calls if allowed is None else calls[:max(allowed - made, 0)]
+
+    def logprobs(self, chunks: list[GenerationChunk]) -> list:
+        """The logprobs of these answer tokens, when the request includes them."""
+        return self.run.served.token_strings.entries(chunks) if self.body.wants_logprobs else []
 
     def finish(self, store: ResponseStore, items: list, chunks: list[GenerationChunk], finish_reason: str | None,
                answer: dict | None = None) -> dict:
@@ -305,6 +338,7 @@ class Shaped:
         yield events.send("response.in_progress", response=dump(self.response))
         split = self.run.tools.stream() if self.run.tools is not None else None
         items, chunks, reasoning, message, finish_reason = [], [], None, None, None
+        logprobs = []  # of the answer's tokens not yet sent (a tool call's text is held back)
         async for chunk in self.run.generations[0]:
             chunks.append(chunk)
             finish_reason = chunk.finish_reason
@@ -319,6 +353,7 @@ class Shaped:
             if reasoning is not None and reasoning.status == "in_progress":  # the answer began
                 for event in self.text_closing(events, items, reasoning):
                     yield event
+            logprobs += self.logprobs([chunk])
             piece, calls = (chunk.text, []) if split is None else split.add(chunk.text)
             if chunk.finish_reason and split is not None:
                 piece += split.finish()
@@ -327,8 +362,9 @@ class Shaped:
                     message = message_item("")
                     for event in self.text_opening(events, items, message):
                         yield event
-                yield self.text_delta(events, items, message, piece)
-            for call in calls:
+                yield self.text_delta(events, items, message, piece, logprobs)
+                logprobs = []
+            for call in self.capped(calls, sum(isinstance(item, FunctionCallItem) for item in items)):
                 for event in self.call_events(events, items, function_call_item(call)):
                     yield event
         for item in (reasoning, message):
@@ -349,9 +385,15 @@ class Shaped:
         yield from item_opening(events, len(items) - 1, dump(item))
 
     @staticmethod
-    def text_delta(events: "EventStream", items: list, item: "ReasoningItem | OutputMessage", delta: str) -> str:
-        item.content[0].text += delta
-        return text_event(events, "delta", items.index(item), dump(item), delta=delta)
+    def text_delta(events: "EventStream", items: list, item: "ReasoningItem | OutputMessage", delta: str,
+                   logprobs: list | None = None) -> str:
+        """More of an item's text (a message's with the logprobs of its tokens, when asked)."""
+        part = item.content[0]
+        part.text += delta
+        if logprobs:
+            part.logprobs += logprobs
+        return text_event(events, "delta", items.index(item), dump(item), delta=delta,
+                          logprobs=[entry.model_dump() for entry in logprobs or []])
 
     @staticmethod
     def text_closing(events: "EventStream", items: list, item: "ReasoningItem | OutputMessage"):
@@ -398,11 +440,14 @@ def item_closing(events: "EventStream", index: int, item: dict):
     yield events.send("response.output_item.done", output_index=index, item=item)
 
 
-def text_event(events: "EventStream", stage: str, index: int, item: dict, **fields) -> str:
-    """An output_text or reasoning_text delta or done event (a message's text carries its logprobs: none)."""
-    logprobs = {"logprobs": []} if item["type"] == "message" else {}
+def text_event(events: "EventStream", stage: str, index: int, item: dict, logprobs: list | None = None,
+               **fields) -> str:
+    """An output_text or reasoning_text delta or done event; a message's carries logprobs (those of
+    the delta given, else of its whole text)."""
+    if item["type"] == "message":
+        fields["logprobs"] = item["content"][0]["logprobs"] if logprobs is None else logprobs
     return events.send(f"{TEXT_EVENTS[item['type']]}.{stage}", item_id=item["id"], output_index=index,
-                       content_index=0, **fields, **logprobs)
+                       content_index=0, **fields)
 
 
 class EventStream:
@@ -415,8 +460,8 @@ class EventStream:
         return f"event: {kind}\n{sse(event)}"
 
 
-def message_item(text: str) -> OutputMessage:
-    return OutputMessage(id=new_id("msg"), content=[OutputText(text=text)])
+def message_item(text: str, logprobs: list | None = None) -> OutputMessage:
+    return OutputMessage(id=new_id("msg"), content=[OutputText(text=text, logprobs=logprobs or [])])
 
 
 def reasoning_item(text: str) -> ReasoningItem:

@@ -100,14 +100,17 @@ def check_top_logprobs(value: int | None, param: str) -> None:
         raise APIError(400, f"{param} must be between 0 and 20, got {value}", param=param)
 
 
-def choice_params(body: SamplingFields, params_of: Callable[[], SamplingParams], limit: int) -> list[SamplingParams]:
-    """Settings for each of a prompt's `n` choices: each with its own constraint and penalties and,
-    when seeded, seeds seed, seed + 1, ... so the choices differ yet stay reproducible. At most
-    `limit` (the batch's rows): the choices decode together, sharing the prompt's prefix cache."""
-    if not 1 <= body.n <= limit:
-        raise APIError(400, f"n must be in [1, {limit}] (--max-num-seqs: the choices decode together in one batch), "
-                       f"got {body.n}", param="n")
-    copies = [params_of() for _ in range(body.n)]
+def choice_params(body: SamplingFields, params_of: Callable[[], SamplingParams], limit: int,
+                  best_of: int | None = None) -> list[SamplingParams]:
+    """Settings for each of a prompt's `n` choices (`best_of` when more are generated than returned):
+    each with its own constraint and penalties and, when seeded, seeds seed, seed + 1, ... so the
+    choices differ yet stay reproducible. At most `limit` (the batch's rows): the choices decode
+    together, sharing the prompt's prefix cache."""
+    count, param = (body.n, "n") if best_of is None else (best_of, "best_of")
+    if not 1 <= count <= limit:
+        raise APIError(400, f"{param} must be in [1, {limit}] (--max-num-seqs: the choices decode together in one "
+                       f"batch), got {count}", param=param)
+    copies = [params_of() for _ in range(count)]
     for index, params in enumerate(copies):
         if params.seed is not None:
             params.seed = (params.seed + index) % 2**64

@@ -2,7 +2,7 @@
 
 import json
 import logging
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 
 from fastapi import Request
 
@@ -31,9 +31,14 @@ def sse(payload: dict) -> str:
 SSE_DONE = "data: [DONE]\n\n"
 
 
-async def ending_with_error_event(events: AsyncIterable[str]) -> AsyncIterable[str]:
-    """SSE events; a failure after the 200 was sent ends the stream with an error event and [DONE]
-    (as vLLM does) instead of a cut connection."""
+def openai_error_event(answer: APIError) -> str:
+    return sse(envelope(answer.status, answer.message, answer.param, answer.code)) + SSE_DONE
+
+
+async def ending_with_error_event(events: AsyncIterable[str],
+                                  error_event: Callable[[APIError], str] = openai_error_event) -> AsyncIterable[str]:
+    """SSE events; a failure after the 200 was sent ends the stream with an error event (OpenAI's
+    envelope and [DONE], as vLLM does, unless `error_event` writes another) instead of a cut connection."""
     try:
         async for event in events:
             yield event
@@ -42,5 +47,4 @@ async def ending_with_error_event(events: AsyncIterable[str]) -> AsyncIterable[s
         if answer is None:
             log.exception("stream failed")
             answer = APIError(500, f"internal error: {type(error).__name__}")
-        yield sse(envelope(answer.status, answer.message, answer.param, answer.code))
-        yield SSE_DONE
+        yield error_event(answer)
