@@ -18,6 +18,7 @@ from holo_mlx.agent import AgentLoop, AgentStep, ComputerStep, SurferH
 from holo_mlx.coordinates import NORMALIZED_1000, RESIZED_PIXELS, map_point
 from holo_mlx.server import computer
 from holo_mlx.testing import synthetic_screenshot
+from test_tools import NOTE, grammars, tightest_budget  # noqa: F401 (grammars: a fixture)
 
 MODEL, KEY = "holo-tiny", "sekret"
 CLICK = {"name": "click", "description": "Click a point of the screen",
@@ -197,7 +198,8 @@ def assert_valid_tool_uses(message, names=SCHEMAS) -> list:
     for use in uses:
         assert use.id.startswith("toolu_") and use.name in names and isinstance(use.input, dict)
         jsonschema.validate(use.input, SCHEMAS[use.name])
-    assert (message.stop_reason == "tool_use") == bool(uses)
+    # "max_tokens" when the budget closed the calls (test_a_budget_ending_is_max_tokens_with_whole_tool_uses)
+    assert message.stop_reason == "max_tokens" or (message.stop_reason == "tool_use") == bool(uses)
     return uses
 
 
@@ -231,7 +233,7 @@ def test_streamed_tool_uses_arrive_as_input_json_deltas(server, client):
     blocks = assert_event_order(events := sse_events(server, payload))
     assert [block["type"] for block in blocks][-1] == "tool_use" and all(
         block["input"] == {} and block["id"].startswith("toolu_") for block in blocks if block["type"] == "tool_use")
-    assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+    assert events[-2][1]["delta"]["stop_reason"] in ("tool_use", "max_tokens")
     with client.messages.stream(**payload) as stream:
         final = stream.get_final_message()
     assert assert_valid_tool_uses(final)
@@ -558,3 +560,19 @@ def test_thinking_sent_back_is_the_turns_reasoning(holo2_server, holo2):
                                                "parameters": CLICK["input_schema"]}}]
     tokenized = holo2_server.post("/tokenize", {"messages": chat_messages, "tools": tools}).json()
     assert counted == tokenized["count"] > without
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_budget_ending_is_max_tokens_with_whole_tool_uses(client, grammars, stream):
+    """As chat says "length" (server/chat.finish_reason_of): a budget one token above the shortest
+    call closes it, whole, and the turn says the budget ended it."""
+    note = {"name": "note", "input_schema": NOTE["function"]["parameters"]}
+    kwargs = dict(model=MODEL, max_tokens=tightest_budget(grammars, "tools"), messages=HI, tools=[note],
+                  tool_choice={"type": "any"}, extra_body={"temperature": 1.0, "seed": 0})
+    if stream:
+        with client.messages.stream(**kwargs) as events:
+            message = events.get_final_message()
+    else:
+        message = client.messages.create(**kwargs)
+    assert message.stop_reason == "max_tokens"
+    assert [isinstance(use.input["text"], str) for use in message.content if use.type == "tool_use"] == [True]

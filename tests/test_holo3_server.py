@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from holo_mlx.agent import (EVICTED, AgentLoop, AgentStep, AnswerAction, evict_screenshots, holo2_localization_prompt,
-                            holo2_localization_schema)
+from holo_mlx.agent import (EVICTED, AgentLoop, AgentStep, AnswerAction, bounded_schema, evict_screenshots,
+                            holo2_localization_prompt, holo2_localization_schema)
 from holo_mlx.coordinates import NORMALIZED_1000, map_point
 from holo_mlx.folders import read_config
 from holo_mlx.prompt import PromptBuilder
@@ -390,3 +390,46 @@ def test_the_holo_cli_finds_the_server_by_the_name_it_sends(moe_server):
     assert [model.id for model in client.models.list().data] == [MOE] and client.models.retrieve(MOE).id == MOE
     response = client.chat.completions.create(model=MOE, messages=ASK, max_tokens=2)
     assert response.model == MOE
+
+
+def test_hcompanys_documented_request_shapes_answer_on_a_holo3_server(moe_server):
+    """Hcompany's agent-loop requests as its docs give them (hub.hcompany.ai/agent-loop): the step's
+    schema in the system prompt's <output_format> and in `structured_outputs`, thinking on with
+    `reasoning_effort: "medium"`, observations wrapped in <observation> with the 3 latest screenshots
+    kept; then Holo3.1's other format, function calling with `tool_choice: "required"`. (A small
+    reasoning budget keeps random weights' thinking short; it is not part of Hcompany's shape.)"""
+    schema = bounded_schema(AgentStep.model_json_schema(), max_chars=16, max_coordinate=1000,
+                            coordinates=NORMALIZED_1000)
+    thinking = {"reasoning_effort": "medium", "chat_template_kwargs": {"enable_thinking": True},
+                "thinking_token_budget": 8, "temperature": 0, "max_tokens": 300}
+    messages = [{"role": "system", "content": f"You are a GUI agent.\n<output_format>\n{json.dumps(schema)}\n"
+                                              "</output_format>"},
+                {"role": "user", "content": "Task: open the settings page."}]
+    for step in range(4):
+        messages.append({"role": "user", "content": [
+            {"type": "text", "text": "<observation>"},
+            {"type": "image_url", "image_url": {"url": screenshot(96, 64, seed=step)}},
+            {"type": "text", "text": "</observation>"}]})
+        answer = moe_server.post("/v1/chat/completions", {"model": MOE, "messages": evict_screenshots(messages),
+                                                          "structured_outputs": {"json": schema}, **thinking}).json()
+        message = answer["choices"][0]["message"]
+        assert message["reasoning_content"] and len(answer["holo"]["images"]) == min(step + 1, 3)
+        step_taken = AgentStep.model_validate_json(message["content"])
+        assert 0 <= getattr(step_taken.tool_call, "x", 0) <= 1000
+        messages.append({"role": "assistant", "content": message["content"]})  # the answer, not its reasoning
+    point = {"type": "integer", "minimum": 0, "maximum": 1000}
+    tools = [{"type": "function", "function": {"name": "click", "parameters": {
+                 "type": "object", "properties": {"element": {"type": "string", "maxLength": 16}, "x": point, "y": point},
+                 "required": ["element", "x", "y"]}}},
+             {"type": "function", "function": {"name": "answer", "parameters": {
+                 "type": "object", "properties": {"content": {"type": "string", "maxLength": 16}},
+                 "required": ["content"]}}}]
+    answer = moe_server.post("/v1/chat/completions", {"model": MOE, "messages": evict_screenshots(messages),
+                                                      "tools": tools, "tool_choice": "required", **thinking}).json()
+    [choice] = answer["choices"]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["tool_calls"]
+    for call in choice["message"]["tool_calls"]:
+        declared = next(tool["function"]["parameters"] for tool in tools if tool["function"]["name"] ==
+                        call["function"]["name"])
+        arguments = json.loads(call["function"]["arguments"])
+        assert set(arguments) == set(declared["required"]), arguments  # every declared key, no other

@@ -406,6 +406,10 @@ def test_max_tool_calls_caps_the_calls_of_the_answer(server):
 
     free = calls(posted(server, "/v1/responses", payload))
     assert len(free) == 3
+    # Streamed, the same three calls and nothing else: the whitespace between calls opens no message.
+    done = streamed(server, "/v1/responses", payload)[-1]["response"]
+    assert [(item["type"], item.get("arguments")) for item in done["output"]] == \
+        [("function_call", arguments) for _, arguments in free]
     # The same greedy answer (the grammar allows as many calls), cut after two.
     assert calls(posted(server, "/v1/responses", {**payload, "max_tool_calls": 2})) == free[:2]
     events = streamed(server, "/v1/responses", {**payload, "max_tool_calls": 2})

@@ -249,11 +249,12 @@ def usage(run: ChatRun | None, output_tokens: int) -> MessageUsage:
 
 
 def stop_reason(last: GenerationChunk | None, called: bool) -> tuple[str, str | None]:
-    """(stop_reason, stop_sequence) of an answer: whole calls end a turn even when the budget ran out."""
-    if called:
-        return "tool_use", None
+    """(stop_reason, stop_sequence) of an answer: "max_tokens" whenever the budget ended it, calls or
+    not, as chat.finish_reason_of says "length" (the budget may have closed the calls early)."""
     if last is not None and last.finish_reason == "length":
         return "max_tokens", None
+    if called:
+        return "tool_use", None
     if last is not None and last.stop_sequence is not None:
         return "stop_sequence", last.stop_sequence
     return "end_turn", None

@@ -339,6 +339,7 @@ class Shaped:
         split = self.run.tools.stream() if self.run.tools is not None else None
         items, chunks, reasoning, message, finish_reason = [], [], None, None, None
         logprobs = []  # of the answer's tokens not yet sent (a tool call's text is held back)
+        held = ""  # whitespace outside calls, sent only if text follows it
         async for chunk in self.run.generations[0]:
             chunks.append(chunk)
             finish_reason = chunk.finish_reason
@@ -357,7 +358,11 @@ class Shaped:
             piece, calls = (chunk.text, []) if split is None else split.add(chunk.text)
             if chunk.finish_reason and split is not None:
                 piece += split.finish()
+            if message is None and split is not None and not piece.strip():
+                # Whitespace around calls opens no message: the whole answer's text outside calls is stripped.
+                held, piece = held + piece, ""
             if piece:
+                piece, held = held + piece, ""
                 if message is None:
                     message = message_item("")
                     for event in self.text_opening(events, items, message):
