@@ -183,7 +183,7 @@ def test_litellm_tools_call_through_the_openai_provider(server):
 
     response = litellm.completion(
         model="openai/holo-tiny", api_base=f"{server.url}/v1", api_key="none", max_tokens=80,
-        messages=[{"role": "user", "content": "Click OK"}], tool_choice="required",
+        messages=[{"role": "user", "content": "Click OK"}], tool_choice="required", parallel_tool_calls=False,
         tools=[{"type": "function", "function": {"name": "click", "parameters": CLICK_SCHEMA}}])
     calls = response.choices[0].message.tool_calls
     assert calls and response.choices[0].finish_reason == "tool_calls"
