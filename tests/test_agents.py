@@ -92,7 +92,9 @@ def run_click_agent(model, max_tokens: int = 60) -> tuple[list, object]:
         return "clicked"
 
     agent = Agent(name="holo", instructions="You click buttons.", model=model, tools=[click],
-                  model_settings=ModelSettings(tool_choice="required", max_tokens=max_tokens),
+                  # One call: parallel calls may run into max_tokens, which ends a run as incomplete.
+                  model_settings=ModelSettings(tool_choice="required", max_tokens=max_tokens,
+                                               parallel_tool_calls=False),
                   tool_use_behavior="stop_on_first_tool")
     result = asyncio.run(Runner.run(agent, "Click OK", max_turns=2))
     assert calls and all(isinstance(x, int) and isinstance(y, int) for x, y in calls)
