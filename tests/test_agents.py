@@ -7,8 +7,10 @@ import base64
 import io
 import json
 import os
+from typing import Annotated
 
 import jsonschema
+from pydantic import Field
 
 from holo_mlx.testing import synthetic_screenshot
 
@@ -86,13 +88,14 @@ def run_click_agent(model, max_tokens: int = 60) -> tuple[list, object]:
     calls = []
 
     @function_tool
-    def click(x: int, y: int) -> str:
+    def click(x: Annotated[int, Field(ge=0, le=999)], y: Annotated[int, Field(ge=0, le=999)]) -> str:
         """Click a point of the screen."""
         calls.append((x, y))
         return "clicked"
 
     agent = Agent(name="holo", instructions="You click buttons.", model=model, tools=[click],
-                  # One call: parallel calls may run into max_tokens, which ends a run as incomplete.
+                  # One call of bounded numbers: an answer that runs into max_tokens (parallel calls, an
+                  # integer of ever more digits) is an incomplete response, which ends the run.
                   model_settings=ModelSettings(tool_choice="required", max_tokens=max_tokens,
                                                parallel_tool_calls=False),
                   tool_use_behavior="stop_on_first_tool")
