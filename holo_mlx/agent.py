@@ -18,9 +18,9 @@ AgentLoop) is how the server's computer-use tools ask it for a step.
 """
 
 import json
-from typing import Literal
+from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from .coordinates import NORMALIZED_1000, RESIZED_PIXELS, CoordinateSpace
 from .tool_format import as_parts
@@ -215,55 +215,28 @@ def navigation_state(task: str, previous_actions: list[str]) -> str:
 # --- Hcompany's agent loop (Holo3, Holo3.1, Holo4) ----------------------------------------------------
 
 
-class ClickTool(Action):
-    """Click an element at its position."""
-
-    tool_name: Literal["click"] = "click"
-    element: str = Field(description="Text description of the element.")
-    x: int = Field(description=NORMALIZED_X)
-    y: int = Field(description=NORMALIZED_Y)
-
-
-class WriteTool(Action):
-    """Click an element at its position and type content into it. Don't press Enter."""
-
-    tool_name: Literal["write"] = "write"
-    content: str = Field(description="Content to write.")
-    element: str = Field(description="Text description of the element and the text it contains.")
-    x: int = Field(description=NORMALIZED_X)
-    y: int = Field(description=NORMALIZED_Y)
+# Each tool of the agent loop by its name, as the Surfer-H action it is: a computer-use client's calls
+# are made from those.
+SURFER_H_ACTION = {"click": ClickElementAction, "write": WriteElementAction, "scroll": ScrollAction,
+                   "go_back": GoBackAction, "refresh": RefreshAction, "wait": WaitAction, "answer": AnswerAction}
+# Where the loop's tools are worded otherwise: they act on an element at its position, in 0-1000.
+TOOL_DESCRIPTIONS = {"click": "Click an element at its position.",
+                     "write": "Click an element at its position and type content into it. Don't press Enter."}
+POSITIONS = {"x": Field(description=NORMALIZED_X), "y": Field(description=NORMALIZED_Y)}
 
 
-class ScrollTool(Action):
-    """Scroll in a direction."""
-
-    tool_name: Literal["scroll"] = "scroll"
-    direction: Literal["up", "down", "left", "right"] = Field("down", description="The direction to scroll in.")
-
-
-class GoBackTool(Action):
-    """Go back to the previous page."""
-
-    tool_name: Literal["go_back"] = "go_back"
+def agent_loop_tool(tool_name: str) -> type[Action]:
+    """The Surfer-H action of that name as a tool of the agent loop: `tool_name` in place of `action`,
+    beside the same arguments."""
+    action = SURFER_H_ACTION[tool_name]
+    arguments = {name: (field.annotation, POSITIONS.get(name, field)) for name, field in action.model_fields.items()
+                 if name != "action"}
+    return create_model(f"{tool_name.title().replace('_', '')}Tool", __base__=Action,
+                        __doc__=TOOL_DESCRIPTIONS.get(tool_name, action.__doc__),
+                        tool_name=(Literal[tool_name], tool_name), **arguments)
 
 
-class RefreshTool(Action):
-    """Reload the current page."""
-
-    tool_name: Literal["refresh"] = "refresh"
-
-
-class WaitTool(Action):
-    """Wait for the screen to change or the page to load."""
-
-    tool_name: Literal["wait"] = "wait"
-
-
-class AnswerTool(Action):
-    """Give the final answer to the task; the last action of an episode."""
-
-    tool_name: Literal["answer"] = "answer"
-    content: str = Field(description="The answer.")
+AgentLoopTool = Union[tuple(agent_loop_tool(name) for name in SURFER_H_ACTION)]  # noqa: UP007 (built at run time)
 
 
 class AgentStep(Action):
@@ -272,13 +245,7 @@ class AgentStep(Action):
 
     note: str | None = Field(description="What on this screen later steps will need; null when nothing new.")
     thought: str = Field(description="A one-line plan for the next action.")
-    tool_call: ClickTool | WriteTool | ScrollTool | GoBackTool | RefreshTool | WaitTool | AnswerTool = Field(
-        description="The action: tool_name beside its arguments.")
-
-
-# Each tool of the agent loop as the Surfer-H action a computer-use client's calls are made from.
-SURFER_H_ACTION = {"click": ClickElementAction, "write": WriteElementAction, "scroll": ScrollAction,
-                   "go_back": GoBackAction, "refresh": RefreshAction, "wait": WaitAction, "answer": AnswerAction}
+    tool_call: AgentLoopTool = Field(description="The action: tool_name beside its arguments.")
 
 
 # --- computer-use harnesses: how a family is asked for one step ----------------------------------------
