@@ -1,8 +1,13 @@
 """ASGI middleware around the app: body size limit, Host check, API key and request counting."""
 
+import asyncio
 import hmac
 
 from .errors import error_response
+
+# How long the rest of a refused body is read and dropped before the 413 goes out (nginx's
+# lingering close): a socket closed with unread data resets, and the client loses the answer.
+REFUSED_BODY_DRAIN_SECONDS = 5.0
 
 
 class BodyLimit:
@@ -17,7 +22,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(scope, receive, send)
+            return await self._refuse(scope, receive, send, body_left=True)
         body, received, more = [], 0, True
         while more:
             message = await receive()
@@ -27,7 +32,7 @@ class BodyLimit:
             received += len(body[-1])
             more = message.get("more_body", False)
             if received > self.max_bytes:
-                return await self._refuse(scope, receive, send)
+                return await self._refuse(scope, receive, send, body_left=more)
         replayed = False
 
         async def replay():
@@ -39,7 +44,16 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope, receive, send):
+    async def _refuse(self, scope, receive, send, body_left: bool):
+        async def drain():
+            while (message := await receive())["type"] == "http.request" and message.get("more_body", False):
+                pass
+
+        if body_left:
+            try:
+                await asyncio.wait_for(drain(), REFUSED_BODY_DRAIN_SECONDS)
+            except asyncio.TimeoutError:  # a sender that goes on past the drain time gets the reset
+                pass
         response = error_response(413, f"request body larger than {self.max_bytes:,} bytes", code="body_too_large",
                                   headers={"Connection": "close"}, path=scope["path"])
         await response(scope, receive, send)
