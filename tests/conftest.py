@@ -1,5 +1,6 @@
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,21 @@ def cached_checkpoint(**options) -> Path:
         testing.build_checkpoint(path, **options)
         (path / "done").write_text("ok")
     return path
+
+
+@pytest.fixture(scope="module")
+def module_tmp_factory(tmp_path_factory):
+    """`module_tmp_factory(name)`: a new folder for a module's fixtures, removed when the module's tests
+    end (converted checkpoints take 100s of MB each: kept to the end, a full run held gigabytes)."""
+    made = []
+
+    def mktemp(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

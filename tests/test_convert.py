@@ -45,8 +45,8 @@ def folder_entries(folder: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def q4_folder(hf_root_checkpoint, tmp_path_factory) -> Path:
-    return convert(str(hf_root_checkpoint), tmp_path_factory.mktemp("q4") / "out", quantize=True, q_bits=4)
+def q4_folder(hf_root_checkpoint, module_tmp_factory) -> Path:
+    return convert(str(hf_root_checkpoint), module_tmp_factory("q4") / "out", quantize=True, q_bits=4)
 
 
 @pytest.mark.parametrize("checkpoint", ["hf_root_checkpoint", "hf_nested_checkpoint"])

@@ -96,10 +96,10 @@ def test_two_ranks_generate_what_one_process_does(checkpoint, request, probed):
 
 
 @pytest.fixture(scope="module")
-def quantized_moe(holo2_moe_root_checkpoint, tmp_path_factory) -> tuple[Path, Path]:
+def quantized_moe(holo2_moe_root_checkpoint, module_tmp_factory) -> tuple[Path, Path]:
     """The MoE checkpoint in 4 bits, experts too, and a screenshot: made once for both splits, which
     then share its one-process answer."""
-    folder = tmp_path_factory.mktemp("quantized")
+    folder = module_tmp_factory("quantized")
     synthetic_screenshot(200, 160, seed=2).save(folder / "screen.png")
     return convert(str(holo2_moe_root_checkpoint), folder / "q4", quantize=True, q_bits=4), folder / "screen.png"
 

@@ -115,8 +115,8 @@ def toy_registered():
 
 
 @pytest.fixture(scope="module")
-def toy_dir(toy_registered, tmp_path_factory):
-    return toy.write_checkpoint(tmp_path_factory.mktemp("families") / "toy-vl")
+def toy_dir(toy_registered, module_tmp_factory):
+    return toy.write_checkpoint(module_tmp_factory("families") / "toy-vl")
 
 
 @pytest.fixture(scope="module")

@@ -39,9 +39,9 @@ def user(text, image=None):
 
 
 @pytest.fixture(scope="module")
-def hybrid_dir(tmp_path_factory):
+def hybrid_dir(module_tmp_factory):
     register(hybrid.FAMILY)
-    yield hybrid.write_checkpoint(tmp_path_factory.mktemp("hybrid") / "toy-hybrid")
+    yield hybrid.write_checkpoint(module_tmp_factory("hybrid") / "toy-hybrid")
     _FAMILIES.pop(hybrid.FAMILY.name, None)  # no other module sees it
 
 

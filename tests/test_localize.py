@@ -231,9 +231,9 @@ def normalized_family():
 
 
 @pytest.fixture(scope="module")
-def thinking_checkpoint(hf_root_checkpoint, tmp_path_factory):
+def thinking_checkpoint(hf_root_checkpoint, module_tmp_factory):
     """The tiny checkpoint with a chat template that thinks unless told not to, as Qwen3's does."""
-    path = tmp_path_factory.mktemp("thinking") / "holo-tiny"
+    path = module_tmp_factory("thinking") / "holo-tiny"
     path.mkdir()
     for file in hf_root_checkpoint.iterdir():
         if file.name not in ("tokenizer_config.json", "chat_template.json"):

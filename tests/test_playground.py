@@ -28,12 +28,12 @@ MARKER_RGB = [255, 45, 85]  # the page's #ff2d55
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def browser(module_tmp_factory):
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1200,1400", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+                 "--window-size=1200,1400", f"--user-data-dir={module_tmp_factory('chromium-profile')}"):
         options.add_argument(flag)
     # The Debian driver, named explicitly: Selenium would otherwise try to download one. Without the
     # OpenBLAS preload the test process runs under (conftest): Chromium crashes at start with it.

@@ -217,9 +217,9 @@ def test_a_rank_count_that_does_not_divide_the_linear_key_heads_is_refused(holo3
 
 
 @pytest.fixture(scope="module")
-def quantized_moe(holo3_moe_checkpoint, tmp_path_factory):
+def quantized_moe(holo3_moe_checkpoint, module_tmp_factory):
     """The MoE fixture in 4 bits, in groups of 32: its experts' 64 columns are two groups."""
-    return convert(str(holo3_moe_checkpoint), tmp_path_factory.mktemp("quantized") / "q4", quantize=True, q_bits=4,
+    return convert(str(holo3_moe_checkpoint), module_tmp_factory("quantized") / "q4", quantize=True, q_bits=4,
                    q_group_size=32)
 
 

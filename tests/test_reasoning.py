@@ -27,8 +27,8 @@ HELLO = [{"role": "user", "content": "Hello"}]
 
 
 @pytest.fixture(scope="module")
-def thinking_checkpoint(hf_root_checkpoint, tmp_path_factory):
-    path = tmp_path_factory.mktemp("thinking")
+def thinking_checkpoint(hf_root_checkpoint, module_tmp_factory):
+    path = module_tmp_factory("thinking")
     shutil.copytree(hf_root_checkpoint, path, dirs_exist_ok=True)
     config = json.loads((path / "tokenizer_config.json").read_text())
     (path / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": QWEN3_VL_CHAT_TEMPLATE}))

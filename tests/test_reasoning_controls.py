@@ -70,9 +70,9 @@ def budgeted(shared_server, checkpoint) -> Thinker:
 
 
 @pytest.fixture(scope="module")
-def effort_thinker(shared_server, holo2_root_checkpoint, tmp_path_factory) -> Thinker:
+def effort_thinker(shared_server, holo2_root_checkpoint, module_tmp_factory) -> Thinker:
     """Holo2 with a template that reads `reasoning_effort` (Holo's own templates do not)."""
-    path = tmp_path_factory.mktemp("effort")
+    path = module_tmp_factory("effort")
     shutil.copytree(holo2_root_checkpoint, path, dirs_exist_ok=True)
     config = json.loads((path / "tokenizer_config.json").read_text())
     template = SPELL_EFFORT + config["chat_template"]

@@ -109,8 +109,8 @@ def test_32_concurrent_stored_responses_are_all_found_after_a_restart(hf_root_ch
 # --- bounds, store: false, failures while running: one server kept to 3 responses ---------------------
 
 @pytest.fixture(scope="module")
-def bounded(hf_root_checkpoint, tmp_path_factory):
-    db = tmp_path_factory.mktemp("bounded") / "responses.sqlite3"
+def bounded(hf_root_checkpoint, module_tmp_factory):
+    db = module_tmp_factory("bounded") / "responses.sqlite3"
     running = serve(hf_root_checkpoint, db, "--responses-store", "3")
     running.db = db
     yield running
