@@ -5,8 +5,10 @@ import hmac
 
 from .errors import error_response
 
-# How long the rest of a refused body is read and dropped before the 413 goes out (nginx's
-# lingering close): a socket closed with unread data resets, and the client loses the answer.
+# How much of a refused body's rest is read and dropped, and for how long, before the 413 goes out
+# (nginx's lingering close): a socket closed on unread data resets, and the client loses the answer.
+# A body further past the limit is not read: its sender may get the reset.
+REFUSED_BODY_DRAIN_BYTES = 64 * 2**20
 REFUSED_BODY_DRAIN_SECONDS = 5.0
 
 
@@ -22,7 +24,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(scope, receive, send, body_left=True)
+            return await self._refuse(scope, receive, send, drain_rest=int(declared) <= REFUSED_BODY_DRAIN_BYTES)
         body, received, more = [], 0, True
         while more:
             message = await receive()
@@ -32,7 +34,7 @@ class BodyLimit:
             received += len(body[-1])
             more = message.get("more_body", False)
             if received > self.max_bytes:
-                return await self._refuse(scope, receive, send, body_left=more)
+                return await self._refuse(scope, receive, send, drain_rest=more)
         replayed = False
 
         async def replay():
@@ -44,15 +46,19 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope, receive, send, body_left: bool):
+    async def _refuse(self, scope, receive, send, drain_rest: bool):
         async def drain():
-            while (message := await receive())["type"] == "http.request" and message.get("more_body", False):
-                pass
+            dropped = 0
+            while dropped <= REFUSED_BODY_DRAIN_BYTES:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+                dropped += len(message.get("body", b""))
 
-        if body_left:
+        if drain_rest:
             try:
                 await asyncio.wait_for(drain(), REFUSED_BODY_DRAIN_SECONDS)
-            except asyncio.TimeoutError:  # a sender that goes on past the drain time gets the reset
+            except asyncio.TimeoutError:
                 pass
         response = error_response(413, f"request body larger than {self.max_bytes:,} bytes", code="body_too_large",
                                   headers={"Connection": "close"}, path=scope["path"])
