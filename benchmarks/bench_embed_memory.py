@@ -27,7 +27,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench_server import REPO, LocalServer, base_of, preset_folder
+from bench_runtime import preset_folder
+from bench_server import REPO, LocalServer, base_of
 from common import format_table
 
 SAMPLE_EVERY_S = 0.02

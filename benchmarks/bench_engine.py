@@ -36,7 +36,7 @@ each is met. The JSON (every figure, every round, the system) and one PNG chart 
     python benchmarks/bench_engine.py --model models/Holo1.5-3B-mlx --clients 8
 
 Presets are random-weight checkpoints converted to float32 once under .cache/bench/<preset>/mlx-float32
-(bench_server.py's preset_folder).
+(bench_runtime.py's preset_folder).
 """
 
 import argparse
@@ -51,7 +51,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench_server import REPO, Client, LocalServer, base_of, model_id, preset_folder, run_level
+from bench_runtime import preset_folder
+from bench_server import REPO, Client, LocalServer, base_of, model_id, run_level
 from common import format_table, grouped_bar_chart, system_info, text_messages
 from soak import parse_metrics
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from bench_distributed import LAUNCHER, free_port
-from bench_server import preset_folder
+from bench_runtime import preset_folder
 from common import format_table
 
 REPO = Path(__file__).resolve().parent.parent

@@ -128,11 +128,9 @@ def main() -> None:
         return worker(args.worker, (width, height), args.repeats)
     model = args.model
     if model is None:
-        from bench_runtime import prepare, preset_models
+        from bench_runtime import preset_folder
 
-        models = preset_models(args.preset, args.cache_dir)
-        prepare(models, "holo_mlx:float32")
-        model = models.mlx["float32"]
+        model = preset_folder(args.preset, args.cache_dir)
     rows = measure(model, args.screenshot, args.repeats)
     if args.json:
         args.json.write_text(json.dumps({"model": str(model), "screenshot": args.screenshot, "rows": rows}, indent=2))

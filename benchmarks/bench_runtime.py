@@ -168,21 +168,32 @@ def fit_mrope_section(config_file: Path) -> None:
 def prepare(models: Models, runtime: str) -> None:
     """Build the preset's source checkpoint and convert the runtime's folder if not cached yet."""
     from convert.convert import convert
+    from holo_mlx.testing import exclusive
 
     if models.preset is None:
         return
-    if not (models.hf / "done").exists():
-        print(f"building the {models.preset} random-weight checkpoint in {models.hf}", flush=True)
-        build_source(models.preset, models.hf)
-        (models.hf / "done").write_text("ok")
     family, variant = runtime.split(":")
     folder = models.mlx[variant]
-    if family != "torch" and not (folder / "done").exists():
-        bits = quantized_bits(variant)
-        print(f"converting to {folder}", flush=True)
-        convert(str(models.hf), folder, force=True, quantize=bits is not None, q_bits=bits or 4,
-                dtype=models.scales_dtype if bits else variant)
-        (folder / "done").write_text("ok")
+    if (models.hf / "done").exists() and (family == "torch" or (folder / "done").exists()):
+        return
+    with exclusive(models.hf.parent):  # another benchmark or test worker may be building the same preset
+        if not (models.hf / "done").exists():
+            print(f"building the {models.preset} random-weight checkpoint in {models.hf}", flush=True)
+            build_source(models.preset, models.hf)
+            (models.hf / "done").write_text("ok")
+        if family != "torch" and not (folder / "done").exists():
+            bits = quantized_bits(variant)
+            print(f"converting to {folder}", flush=True)
+            convert(str(models.hf), folder, force=True, quantize=bits is not None, q_bits=bits or 4,
+                    dtype=models.scales_dtype if bits else variant)
+            (folder / "done").write_text("ok")
+
+
+def preset_folder(preset: str, cache_dir: Path) -> Path:
+    """<cache_dir>/<preset>/mlx-float32 (what the CPU backend computes in), built on first use."""
+    models = preset_models(preset, cache_dir)
+    prepare(models, "holo_mlx:float32")
+    return models.mlx["float32"]
 
 
 def safetensors_shapes(folder: Path) -> list[tuple[str, list[int]]]:

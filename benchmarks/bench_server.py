@@ -61,6 +61,7 @@ from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench_runtime import preset_folder
 from common import append_csv, format_table, grouped_bar_chart, summarize, system_info, text_messages
 
 REPO = Path(__file__).resolve().parent.parent
@@ -208,33 +209,6 @@ class LocalServer:
 
 
 # --- model folders ----------------------------------------------------------------------------
-
-def preset_folder(preset: str, cache_dir: Path) -> Path:
-    """<cache_dir>/<preset>/mlx-float32: random weights (stored bfloat16, as published), converted
-    to float32 (what the CPU backend computes in, and what mlx-vlm then computes in too)."""
-    import torch
-
-    from convert.convert import convert
-    from holo_mlx.testing import build_checkpoint
-
-    root = cache_dir / preset
-    source, folder = root / "hf-bfloat16", root / "mlx-float32"
-    if (folder / "done").exists():
-        return folder
-    if not (source / "done").exists():
-        print(f"building the {preset} random-weight checkpoint in {source}", flush=True)
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(torch.bfloat16)  # no float32 copy of the model in memory
-        try:
-            build_checkpoint(source, preset, dtype="bfloat16")
-        finally:
-            torch.set_default_dtype(previous)
-        (source / "done").write_text("ok")
-    print(f"converting to {folder}", flush=True)
-    convert(str(source), folder, force=True, dtype="float32")
-    (folder / "done").write_text("ok")
-    return folder
-
 
 def eos_token_ids(folder: Path | None) -> list[int]:
     ids: set[int] = set()

