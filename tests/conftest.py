@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,11 @@ from holo_mlx.testing import FIXTURE_CACHE
 
 
 def pytest_configure(config):
+    if config.getoption("numprocesses", None):
+        # Under xdist each worker (and what it starts) gets about one core: more BLAS or torch threads
+        # per process would only compete with the other worker's.
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
     # Re-exec with OpenBLAS preloaded before any test runs MLX (minutes instead of hours on the
     # reference BLAS); output capture is stopped first so the new process writes to the terminal.
     if blas_reexec_pending():
