@@ -43,12 +43,18 @@ def cached_checkpoint(**options) -> Path:
 @pytest.fixture(scope="module")
 def module_tmp_factory(tmp_path_factory):
     """`module_tmp_factory(name)`: a new folder for a module's fixtures, removed when the module's tests
-    end (converted checkpoints take 100s of MB each: kept to the end, a full run held gigabytes)."""
+    end, or when the fixture whose `request` is passed as `until` ends (a parametrized one: its next
+    parameter's folders need not sit beside it). Converted checkpoints take 100s of MB each: kept to
+    the end, a full run held gigabytes."""
     made = []
 
-    def mktemp(name: str) -> Path:
-        made.append(tmp_path_factory.mktemp(name))
-        return made[-1]
+    def mktemp(name: str, until: pytest.FixtureRequest | None = None) -> Path:
+        path = tmp_path_factory.mktemp(name)
+        if until is None:
+            made.append(path)
+        else:
+            until.addfinalizer(lambda: shutil.rmtree(path, ignore_errors=True))
+        return path
 
     yield mktemp
     for path in made:

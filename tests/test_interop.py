@@ -52,8 +52,8 @@ def sources(request) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def converted(sources, module_tmp_factory) -> Path:
-    return convert(str(sources[0]), module_tmp_factory("ours") / "f32", dtype="float32")
+def converted(sources, module_tmp_factory, request) -> Path:
+    return convert(str(sources[0]), module_tmp_factory("ours", until=request) / "f32", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +64,11 @@ def reference(sources):
 
 
 @pytest.fixture(scope="module")
-def mlx_vlm_folder(sources, module_tmp_factory) -> Path:
+def mlx_vlm_folder(sources, module_tmp_factory, request) -> Path:
     """mlx-vlm's own float32 conversion of the checkpoint as published."""
     from mlx_vlm.convert import convert as mlx_vlm_convert
 
-    folder = module_tmp_factory("mlx-vlm") / "f32"
+    folder = module_tmp_factory("mlx-vlm", until=request) / "f32"
     mlx_vlm_convert(hf_path=str(sources[1]), mlx_path=str(folder), dtype="float32")
     return folder
 
