@@ -166,27 +166,31 @@ def fit_mrope_section(config_file: Path) -> None:
 
 
 def prepare(models: Models, runtime: str) -> None:
-    """Build the preset's source checkpoint and convert the runtime's folder if not cached yet."""
+    """Build the preset's source checkpoint and convert the runtime's folder if not cached yet (once,
+    whichever benchmark or test worker asks first)."""
     from convert.convert import convert
-    from holo_mlx.testing import exclusive
+    from holo_mlx.testing import build_once
 
     if models.preset is None:
         return
+
+    def build_hf():
+        print(f"building the {models.preset} random-weight checkpoint in {models.hf}", flush=True)
+        build_source(models.preset, models.hf)
+        (models.hf / "done").write_text("ok")
+
+    build_once(models.hf / "done", build_hf)
     family, variant = runtime.split(":")
-    folder = models.mlx[variant]
-    if (models.hf / "done").exists() and (family == "torch" or (folder / "done").exists()):
-        return
-    with exclusive(models.hf.parent):  # another benchmark or test worker may be building the same preset
-        if not (models.hf / "done").exists():
-            print(f"building the {models.preset} random-weight checkpoint in {models.hf}", flush=True)
-            build_source(models.preset, models.hf)
-            (models.hf / "done").write_text("ok")
-        if family != "torch" and not (folder / "done").exists():
-            bits = quantized_bits(variant)
-            print(f"converting to {folder}", flush=True)
-            convert(str(models.hf), folder, force=True, quantize=bits is not None, q_bits=bits or 4,
-                    dtype=models.scales_dtype if bits else variant)
-            (folder / "done").write_text("ok")
+    folder, bits = models.mlx[variant], quantized_bits(variant)
+
+    def convert_variant():
+        print(f"converting to {folder}", flush=True)
+        convert(str(models.hf), folder, force=True, quantize=bits is not None, q_bits=bits or 4,
+                dtype=models.scales_dtype if bits else variant)
+        (folder / "done").write_text("ok")
+
+    if family != "torch":
+        build_once(folder / "done", convert_variant)
 
 
 def preset_folder(preset: str, cache_dir: Path) -> Path:

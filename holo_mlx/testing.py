@@ -16,8 +16,7 @@ import hashlib
 import importlib.util
 import json
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,14 +209,18 @@ FIXTURE_CACHE = REPOSITORY / ".cache" / "fixtures"
 QWEN3_5_CHAT_TEMPLATE_PATH = REPOSITORY.parent / "shared" / "reference" / "qwen3_5_chat_template.jinja"
 
 
-@contextmanager
-def exclusive(folder: Path) -> Iterator[None]:
-    """Hold a lock beside `folder` while building it: test workers and benchmarks that want the same
-    cached folder wait for the first builder instead of writing it together."""
+def build_once(done: Path, build: Callable[[], None]) -> None:
+    """Run `build`, which writes the file `done` last, unless `done` exists; under a lock beside its
+    folder, so that test workers and benchmarks wanting the same cached folder wait for the first
+    builder instead of writing it together."""
+    if done.exists():
+        return
+    folder = done.parent
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+        if not done.exists():
+            build()
 
 
 def tokenizer_files_dir() -> Path:
@@ -253,11 +256,7 @@ def qwen3_5_tokenizer_dir() -> Path:
     vocab = Path(reference._vocab_file)
     key = hashlib.sha256(vocab.read_bytes() + Path(__file__).read_bytes()).hexdigest()[:12]
     path = FIXTURE_CACHE / f"qwen3_5-tokenizer-{key}"
-    if (path / "tokenizer_config.json").exists():
-        return path
-    with exclusive(path):
-        if not (path / "tokenizer_config.json").exists():
-            write_qwen3_5_tokenizer(vocab, reference, path)
+    build_once(path / "tokenizer_config.json", lambda: write_qwen3_5_tokenizer(vocab, reference, path))
     return path
 
 

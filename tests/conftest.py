@@ -32,33 +32,28 @@ def cached_checkpoint(**options) -> Path:
     source = Path(testing.__file__).read_bytes()
     key = hashlib.sha256(source + json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
     path = FIXTURE_CACHE / f"{options.get('preset', 'tiny')}-{key}"
-    if not (path / "done").exists():
-        with testing.exclusive(path):  # test workers share the cache
-            if not (path / "done").exists():
-                testing.build_checkpoint(path, **options)
-                (path / "done").write_text("ok")
+
+    def build():
+        testing.build_checkpoint(path, **options)
+        (path / "done").write_text("ok")
+
+    testing.build_once(path / "done", build)  # test workers share the cache
     return path
 
 
 @pytest.fixture(scope="module")
-def module_tmp_factory(tmp_path_factory):
+def module_tmp_factory(tmp_path_factory, request):
     """`module_tmp_factory(name)`: a new folder for a module's fixtures, removed when the module's tests
     end, or when the fixture whose `request` is passed as `until` ends (a parametrized one: its next
     parameter's folders need not sit beside it). Converted checkpoints take 100s of MB each: kept to
     the end, a full run held gigabytes."""
-    made = []
 
     def mktemp(name: str, until: pytest.FixtureRequest | None = None) -> Path:
         path = tmp_path_factory.mktemp(name)
-        if until is None:
-            made.append(path)
-        else:
-            until.addfinalizer(lambda: shutil.rmtree(path, ignore_errors=True))
+        (until or request).addfinalizer(lambda: shutil.rmtree(path, ignore_errors=True))
         return path
 
-    yield mktemp
-    for path in made:
-        shutil.rmtree(path, ignore_errors=True)
+    return mktemp
 
 
 @pytest.fixture(scope="session")
